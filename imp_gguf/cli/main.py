@@ -30,6 +30,7 @@ COMMAND_MODULES = [
     "verify",
     "recipes",
     "runtime",
+    "bundle",
     "run",
     "bench",
     "demo",

@@ -1,0 +1,96 @@
+"""`imp-gguf runtime build|where`: wiring only; the work is in imp_gguf.runtime.build."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from imp_gguf.cli._common import STATE, err_console, print_json, typer_factory
+from imp_gguf.runtime import build as rt
+
+def info(msg: str) -> None:
+    # No wrapping or markup: build lines hold paths and "[n/N]" that must stay intact in logs.
+    err_console.print(msg, markup=False, soft_wrap=True, highlight=False)
+
+
+TARGET_HELP = "host | linux-arm64 (static, Snapdragon 8 Gen 3) | android-arm64 (needs ANDROID_NDK) | termux (prints steps)"
+
+
+def _progress_printer():
+    """A rich progress bar on a terminal; on a pipe/log, one line every 10% so logs stay short."""
+    if err_console.is_terminal:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        bar = Progress(TextColumn("building"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                       TextColumn("{task.description}"), console=err_console, transient=True)
+        task = bar.add_task("", total=None)
+
+        def update(n: int, total: int, what: str) -> None:
+            bar.update(task, completed=n, total=total, description=what.rsplit("/", 1)[-1][:50])
+
+        return bar, update
+
+    last = [-1]
+
+    def update(n: int, total: int, what: str) -> None:
+        decile = n * 10 // max(total, 1)
+        if decile != last[0]:
+            last[0] = decile
+            info(f"  [{n}/{total}] {what[:90]}")
+
+    return None, update
+
+
+def register(app: typer.Typer) -> None:
+    sub = typer_factory("Build and locate the llama.cpp tools pinned by imp-gguf (cached outside the repo).")
+
+    @sub.command("build")
+    def build_cmd(
+        target: str = typer.Option("host", "--target", "-t", help=TARGET_HELP),
+        jobs: int = typer.Option(0, "--jobs", "-j", help="Parallel compile jobs (default: all cores)."),
+        force: bool = typer.Option(False, "--force", help="Delete the cached build and rebuild from scratch."),
+        json_out: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
+    ) -> None:
+        """Build llama-mtmd-cli, llama-bench, llama-quantize, llama-server, llama-perplexity for a target."""
+        if target == "termux":
+            sys.stdout.write(rt.termux_instructions())
+            return
+        bar, update = _progress_printer()
+
+        def started(bdir) -> None:
+            info(f"building llama.cpp tools for {target} in {bdir} (about 10 min on 2 cores; log: build.log)")
+
+        try:
+            if bar is not None:
+                bar.start()
+            result = rt.build(target, jobs=jobs or None, force=force, progress=update, on_start=started)
+        except rt.BuildFailed as exc:
+            if bar is not None:
+                bar.stop()
+            tail = exc.tail if STATE["verbose"] else exc.tail[-15:]
+            err_console.print("\n".join(tail), markup=False, highlight=False)
+            raise
+        finally:
+            if bar is not None:
+                bar.stop()
+        if json_out:
+            print_json(result.to_json())
+        else:
+            how = "reused" if result.reused else f"built in {result.seconds / 60:.1f} min"
+            info(f"{target}: {how}: {result.bin_dir}")
+
+    @sub.command("where")
+    def where_cmd(
+        target: str = typer.Option("host", "--target", "-t", help=TARGET_HELP),
+        json_out: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
+    ) -> None:
+        """Print the paths of the built tools (exit 2 if that target is not built yet)."""
+        result = rt.where(target)
+        if json_out:
+            print_json(result.to_json())
+        else:
+            for name, path in result.binaries.items():
+                typer.echo(f"{name}\t{path}")
+
+    app.add_typer(sub, name="runtime")

@@ -1,0 +1,145 @@
+"""Checkpoint folder -> language-model GGUF + mmproj GGUF. Plan first (validates everything,
+touches no output), then stream both files to temporary names and rename them together.
+"""
+
+from __future__ import annotations
+
+import math
+import resource
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from imp_gguf.checkpoint import Checkpoint, HUB_ID, open_checkpoint
+from imp_gguf.errors import BadInput
+from imp_gguf.families import detect_family
+from imp_gguf.families.base import LMFamily, LMHparams
+from imp_gguf.families.siglip import VisionHparams, add_mmproj_kv, plan as plan_vision, vision_hparams
+from imp_gguf.naming import ENCODINGS, ModelIdentity, add_general
+from imp_gguf.policy import FILE_TYPES, OUTTYPES, tensor_type
+from imp_gguf.tokenizer import Vocab, load_vocab
+from imp_gguf.writer import PlannedTensor, atomic_outputs, check_output, kv_adder, write_gguf
+
+
+@dataclass
+class ConversionPlan:
+    ckpt: Checkpoint
+    family: type[LMFamily]
+    hp: LMHparams
+    vh: VisionHparams
+    vocab: Vocab
+    identity: ModelIdentity
+    outtype: str
+    lm_tensors: list[PlannedTensor]
+    mm_tensors: list[PlannedTensor]
+    lm_path: Path
+    mmproj_path: Path
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def lm_bytes(self) -> int:
+        return sum(t.nbytes for t in self.lm_tensors)
+
+    @property
+    def mmproj_bytes(self) -> int:
+        return sum(t.nbytes for t in self.mm_tensors)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "checkpoint": str(self.ckpt.root),
+            "variant": self.family.name,
+            "variant_description": self.family.description,
+            "arch": self.family.arch,
+            "outtype": self.outtype,
+            "image_size": self.vh.image_size,
+            "image_tokens": self.vh.n_patches,
+            "vision_blocks_run": self.vh.run_blocks,
+            "lm_tensors": len(self.lm_tensors),
+            "mmproj_tensors": len(self.mm_tensors),
+            "model": str(self.lm_path),
+            "mmproj": str(self.mmproj_path),
+            "model_bytes_estimate": self.lm_bytes,
+            "mmproj_bytes_estimate": self.mmproj_bytes,
+            "notes": self.notes,
+        }
+
+
+def plan_conversion(source: str | Path, outdir: str | Path, *, outtype: str = "f16", force: bool = False,
+                    model_name: str | None = None, allow_pickle: bool = False,
+                    lm_filename: str | None = None, mmproj_filename: str | None = None) -> ConversionPlan:
+    if outtype not in OUTTYPES:
+        raise BadInput(f"--outtype must be one of {', '.join(OUTTYPES)}, not {outtype!r}")
+    ckpt = open_checkpoint(source, allow_pickle=allow_pickle)
+    family = detect_family(ckpt.config, set(ckpt.tensors))
+    hp = family.hparams(ckpt.config, ckpt.tensors)
+    lm_rows = family.plan(hp, ckpt.tensors)
+    vh = vision_hparams(ckpt.config, ckpt.tensors, family.prefix, hp.n_embd)
+    mm_rows = plan_vision(vh, ckpt.tensors, family.prefix)
+    vocab = load_vocab(ckpt, family, hp.n_vocab)
+    notes = list(vh.notes)
+
+    def planned(rows: list[tuple[str, str, tuple[int, ...]]]) -> list[PlannedTensor]:
+        out = []
+        for src, dst, shape in rows:
+            gtype, note = tensor_type(dst, shape, outtype)
+            if note:
+                notes.append(note)
+            out.append(PlannedTensor(src, dst, shape, gtype, ckpt.tensors[src].load))
+        return out
+
+    lm_tensors, mm_tensors = planned(lm_rows), planned(mm_rows)
+    n_params = sum(math.prod(t.shape) for t in lm_tensors)
+    spec = str(source)
+    model_id = model_name or (spec if HUB_ID.match(spec) and not Path(spec).exists() else ckpt.root.resolve().name)
+    identity = ModelIdentity.from_id(model_id, n_params)
+    out = Path(outdir)
+    enc = ENCODINGS[outtype]
+    lm_path = out / (lm_filename or identity.lm_filename(enc))
+    mm_path = out / (mmproj_filename or identity.mmproj_filename(enc))
+    if out.is_dir():
+        for p in (lm_path, mm_path):
+            check_output(p, force)
+    return ConversionPlan(ckpt, family, hp, vh, vocab, identity, outtype, lm_tensors, mm_tensors,
+                          lm_path, mm_path, notes)
+
+
+def run_conversion(plan: ConversionPlan, *, force: bool = False,
+                   progress: Callable[[int], None] | None = None) -> dict[str, Any]:
+    """Write both files; returns the summary plus sizes, time and peak memory."""
+    t0 = time.perf_counter()
+    plan.lm_path.parent.mkdir(parents=True, exist_ok=True)
+    sha = plan.ckpt.source_sha256()
+    ftype = FILE_TYPES[plan.outtype]
+    fam, hp, vh, ident = plan.family, plan.hp, plan.vh, plan.identity
+
+    def lm_general(w: Any) -> None:
+        add_general(w, ident, file_type=ftype, kind="model", variant=fam.name, source_sha256=sha,
+                    description=f"Imp language model ({fam.description}), converted by imp-gguf")
+
+    def mm_general(w: Any) -> None:
+        add_general(w, ident, file_type=ftype, kind="mmproj", variant=fam.name, source_sha256=sha,
+                    description=f"Imp vision tower (SigLIP, {vh.run_blocks} blocks, {vh.image_size} px) "
+                                "+ mlp2x_gelu projector, converted by imp-gguf")
+
+    with atomic_outputs([plan.lm_path, plan.mmproj_path], force) as (lm_tmp, mm_tmp):
+        lm_size = write_gguf(lm_tmp, fam.arch, kv_adder(lm_general, lambda w: fam.add_arch_kv(w, hp),
+                                                        plan.vocab.add_to), plan.lm_tensors, progress=progress)
+        mm_size = write_gguf(mm_tmp, "clip", kv_adder(mm_general, lambda w: add_mmproj_kv(w, vh)),
+                             plan.mm_tensors, progress=progress)
+    result = plan.summary()
+    result.update({
+        "model_bytes": lm_size,
+        "mmproj_bytes": mm_size,
+        "seconds": round(time.perf_counter() - t0, 3),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "source_sha256": sha,
+    })
+    return result
+
+
+def convert(source: str | Path, outdir: str | Path, **kw: Any) -> dict[str, Any]:
+    """Library one-call form: plan and write; returns the result dict (paths under "model"/"mmproj")."""
+    force = kw.get("force", False)
+    progress = kw.pop("progress", None)
+    return run_conversion(plan_conversion(source, outdir, **kw), force=force, progress=progress)

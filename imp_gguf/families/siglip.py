@@ -1,0 +1,172 @@
+"""The mmproj side: Imp's SigLIP tower (last block already dropped) and its mlp2x_gelu projector.
+
+Written as llama.cpp's `clip` arch with projector type `mlp`. clip.cpp's llava graph runs
+`block_count - 1` blocks unless `clip.vision.feature_layer` is set, so we store exactly the blocks
+Imp runs and name that count as the feature layer: the n-1 rule then cannot drop another block.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from imp_gguf.errors import BadInput
+
+# SigLIP-SO400M/14 defaults, used when the checkpoint has no vision_tower_config.
+SO400M = {"hidden_size": 1152, "intermediate_size": 4304, "num_attention_heads": 16,
+          "num_hidden_layers": 27, "patch_size": 14, "layer_norm_eps": 1e-6}
+VISION = "vision_tower.vision_tower.vision_model."
+IMAGE_MEAN = (0.5, 0.5, 0.5)
+IMAGE_STD = (0.5, 0.5, 0.5)
+
+_BLOCK = {
+    "layer_norm1": "ln1", "layer_norm2": "ln2",
+    "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
+    "self_attn.out_proj": "attn_out", "mlp.fc1": "ffn_up", "mlp.fc2": "ffn_down",
+}
+
+
+@dataclass
+class VisionHparams:
+    n_embd: int
+    n_ff: int
+    n_head: int
+    patch_size: int
+    image_size: int
+    n_patches: int
+    eps: float
+    original_blocks: int
+    stored_blocks: int
+    run_blocks: int
+    projection_dim: int  # LLM width the projector maps to
+    notes: list[str] = field(default_factory=list)
+
+
+def vision_hparams(config: dict[str, Any], tensors: dict[str, Any], prefix: str, lm_width: int) -> VisionHparams:
+    vp = prefix + VISION
+    vtc = config.get("vision_tower_config") or {}
+    if isinstance(vtc, dict) and "vision_config" in vtc:  # a full SiglipConfig was nested
+        vtc = vtc["vision_config"] or {}
+    notes: list[str] = []
+    pe = tensors.get(vp + "embeddings.patch_embedding.weight")
+    pos = tensors.get(vp + "embeddings.position_embedding.weight")
+    if pe is None or pos is None:
+        raise BadInput(f"missing vision tower tensors under {vp} (patch or position embedding)")
+    if len(pe.shape) != 4 or pe.shape[1] != 3 or pe.shape[2] != pe.shape[3]:
+        raise BadInput(f"{vp}embeddings.patch_embedding.weight has shape {list(pe.shape)}, expected [D, 3, p, p]")
+    n_embd, patch = int(pe.shape[0]), int(pe.shape[2])
+    n_patches = int(pos.shape[0])
+    grid = math.isqrt(n_patches)
+    if grid * grid != n_patches or tuple(pos.shape) != (n_patches, n_embd):
+        raise BadInput(f"position embedding shape {list(pos.shape)} is not a square grid of width {n_embd}")
+    image_size = grid * patch
+    if vtc.get("image_size") and int(vtc["image_size"]) != image_size:
+        notes.append(f"vision_tower_config.image_size {vtc['image_size']} disagrees with {n_patches} position "
+                     f"embeddings; using {image_size} px (from the weights)")
+
+    def get(key: str) -> Any:
+        if key in vtc:
+            return vtc[key]
+        if n_embd != SO400M["hidden_size"] and key in ("num_attention_heads", "num_hidden_layers"):
+            return None
+        return SO400M[key]
+
+    stored = _stored_blocks(tensors, vp)
+    fc1 = tensors.get(vp + "encoder.layers.0.mlp.fc1.weight")
+    n_ff = int(fc1.shape[0]) if fc1 is not None else int(get("intermediate_size"))
+    n_head = get("num_attention_heads")
+    if n_head is None:
+        if n_embd % 72:
+            raise BadInput("cannot infer the vision head count: add vision_tower_config.num_attention_heads")
+        n_head = n_embd // 72
+    original = get("num_hidden_layers")
+    if original is None:
+        original = stored + 1
+        notes.append(f"no vision_tower_config: assuming the tower had {original} blocks before Imp dropped one")
+    select = int(config.get("mm_vision_select_layer", -2))
+    run = int(original) + select + 1 if select < 0 else select
+    if run <= 0:
+        raise BadInput(f"mm_vision_select_layer {select} leaves no vision blocks to run")
+    if stored < run:
+        raise BadInput(f"vision tower stores {stored} blocks but Imp runs {run} "
+                       f"({original} original blocks, mm_vision_select_layer {select})")
+    if stored > run:
+        notes.append(f"ignoring stored vision blocks {run}..{stored - 1}: Imp runs {run}")
+    proj2 = tensors.get(prefix + "mm_projector.2.weight")
+    if proj2 is not None and int(proj2.shape[0]) != lm_width:
+        raise BadInput(f"projector output width {proj2.shape[0]} does not match the language model width {lm_width}")
+    if config.get("mm_projector_type", "mlp2x_gelu") != "mlp2x_gelu":
+        raise BadInput(f"unsupported mm_projector_type {config.get('mm_projector_type')!r} (Imp uses mlp2x_gelu)")
+    for extra in ("post_layernorm.weight", "head.probe"):
+        if vp + extra in tensors:
+            notes.append(f"ignoring {extra.split('.')[0]} (Imp takes features before it)")
+    return VisionHparams(n_embd=n_embd, n_ff=n_ff, n_head=int(n_head), patch_size=patch, image_size=image_size,
+                         n_patches=n_patches, eps=float(get("layer_norm_eps")), original_blocks=int(original),
+                         stored_blocks=stored, run_blocks=run, projection_dim=lm_width, notes=notes)
+
+
+def _stored_blocks(tensors: dict[str, Any], vp: str) -> int:
+    pat = re.compile(re.escape(vp) + r"encoder\.layers\.(\d+)\.")
+    ids = {int(m.group(1)) for n in tensors if (m := pat.match(n))}
+    if ids and ids != set(range(max(ids) + 1)):
+        missing = sorted(set(range(max(ids) + 1)) - ids)
+        raise BadInput(f"vision tower block {missing[0]} is missing")
+    return len(ids)
+
+
+def plan(vh: VisionHparams, tensors: dict[str, Any], prefix: str) -> list[tuple[str, str, tuple[int, ...]]]:
+    """(source, gguf, shape) for every mmproj tensor, validated; extra blocks, post-LN and head skipped."""
+    vp = prefix + VISION
+    D, F, p = vh.n_embd, vh.n_ff, vh.patch_size
+    want: list[tuple[str, str, tuple[int, ...]]] = [
+        (vp + "embeddings.patch_embedding.weight", "v.patch_embd.weight", (D, 3, p, p)),
+        (vp + "embeddings.patch_embedding.bias", "v.patch_embd.bias", (D,)),
+        (vp + "embeddings.position_embedding.weight", "v.position_embd.weight", (vh.n_patches, D)),
+    ]
+    shapes = {"ln1": (D,), "ln2": (D,), "attn_q": (D, D), "attn_k": (D, D), "attn_v": (D, D), "attn_out": (D, D),
+              "ffn_up": (F, D), "ffn_down": (D, F)}
+    for b in range(vh.run_blocks):
+        for src, dst in _BLOCK.items():
+            for kind in ("weight", "bias"):
+                shape = shapes[dst] if kind == "weight" else (shapes[dst][0],)
+                want.append((f"{vp}encoder.layers.{b}.{src}.{kind}", f"v.blk.{b}.{dst}.{kind}", shape))
+    H = vh.projection_dim
+    want += [
+        (prefix + "mm_projector.0.weight", "mm.0.weight", (H, D)),
+        (prefix + "mm_projector.0.bias", "mm.0.bias", (H,)),
+        (prefix + "mm_projector.2.weight", "mm.2.weight", (H, H)),
+        (prefix + "mm_projector.2.bias", "mm.2.bias", (H,)),
+    ]
+    for src, _dst, shape in want:
+        ref = tensors.get(src)
+        if ref is None:
+            raise BadInput(f"missing tensor {src!r}")
+        if tuple(ref.shape) != shape:
+            raise BadInput(f"tensor {src!r} has shape {list(ref.shape)}, expected {list(shape)}")
+    known = {w[0] for w in want}
+    ignorable = re.compile(re.escape(vp) + r"(post_layernorm\.|head\.|encoder\.layers\.\d+\.|embeddings\.position_ids)")
+    for name in tensors:
+        if name.startswith(prefix + "vision_tower.") or name.startswith(prefix + "mm_projector."):
+            if name not in known and not ignorable.match(name):
+                raise BadInput(f"unexpected tensor {name!r} in the vision tower or projector")
+    return want
+
+
+def add_mmproj_kv(writer: Any, vh: VisionHparams) -> None:
+    writer.add_bool("clip.has_vision_encoder", True)
+    writer.add_string("clip.projector_type", "mlp")
+    writer.add_uint32("clip.vision.image_size", vh.image_size)
+    writer.add_uint32("clip.vision.patch_size", vh.patch_size)
+    writer.add_uint32("clip.vision.embedding_length", vh.n_embd)
+    writer.add_uint32("clip.vision.feed_forward_length", vh.n_ff)
+    writer.add_uint32("clip.vision.block_count", vh.run_blocks)
+    writer.add_uint32("clip.vision.attention.head_count", vh.n_head)
+    writer.add_float32("clip.vision.attention.layer_norm_epsilon", vh.eps)
+    writer.add_uint32("clip.vision.projection_dim", vh.projection_dim)
+    writer.add_array("clip.vision.image_mean", list(IMAGE_MEAN))
+    writer.add_array("clip.vision.image_std", list(IMAGE_STD))
+    # SigLIP's gelu_pytorch_tanh; without this key clip.cpp falls back to gelu_quick.
+    writer.add_bool("clip.use_gelu", True)
+    writer.add_array("clip.vision.feature_layer", [vh.run_blocks])

@@ -1,0 +1,219 @@
+"""The Python backend: llama.cpp through the pinned llama-cpp-python, including libmtmd.
+
+One session holds a language model and (optionally) an mmproj. It exposes what parity checks,
+the recipe comparison and `imp-gguf run` need: tokenization, per-position logits, image
+embeddings, image+text prompt evaluation, greedy generation.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from imp_gguf.chat_templates import MEDIA_MARKER, render
+from imp_gguf.errors import BadInput
+from imp_gguf.gguf_info import read_gguf_meta
+from imp_gguf.images import load_image
+
+
+class Session:
+    def __init__(self, model: str | Path, mmproj: str | Path | None = None, *, n_ctx: int = 2048,
+                 n_threads: int | None = None, n_batch: int = 512, verbose: bool = False):
+        import llama_cpp
+        from llama_cpp import mtmd_cpp
+
+        self._llama_cpp, self._mtmd = llama_cpp, mtmd_cpp
+        meta = read_gguf_meta(model)
+        if meta.get("general.architecture") == "clip":
+            raise BadInput(f"{Path(model).name} is an mmproj (arch clip), not a language model")
+        self.chat_template = meta.get("tokenizer.chat_template") or ""
+        self.n_threads = n_threads or max(1, os.cpu_count() or 1)
+        try:
+            self.llm = llama_cpp.Llama(model_path=str(model), n_ctx=n_ctx, n_batch=n_batch, n_ubatch=n_batch,
+                                       n_threads=self.n_threads, logits_all=True, verbose=verbose)
+        except ValueError as exc:
+            raise BadInput(f"llama.cpp cannot load {Path(model).name}: {exc}") from exc
+        self.vocab = self.llm._model.vocab
+        self.mtmd_ctx = None
+        self.image_size = 0
+        if mmproj is not None:
+            mm_meta = read_gguf_meta(mmproj)
+            if mm_meta.get("general.architecture") != "clip":
+                raise BadInput(f"{Path(mmproj).name} is not an mmproj (arch {mm_meta.get('general.architecture')})")
+            self.image_size = int(mm_meta.get("clip.vision.image_size", 0))
+            width = int(mm_meta.get("clip.vision.projection_dim", 0))
+            if width and width != self.llm.n_embd():
+                raise BadInput(f"mmproj output width {width} does not match the model's width {self.llm.n_embd()}")
+            params = mtmd_cpp.mtmd_context_params_default()
+            params.use_gpu = False
+            params.print_timings = verbose
+            params.n_threads = self.n_threads
+            params.warmup = False
+            self.mtmd_ctx = mtmd_cpp.mtmd_init_from_file(str(mmproj).encode(), self.llm.model, params)
+            if not self.mtmd_ctx:
+                raise BadInput(f"libmtmd cannot load {Path(mmproj).name} with this model")
+        self.last_timings: dict[str, float] = {}
+
+    def close(self) -> None:
+        if self.mtmd_ctx:
+            self._mtmd.mtmd_free(self.mtmd_ctx)
+            self.mtmd_ctx = None
+        self.llm.close()
+
+    def __enter__(self) -> "Session":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------ text
+
+    def tokenize(self, text: str, *, add_special: bool = False, parse_special: bool = True) -> list[int]:
+        return self.llm.tokenize(text.encode("utf-8"), add_bos=add_special, special=parse_special)
+
+    def detokenize(self, tokens: list[int]) -> str:
+        return self.llm.detokenize(tokens).decode("utf-8", errors="replace")
+
+    def is_eog(self, token: int) -> bool:
+        return bool(self._llama_cpp.llama_vocab_is_eog(self.vocab, token))
+
+    def text_logits(self, tokens: list[int]) -> np.ndarray:
+        """[len(tokens), n_vocab] logits, from a fresh context."""
+        self.llm.reset()
+        self.llm._ctx.kv_cache_clear()
+        self.llm.eval(tokens)
+        return np.array(self.llm.scores[: len(tokens)], dtype=np.float32)
+
+    # ------------------------------------------------------------ images
+
+    def _bitmap(self, image: str | Path):
+        if not self.mtmd_ctx:
+            raise BadInput("this session has no mmproj")
+        img = load_image(image, self.image_size)
+        data = np.ascontiguousarray(np.asarray(img, dtype=np.uint8))
+        buf = (ctypes.c_uint8 * data.nbytes).from_buffer_copy(data.tobytes())
+        bmp = self._mtmd.mtmd_bitmap_init(img.width, img.height, buf)
+        if not bmp:
+            raise BadInput(f"libmtmd refused image {image}")
+        return bmp
+
+    def _chunks(self, text: str, images: list[str | Path], add_special: bool = True):
+        mt = self._mtmd
+        bitmaps = [self._bitmap(p) for p in images]
+        chunks = mt.mtmd_input_chunks_init()
+        inp = mt.mtmd_input_text()
+        raw = text.encode("utf-8")
+        inp.text, inp.text_len = raw, len(raw)
+        inp.add_special, inp.parse_special = add_special, True
+        arr = (mt.mtmd_bitmap_p_ctypes * max(1, len(bitmaps)))(*bitmaps)
+        try:
+            rc = mt.mtmd_tokenize(self.mtmd_ctx, chunks, ctypes.byref(inp), arr, len(bitmaps))
+        finally:
+            for b in bitmaps:
+                mt.mtmd_bitmap_free(b)
+        if rc != 0:
+            mt.mtmd_input_chunks_free(chunks)
+            raise BadInput(f"libmtmd could not tokenize the prompt (code {rc}; one {MEDIA_MARKER} per image?)")
+        return chunks
+
+    def image_embeddings(self, image: str | Path) -> np.ndarray:
+        """[n_image_tokens, n_embd] projector output for one image."""
+        mt = self._mtmd
+        chunks = self._chunks(MEDIA_MARKER, [image], add_special=False)
+        try:
+            for i in range(mt.mtmd_input_chunks_size(chunks)):
+                chunk = mt.mtmd_input_chunks_get(chunks, i)
+                if mt.mtmd_input_chunk_get_type(chunk) != mt.MTMD_INPUT_CHUNK_TYPE_IMAGE:
+                    continue
+                n = mt.mtmd_input_chunk_get_n_tokens(chunk)
+                t0 = time.perf_counter()
+                if mt.mtmd_encode_chunk(self.mtmd_ctx, chunk) != 0:
+                    raise BadInput("libmtmd failed to encode the image")
+                self.last_timings["encode_ms"] = (time.perf_counter() - t0) * 1e3
+                ptr = mt.mtmd_get_output_embd(self.mtmd_ctx)
+                return np.ctypeslib.as_array(ptr, shape=(n * self.llm.n_embd(),)).reshape(n, -1).copy()
+        finally:
+            mt.mtmd_input_chunks_free(chunks)
+        raise BadInput("prompt produced no image chunk")
+
+    def eval_prompt(self, prompt: str, images: list[str | Path] = ()) -> np.ndarray:
+        """Evaluate a formatted prompt (with one media marker per image); returns the last logits."""
+        llama_cpp, mt, llm = self._llama_cpp, self._mtmd, self.llm
+        llm.reset()
+        llm._ctx.kv_cache_clear()
+        self.last_timings = {"encode_ms": 0.0, "prefill_ms": 0.0}
+        if not images:
+            toks = self.tokenize(prompt, add_special=True)
+            t0 = time.perf_counter()
+            llm.eval(toks)
+            self.last_timings["prefill_ms"] = (time.perf_counter() - t0) * 1e3
+            self.last_timings["prompt_tokens"] = len(toks)
+            return np.array(llm.scores[llm.n_tokens - 1], dtype=np.float32)
+        chunks = self._chunks(prompt, list(images))
+        n_tokens = 0
+        try:
+            for i in range(mt.mtmd_input_chunks_size(chunks)):
+                chunk = mt.mtmd_input_chunks_get(chunks, i)
+                if mt.mtmd_input_chunk_get_type(chunk) == mt.MTMD_INPUT_CHUNK_TYPE_TEXT:
+                    n = ctypes.c_size_t()
+                    ptr = mt.mtmd_input_chunk_get_tokens_text(chunk, ctypes.byref(n))
+                    toks = [ptr[j] for j in range(n.value)]
+                    t0 = time.perf_counter()
+                    llm.eval(toks)
+                    self.last_timings["prefill_ms"] += (time.perf_counter() - t0) * 1e3
+                    n_tokens += len(toks)
+                else:
+                    n_img = mt.mtmd_input_chunk_get_n_tokens(chunk)
+                    if llm.n_tokens + n_img > llm.n_ctx():
+                        raise BadInput(f"prompt needs {llm.n_tokens + n_img} tokens; context is {llm.n_ctx()}")
+                    new_past = llama_cpp.llama_pos(0)
+                    t0 = time.perf_counter()
+                    rc = mt.mtmd_helper_eval_chunk_single(self.mtmd_ctx, llm._ctx.ctx, chunk,
+                                                          llama_cpp.llama_pos(llm.n_tokens), llama_cpp.llama_seq_id(0),
+                                                          llm.n_batch, True, ctypes.byref(new_past))
+                    if rc != 0:
+                        raise BadInput(f"libmtmd failed to evaluate the image (code {rc})")
+                    self.last_timings["encode_ms"] += (time.perf_counter() - t0) * 1e3
+                    # Keep the Python-side token history in step (image positions hold no token id).
+                    llm.input_ids[llm.n_tokens:new_past.value] = -1
+                    llm.n_tokens = new_past.value
+                    n_tokens += n_img
+        finally:
+            mt.mtmd_input_chunks_free(chunks)
+        self.last_timings["prompt_tokens"] = n_tokens
+        return np.array(llm.scores[llm.n_tokens - 1], dtype=np.float32)
+
+    def generate(self, prompt: str, images: list[str | Path] = (), *, max_tokens: int = 64,
+                 on_text: Callable[[str], None] | None = None) -> str:
+        """Greedy decoding until an end-of-generation token; streams text pieces to on_text."""
+        logits = self.eval_prompt(prompt, images)
+        out: list[int] = []
+        shown = ""
+        t0 = time.perf_counter()
+        for _ in range(max_tokens):
+            tok = int(np.argmax(logits))
+            if self.is_eog(tok):
+                break
+            out.append(tok)
+            text = self.detokenize(out)
+            if on_text and len(text) > len(shown) and not text.endswith("\ufffd"):
+                on_text(text[len(shown):])
+                shown = text
+            self.llm.eval([tok])
+            logits = np.array(self.llm.scores[self.llm.n_tokens - 1], dtype=np.float32)
+        dt = time.perf_counter() - t0
+        self.last_timings["decode_tokens"] = len(out)
+        self.last_timings["decode_ms"] = dt * 1e3
+        text = self.detokenize(out)
+        if on_text and len(text) > len(shown):
+            on_text(text[len(shown):])
+        return text
+
+    def chat_prompt(self, question: str, *, image: bool = True) -> str:
+        content = f"{MEDIA_MARKER}\n{question}" if image else question
+        return render(self.chat_template, [{"role": "user", "content": content}])

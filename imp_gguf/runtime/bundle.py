@@ -1,0 +1,182 @@
+"""A self-contained folder (and OUT.tar.gz) to run Imp on a phone: static tools, the two GGUFs, run.sh.
+
+Ready for `adb push OUT /data/local/tmp/` or for unpacking into Termux's home. Both outputs are written
+under temporary names in OUT's folder and renamed at the end, so an interrupted bundle leaves no OUT.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shlex
+import shutil
+import tarfile
+import tempfile
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from imp_gguf.errors import BadInput, OutputExists
+from imp_gguf.pins import LLAMA_CPP_COMMIT, LLAMA_CPP_PYTHON_VERSION
+from imp_gguf.runtime.build import where
+
+RUN_SH = """\
+#!/bin/sh
+# Ask the bundled Imp model about one image (llama.cpp {commit}, target {target}).
+# usage: sh run.sh IMAGE "QUESTION" [more llama-mtmd-cli options]
+# IMP_THREADS overrides the thread count.
+set -eu
+if [ "$#" -lt 2 ]; then
+    echo "usage: $0 IMAGE \\"QUESTION\\" [more llama-mtmd-cli options]" >&2
+    exit 2
+fi
+# Make the image path absolute before the cd below, so relative paths still work.
+case "$1" in
+    /*) image=$1 ;;
+    *) image=$(pwd)/$1 ;;
+esac
+question=$2
+shift 2
+cd "$(dirname "$0")"
+# adb push and some unpackers drop the executable bit.
+chmod +x bin/* 2>/dev/null || true
+if [ -z "${{IMP_THREADS:-}}" ]; then
+    # 8-core phones (Snapdragon 8 Gen 3: 1+5 big, 2 little): the little cores slow every step down.
+    n=$(nproc 2>/dev/null || echo 4)
+    if [ "$n" -ge 8 ]; then IMP_THREADS=$((n - 2)); else IMP_THREADS=$n; fi
+fi
+exec ./bin/llama-mtmd-cli -m {model} --mmproj {mmproj} \\
+    --image "$image" -p "$question" -t "$IMP_THREADS" -c 4096 --temp 0 "$@"
+"""
+
+README = """\
+Imp on llama.cpp {commit} ({target}), made by imp-gguf.
+
+Android over adb:
+  adb push {name} /data/local/tmp/
+  adb push photo.jpg /data/local/tmp/
+  adb shell "sh /data/local/tmp/{name}/run.sh /data/local/tmp/photo.jpg 'What is in the image?'"
+Termux (copy {name}.tar.gz to the phone first; binaries cannot run from /sdcard):
+  tar xzf {name}.tar.gz -C ~ && sh ~/{name}/run.sh ~/photo.jpg "What is in the image?"
+Benchmark: ./bin/llama-bench -m models/{model} -p 512 -n 128 -t 4,5,6
+"""
+
+
+@dataclass
+class BundleResult:
+    folder: Path
+    tarball: Path
+    manifest: dict
+
+
+def run_script(model_name: str, mmproj_name: str, target: str = "linux-arm64") -> str:
+    """The POSIX sh launcher; model file names are quoted, whatever characters they hold."""
+    return RUN_SH.format(
+        commit=LLAMA_CPP_COMMIT,
+        target=target,
+        model=shlex.quote(f"models/{model_name}"),
+        mmproj=shlex.quote(f"models/{mmproj_name}"),
+    )
+
+
+def _check_gguf(path: Path, what: str) -> Path:
+    if not path.is_file():
+        raise BadInput(f"{what} {path} does not exist")
+    with open(path, "rb") as fh:
+        if fh.read(4) != b"GGUF":
+            raise BadInput(f"{what} {path} is not a GGUF file")
+    return path
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def tarball_path(out: Path) -> Path:
+    return out.with_name(out.name + ".tar.gz")
+
+
+def make_bundle(
+    out: Path,
+    *,
+    model: Path,
+    mmproj: Path,
+    target: str = "linux-arm64",
+    force: bool = False,
+    binaries: Mapping[str, Path] | None = None,
+    cache: Path | None = None,
+    env: Mapping[str, str] | None = None,
+) -> BundleResult:
+    """Write OUT/ and OUT.tar.gz. `binaries` defaults to the finished build for `target`."""
+    out = Path(out)
+    model, mmproj = _check_gguf(Path(model), "model"), _check_gguf(Path(mmproj), "mmproj")
+    if model.name == mmproj.name:
+        raise BadInput(f"model and mmproj have the same file name {model.name}: rename one")
+    tar_out = tarball_path(out)
+    for path in (out, tar_out):
+        if path.exists() and not force:
+            raise OutputExists(f"{path} exists: pass --force to replace it")
+    if binaries is None:
+        binaries = where(target, env=env, cache=cache).binaries
+    missing = [name for name, p in binaries.items() if not Path(p).is_file()]
+    if "llama-mtmd-cli" not in binaries or missing:
+        raise BadInput(f"the {target} build lacks {missing[0] if missing else 'llama-mtmd-cli'}: rebuild it")
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    tmp_tar = tmp.with_name(tmp.name + ".tar.gz")
+    try:
+        os.chmod(tmp, 0o755)  # mkdtemp makes it private; the final folder should not be
+        (tmp / "bin").mkdir()
+        (tmp / "models").mkdir()
+        for name, src in sorted(binaries.items()):
+            shutil.copyfile(src, tmp / "bin" / name)
+            os.chmod(tmp / "bin" / name, 0o755)
+        for src in (model, mmproj):
+            shutil.copyfile(src, tmp / "models" / src.name)
+        (tmp / "run.sh").write_text(run_script(model.name, mmproj.name, target))
+        os.chmod(tmp / "run.sh", 0o755)
+        (tmp / "README.txt").write_text(
+            README.format(commit=LLAMA_CPP_COMMIT, target=target, name=out.name, model=model.name)
+        )
+        files = sorted(p for p in tmp.rglob("*") if p.is_file())
+        manifest = {
+            "target": target,
+            "llama_cpp_python": LLAMA_CPP_PYTHON_VERSION,
+            "commit": LLAMA_CPP_COMMIT,
+            "model": f"models/{model.name}",
+            "mmproj": f"models/{mmproj.name}",
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "sha256": {str(p.relative_to(tmp)): _sha256(p) for p in files},
+        }
+        (tmp / "bundle.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        # GGUF weights barely compress: level 1 keeps a multi-GB bundle from taking minutes.
+        with tarfile.open(tmp_tar, "w:gz", compresslevel=1) as tf:
+            tf.add(tmp, arcname=out.name)
+        _replace(tmp, out)
+        _replace(tmp_tar, tar_out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp_tar.unlink(missing_ok=True)
+    return BundleResult(folder=out, tarball=tar_out, manifest=manifest)
+
+
+def _replace(new: Path, final: Path) -> None:
+    """Rename `new` to `final`; an existing `final` (allowed by --force) is moved aside first, then removed."""
+    if not final.exists():
+        os.replace(new, final)
+        return
+    old = final.with_name(f".{final.name}.old-{os.getpid()}")
+    os.replace(final, old)
+    os.replace(new, final)
+    if old.is_dir():
+        shutil.rmtree(old)
+    else:
+        old.unlink()

@@ -1,0 +1,1 @@
+"""Fixtures giving tests tiny Imp checkpoints and their converted GGUFs."""
