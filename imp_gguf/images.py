@@ -6,6 +6,7 @@ makes it copy pixels unchanged, so llama.cpp sees exactly what the PyTorch model
 
 from __future__ import annotations
 
+import logging
 import warnings
 from pathlib import Path
 
@@ -16,18 +17,26 @@ from imp_gguf.errors import BadInput
 
 MAX_PIXELS = 64_000_000  # ~8k x 8k; larger is treated as a decompression bomb
 
+# Pillow logs some damaged-file errors before raising; without a handler Python would print them on
+# stderr next to our own one-line error. Applications that configure logging still receive them.
+logging.getLogger("PIL").addHandler(logging.NullHandler())
+
 
 def load_image(path: str | Path, size: int) -> Image.Image:
     """Open any PNG/JPEG/WebP/... of any mode and return an RGB image of size x size."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise BadInput(f"image {path} does not exist")
+    if not path.is_file():
+        raise BadInput(f"image {path} is not a file")
     if path.stat().st_size == 0:
         raise BadInput(f"image {path} is empty")
     old = Image.MAX_IMAGE_PIXELS
     Image.MAX_IMAGE_PIXELS = MAX_PIXELS
     try:
         with warnings.catch_warnings():
+            # Pillow warns on stderr about damaged metadata; the user gets one line or a good image.
+            warnings.simplefilter("ignore")
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as im:
                 if im.width * im.height > MAX_PIXELS:
@@ -39,7 +48,7 @@ def load_image(path: str | Path, size: int) -> Image.Image:
         raise BadInput(f"image {path.name} is too large (decompression bomb?)") from exc
     except UnidentifiedImageError as exc:
         raise BadInput(f"image {path.name} is not a readable image") from exc
-    except (OSError, SyntaxError, ValueError) as exc:
+    except (OSError, SyntaxError, ValueError, EOFError, MemoryError) as exc:
         raise BadInput(f"image {path.name} is corrupt: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
     finally:
         Image.MAX_IMAGE_PIXELS = old

@@ -61,6 +61,17 @@ def find(config: dict[str, Any], keys: tuple[str, ...], default: Any = None, *, 
     raise BadInput(f"config.json: missing {what or keys[0]} (looked for {', '.join(keys)})")
 
 
+def rope_param(config: dict[str, Any], key: str, default: Any) -> Any:
+    """A RoPE setting, top-level (older configs) or under rope_parameters/rope_scaling (transformers 5)."""
+    if config.get(key) is not None:
+        return config[key]
+    for nest in ("rope_parameters", "rope_scaling"):
+        sub = config.get(nest)
+        if isinstance(sub, dict) and sub.get(key) is not None:
+            return sub[key]
+    return default
+
+
 class LMFamily:
     """Base class; subclasses are registered by name in imp_gguf.families."""
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from imp_gguf.errors import BadInput
 from imp_gguf.families import register
-from imp_gguf.families.base import LMFamily, LMHparams, TensorRule as R, embd, find, square, vec
+from imp_gguf.families.base import LMFamily, LMHparams, TensorRule as R, embd, find, rope_param, square, vec
 
 
 def _qkv(h: LMHparams) -> tuple[int, ...]:
@@ -59,7 +59,7 @@ class _Phi2Common(LMFamily):
         if config.get("rotary_dim") is not None:  # phi-msft keys
             rope_dims = int(config["rotary_dim"])
         else:
-            rope_dims = int(float(find(config, ("partial_rotary_factor",), 0.4)) * head_dim)
+            rope_dims = int(float(rope_param(config, "partial_rotary_factor", 0.4)) * head_dim)
         n_ff = config.get("n_inner") or config.get("intermediate_size") or 4 * n_embd
         emb = tensors.get(cls.embedding_name)
         n_vocab = int(emb.shape[0]) if emb is not None else int(find(config, ("vocab_size",)))
@@ -67,7 +67,7 @@ class _Phi2Common(LMFamily):
             arch=cls.arch, n_vocab=n_vocab, n_embd=n_embd, n_ff=int(n_ff), n_layer=n_layer,
             n_head=n_head, n_head_kv=n_head,
             n_ctx=int(find(config, ("n_positions", "max_position_embeddings"), 2048)),
-            rope_dims=rope_dims, rope_theta=float(config.get("rope_theta") or 10000.0),
+            rope_dims=rope_dims, rope_theta=float(rope_param(config, "rope_theta", 10000.0)),
             norm_eps=float(find(config, ("layer_norm_epsilon", "layer_norm_eps"), 1e-5)),
         )
 

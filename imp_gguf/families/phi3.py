@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from imp_gguf.families import register
-from imp_gguf.families.base import LMFamily, LMHparams, TensorRule as R, embd, find, square, vec
+from imp_gguf.families.base import LMFamily, LMHparams, TensorRule as R, embd, find, rope_param, square, vec
 
 
 def _qkv(h: LMHparams) -> tuple[int, ...]:
@@ -52,8 +52,7 @@ class Phi3(LMFamily):
         n_embd = int(find(config, ("hidden_size",)))
         n_head = int(find(config, ("num_attention_heads",)))
         n_ctx = int(find(config, ("max_position_embeddings",), 4096))
-        rope = config.get("rope_parameters") or {}
-        prf = float(config.get("partial_rotary_factor") or rope.get("partial_rotary_factor") or 1.0)
+        prf = float(rope_param(config, "partial_rotary_factor", 1.0))
         emb = tensors.get("model.embed_tokens.weight")
         return LMHparams(
             arch=cls.arch,
@@ -62,10 +61,10 @@ class Phi3(LMFamily):
             n_layer=int(find(config, ("num_hidden_layers",))), n_head=n_head,
             n_head_kv=int(config.get("num_key_value_heads") or n_head), n_ctx=n_ctx,
             rope_dims=int(prf * n_embd) // n_head,
-            rope_theta=float(config.get("rope_theta") or rope.get("rope_theta") or 10000.0),
+            rope_theta=float(rope_param(config, "rope_theta", 10000.0)),
             norm_eps=float(find(config, ("rms_norm_eps",), 1e-5)),
             extra={
-                "orig_ctx": int(config.get("original_max_position_embeddings") or rope.get("original_max_position_embeddings") or n_ctx),
+                "orig_ctx": int(rope_param(config, "original_max_position_embeddings", n_ctx)),
                 "sliding_window": int(config.get("sliding_window") or 0),
             },
         )
@@ -95,5 +94,5 @@ class Phi3(LMFamily):
             "rms_norm_eps": hp.norm_eps, "hidden_act": "silu", "tie_word_embeddings": False,
             "sliding_window": hp.extra["sliding_window"] or None, "rope_scaling": None,
             "attention_dropout": 0.0, "resid_pdrop": 0.0, "embd_pdrop": 0.0,
-            "bos_token_id": 1, "eos_token_id": 32000, "pad_token_id": 32000,
+            "bos_token_id": 1, "eos_token_id": None, "pad_token_id": None,
         }

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from imp_gguf.families import register
-from imp_gguf.families.base import LMFamily, LMHparams, TensorRule as R, embd, find, square, vec
+from imp_gguf.families.base import LMFamily, LMHparams, TensorRule as R, embd, find, rope_param, square, vec
 
 
 def _kv(h: LMHparams) -> tuple[int, ...]:
@@ -68,7 +68,7 @@ class Qwen2(LMFamily):
             n_head_kv=int(config.get("num_key_value_heads") or n_head),
             n_ctx=int(find(config, ("max_position_embeddings",), 32768)),
             rope_dims=int(find(config, ("hidden_size",))) // n_head,
-            rope_theta=float(config.get("rope_theta") or (config.get("rope_parameters") or {}).get("rope_theta") or 1e6),
+            rope_theta=float(rope_param(config, "rope_theta", 1e6)),
             norm_eps=float(find(config, ("rms_norm_eps",), 1e-6)),
         )
 

@@ -138,6 +138,19 @@ def _write_spm(dest: Path, dims: Dims) -> tuple[int, dict[str, int]]:
     tok.eos_token = "<|endoftext|>"
     tok.pad_token = "<|endoftext|>"
     tok.save_pretrained(str(dest))
+    # Phi-3-mini's own tokenizer.json is Llama-2 style: "▁" prepended to every text segment (also
+    # after special tokens) by the normalizer, no pre-tokenizer. transformers 5 would write a
+    # Metaspace(prepend_scheme="first") instead; keep the real model's behaviour.
+    tj_path = dest / "tokenizer.json"
+    tj = json.loads(tj_path.read_text())
+    tj["normalizer"] = {"type": "Sequence", "normalizers": [
+        {"type": "Prepend", "prepend": "\u2581"},
+        {"type": "Replace", "pattern": {"String": " "}, "content": "\u2581"}]}
+    tj["pre_tokenizer"] = None
+    tj["decoder"] = {"type": "Sequence", "decoders": [
+        {"type": "Replace", "pattern": {"String": "\u2581"}, "content": " "},
+        {"type": "ByteFallback"}, {"type": "Fuse"}, {"type": "Strip", "content": " ", "start": 1, "stop": 0}]}
+    tj_path.write_text(json.dumps(tj, ensure_ascii=False, indent=2))
     ids = {s: tok.convert_tokens_to_ids(s) for s in SYSTEM_TOKENS_PHI3 + ["<image>", "<s>", "</s>", "<unk>"]}
     return len(tok), ids
 

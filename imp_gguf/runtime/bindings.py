@@ -23,7 +23,7 @@ from imp_gguf.images import load_image
 
 class Session:
     def __init__(self, model: str | Path, mmproj: str | Path | None = None, *, n_ctx: int = 2048,
-                 n_threads: int | None = None, n_batch: int = 512, verbose: bool = False):
+                 n_threads: int | None = None, n_batch: int = 512, f32_kv: bool = False, verbose: bool = False):
         import llama_cpp
         from llama_cpp import mtmd_cpp
 
@@ -33,9 +33,11 @@ class Session:
             raise BadInput(f"{Path(model).name} is an mmproj (arch clip), not a language model")
         self.chat_template = meta.get("tokenizer.chat_template") or ""
         self.n_threads = n_threads or max(1, os.cpu_count() or 1)
+        # Parity checks want an F32 KV cache: the default F16 cache rounds keys and values.
+        kv = {"type_k": 0, "type_v": 0} if f32_kv else {}
         try:
             self.llm = llama_cpp.Llama(model_path=str(model), n_ctx=n_ctx, n_batch=n_batch, n_ubatch=n_batch,
-                                       n_threads=self.n_threads, logits_all=True, verbose=verbose)
+                                       n_threads=self.n_threads, logits_all=True, verbose=verbose, **kv)
         except ValueError as exc:
             raise BadInput(f"llama.cpp cannot load {Path(model).name}: {exc}") from exc
         self.vocab = self.llm._model.vocab
