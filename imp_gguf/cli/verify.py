@@ -1,0 +1,40 @@
+"""`imp-gguf verify`: parity of converted files against the PyTorch reference."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from imp_gguf.cli._common import err_console, print_json
+from imp_gguf.errors import ToolMissing
+
+
+def verify_cmd(
+    ckpt: Path = typer.Argument(..., help="The Imp checkpoint folder the files were converted from."),
+    model: Path = typer.Argument(..., help="Language-model GGUF."),
+    mmproj: Path = typer.Argument(..., help="mmproj GGUF."),
+    image: Optional[Path] = typer.Option(None, "--image", help="Image to test with (default: a generated one)."),
+    threads: Optional[int] = typer.Option(None, "--threads", "-t"),
+    json_out: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
+) -> None:
+    """Run MODEL+MMPROJ in llama.cpp and the checkpoint in PyTorch; report logits, image-embedding and
+    tokenizer parity. Exit 1 if parity fails. Needs: pip install 'imp-gguf[reference]'."""
+    try:
+        from imp_gguf.reference.parity import verify
+    except ImportError as exc:
+        raise ToolMissing("verify needs the PyTorch reference: pip install 'imp-gguf[reference]'") from exc
+    report = verify(ckpt, model, mmproj, image=image, n_threads=threads)
+    if json_out:
+        print_json(report)
+    else:
+        for k, v in report.items():
+            err_console.print(f"{k:34s} {v}", markup=False)
+        err_console.print("parity OK" if report["ok"] else "parity FAILED", style="bold")
+    if not report["ok"]:
+        raise typer.Exit(1)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("verify")(verify_cmd)

@@ -1,0 +1,47 @@
+"""The `cli` backend: the built llama-mtmd-cli as a subprocess, fed an image already prepared as Imp expects."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+from imp_gguf.errors import BadInput, InternalError
+from imp_gguf.gguf_info import read_gguf_meta
+from imp_gguf.images import load_image
+from imp_gguf.runtime.runner import LocalRunner, Runner
+
+
+def prepare_image(image: str | Path, mmproj: str | Path, dest_dir: Path) -> Path:
+    """Squash-resize to the mmproj's image size and save as PNG, so clip.cpp copies it unchanged."""
+    size = int(read_gguf_meta(mmproj).get("clip.vision.image_size") or 0)
+    if size <= 0:
+        raise BadInput(f"{Path(mmproj).name} has no clip.vision.image_size: is it an mmproj?")
+    out = dest_dir / "image.png"
+    load_image(image, size).save(out)
+    return out
+
+
+def mtmd_cli_argv(binary: Path, model: Path, mmproj: Path, image: Path, prompt: str, *, max_tokens: int,
+                  threads: int, ctx: int = 4096) -> list[str]:
+    return [str(binary), "-m", str(model), "--mmproj", str(mmproj), "--image", str(image), "-p", prompt,
+            "--temp", "0", "-n", str(max_tokens), "-t", str(threads), "-c", str(ctx), "--no-warmup",
+            # mtmd-cli defaults to the legacy (non-Jinja) templates, which would pick "vicuna" for Imp's format.
+            "--jinja"]
+
+
+def run_mtmd_cli(binary: Path, model: Path, mmproj: Path, image: Path, prompt: str, *, max_tokens: int = 64,
+                 threads: int = 2, runner: Runner | None = None, on_text: Callable[[str], None] | None = None) -> str:
+    """Greedy answer from llama-mtmd-cli (its chat template wraps the prompt, as for the Python backend)."""
+    runner = runner or LocalRunner()
+    with tempfile.TemporaryDirectory() as td:
+        img = prepare_image(image, mmproj, Path(td))
+        argv = mtmd_cli_argv(binary, model, mmproj, img, prompt, max_tokens=max_tokens, threads=threads)
+        proc = runner.run(argv, timeout=1800)
+    if proc.returncode != 0:
+        tail = (proc.stderr or "").strip().splitlines()[-1:] or ["no output"]
+        raise InternalError(f"llama-mtmd-cli exited {proc.returncode}: {tail[0]}")
+    text = proc.stdout.strip()
+    if on_text:
+        on_text(text)
+    return text

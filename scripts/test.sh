@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Everything the test suite needs on a fresh Debian machine, then the tests.
+# Usage: bash scripts/test.sh [pytest args]   (e.g. --no-cross to skip the ARM64 cross build)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+for pair in cmake:cmake ninja:ninja-build aarch64-linux-gnu-gcc:gcc-aarch64-linux-gnu \
+            aarch64-linux-gnu-g++:g++-aarch64-linux-gnu qemu-aarch64:qemu-user sshd:openssh-server \
+            ssh:openssh-client; do
+  prog=${pair%%:*}; pkg=${pair#*:}
+  command -v "$prog" >/dev/null 2>&1 || [ -x "/usr/sbin/$prog" ] || need+=("$pkg")
+done
+if [ ${#need[@]} -gt 0 ]; then
+  echo "installing Debian packages: ${need[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq && apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+# torch==2.13.0 is a CPU wheel on this machine; llama-cpp-python compiles once (~10 min), then pip caches it.
+python -m pip install -q -e '.[test]'
+
+# The llama.cpp tools are built once per machine into ~/.cache/imp-gguf (host ~8 min, linux-arm64 ~11 min)
+# by the test fixtures themselves, and reused afterwards.
+exec python -m pytest -q -ra "$@"
