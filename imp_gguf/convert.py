@@ -90,9 +90,7 @@ def plan_conversion(source: str | Path, outdir: str | Path, *, outtype: str = "f
 
     lm_tensors, mm_tensors = planned(lm_rows), planned(mm_rows)
     n_params = sum(math.prod(t.shape) for t in lm_tensors)
-    spec = str(source)
-    model_id = model_name or (spec if HUB_ID.match(spec) and not Path(spec).exists() else ckpt.root.resolve().name)
-    identity = ModelIdentity.from_id(model_id, n_params)
+    identity = ModelIdentity.from_id(_model_id(str(source), ckpt, model_name), n_params)
     out = Path(outdir)
     enc = ENCODINGS[outtype]
     lm_path = out / (lm_filename or identity.lm_filename(enc))
@@ -102,6 +100,20 @@ def plan_conversion(source: str | Path, outdir: str | Path, *, outtype: str = "f
             check_output(p, force)
     return ConversionPlan(ckpt, family, hp, vh, vocab, identity, outtype, lm_tensors, mm_tensors,
                           lm_path, mm_path, notes)
+
+
+def _model_id(spec: str, ckpt: Checkpoint, override: str | None) -> str:
+    """--model-name, else the hub id given, else the config's own hub id when it names this folder
+    (it carries the organization for general.base_model.*), else the folder name."""
+    if override:
+        return override
+    if HUB_ID.match(spec) and not Path(spec).exists():
+        return spec
+    folder = ckpt.root.resolve().name
+    own = ckpt.config.get("_name_or_path")
+    if isinstance(own, str) and HUB_ID.match(own) and own.split("/")[-1].lower() == folder.lower():
+        return own
+    return folder
 
 
 def run_conversion(plan: ConversionPlan, *, force: bool = False,
