@@ -28,6 +28,10 @@ class Session:
         from llama_cpp import mtmd_cpp
 
         self._llama_cpp, self._mtmd = llama_cpp, mtmd_cpp
+        # Route libmtmd/clip logs through llama-cpp-python's level filter (quiet unless verbose).
+        from llama_cpp._logger import llama_log_callback
+
+        mtmd_cpp.mtmd_helper_log_set(llama_log_callback, ctypes.c_void_p(0))
         meta = read_gguf_meta(model)
         if meta.get("general.architecture") == "clip":
             raise BadInput(f"{Path(model).name} is an mmproj (arch clip), not a language model")
