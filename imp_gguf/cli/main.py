@@ -1,13 +1,19 @@
 """Entry point `imp-gguf`: wires the command modules and turns errors into exit codes.
 
 Exit status: 0 success, 1 internal error (a bug or a tool that failed unexpectedly),
-2 bad input (checkpoint, file, image, flag or device), 130 interrupted.
+2 bad input (checkpoint, file, image, flag or device), 130 interrupted (Ctrl-C, SIGINT),
+143 terminated (SIGTERM). See docs/exit-codes.md.
+
+SIGTERM is turned into the same exception path as Ctrl-C, so `finally` blocks run: the writer's
+temporary files are removed and no partial output is left under a final name.
 """
 
 from __future__ import annotations
 
 import importlib
+import signal
 import sys
+import threading
 import traceback
 
 import click
@@ -62,17 +68,60 @@ for _name in COMMAND_MODULES:
     _mod.register(app)
 
 
+class Terminated(BaseException):
+    """SIGTERM, raised wherever the program is, so `finally` blocks clean up as for Ctrl-C.
+
+    A BaseException like KeyboardInterrupt (no `except Exception` swallows it), but not a subclass
+    of it: typer would turn that into a plain exit status 130.
+    """
+
+
+_signals = {"interrupted": False}
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    raise Terminated()
+
+
+def _on_sigint(signum: int, frame: object) -> None:
+    # typer turns KeyboardInterrupt into a silent return value 130; remember why, to say so.
+    _signals["interrupted"] = True
+    raise KeyboardInterrupt()
+
+
 def main(argv: list[str] | None = None) -> int:
+    # Only the main thread may set handlers; main() called from a worker thread keeps the defaults.
+    # A SIGINT that is ignored (nohup, background job) stays ignored.
+    handlers = {}
+    if threading.current_thread() is threading.main_thread():
+        handlers[signal.SIGTERM] = signal.signal(signal.SIGTERM, _on_sigterm)
+        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            handlers[signal.SIGINT] = signal.signal(signal.SIGINT, _on_sigint)
+    _signals["interrupted"] = False
+    try:
+        return _run(argv)
+    finally:
+        for signum, previous in handlers.items():
+            if previous is not None:  # None: set outside Python, cannot be put back from here
+                signal.signal(signum, previous)
+
+
+def _run(argv: list[str] | None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     STATE["verbose"] = "--verbose" in args or "-v" in args[:1]
     try:
         rv = app(args=args, prog_name="imp-gguf", standalone_mode=False)
+        if rv == 130 and _signals["interrupted"]:
+            raise KeyboardInterrupt()
         return rv if isinstance(rv, int) else 0
     except click.exceptions.Exit as exc:
         return exc.exit_code
     except click.ClickException as exc:
         exc.show()
         return exc.exit_code
+    except Terminated:
+        err_console.print("error: terminated (SIGTERM); no partial output was kept")
+        return 143
     except (KeyboardInterrupt, click.Abort):
         err_console.print("error: interrupted; no partial output was kept")
         return 130

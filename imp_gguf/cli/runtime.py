@@ -60,16 +60,17 @@ def register(app: typer.Typer) -> None:
 
         def started(bdir) -> None:
             info(f"building llama.cpp tools for {target} in {bdir} (about 10 min on 2 cores; log: build.log)")
+            if bar is not None:  # only now: a reused build should not flash a bar
+                bar.start()
 
         try:
-            if bar is not None:
-                bar.start()
             result = rt.build(target, jobs=jobs or None, force=force, progress=update, on_start=started)
         except rt.BuildFailed as exc:
             if bar is not None:
                 bar.stop()
+            info(f"last lines of {exc.log}:")
             tail = exc.tail if STATE["verbose"] else exc.tail[-15:]
-            err_console.print("\n".join(tail), markup=False, highlight=False)
+            err_console.print("\n".join(tail), markup=False, highlight=False, soft_wrap=True)
             raise
         finally:
             if bar is not None:

@@ -49,6 +49,8 @@ COMMON_DEFINES = {
     "LLAMA_USE_PREBUILT_UI": "OFF",
 }
 
+CMAKE_ENV_INPUTS = ("CC", "CXX", "CFLAGS", "CXXFLAGS", "LDFLAGS")
+
 LINUX_ARM64_TOOLCHAIN = """\
 # Written by imp-gguf: cross-compile for aarch64 Linux with Debian's cross gcc.
 set(CMAKE_SYSTEM_NAME Linux)
@@ -109,20 +111,22 @@ class BuildSpec:
     toolchain_text: str | None = None  # written to <build dir>/toolchain.cmake
     toolchain_file: str | None = None  # an existing toolchain file (the NDK's)
     programs: tuple[str, ...] = ("cmake", "ninja", "git")  # git: build-info reads the commit
+    # Environment variables CMake reads (CC, CFLAGS...): set ones change the output, so they enter the hash.
+    env_inputs: tuple[tuple[str, str], ...] = ()
     static_elf: bool = False  # linux-arm64: the binaries must be static aarch64 ELF
     arm64: bool = False
 
     def flag_hash(self) -> str:
-        blob = json.dumps(
-            {
-                "target": self.target,
-                "defines": dict(sorted(self.defines.items())),
-                "tools": list(self.tools),
-                "toolchain_text": self.toolchain_text,
-                "toolchain_file": self.toolchain_file,
-            },
-            sort_keys=True,
-        )
+        inputs = {
+            "target": self.target,
+            "defines": dict(sorted(self.defines.items())),
+            "tools": list(self.tools),
+            "toolchain_text": self.toolchain_text,
+            "toolchain_file": self.toolchain_file,
+        }
+        if self.env_inputs:  # only when set, so the usual hash does not depend on this field existing
+            inputs["env"] = dict(self.env_inputs)
+        blob = json.dumps(inputs, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
@@ -215,7 +219,8 @@ def build_spec(
         spec_kw = {"toolchain_file": str(toolchain), "arm64": True}
     if extra_defines:
         defines.update(extra_defines)
-    spec = BuildSpec(target=target, defines=defines, **spec_kw)
+    env_inputs = tuple((k, env[k]) for k in CMAKE_ENV_INPUTS if env.get(k))
+    spec = BuildSpec(target=target, defines=defines, env_inputs=env_inputs, **spec_kw)
     _refuse_slow_arm(spec)
     return spec
 
@@ -284,7 +289,7 @@ def where(
 ) -> BuildResult:
     """The finished build for `target` (default flags), or BadInput with the command that makes it."""
     spec = build_spec(target, env=env, extra_defines=extra_defines)
-    bdir = build_dir(spec, cache)
+    bdir = build_dir(spec, cache or cache_dir(merged_env(env)))
     stamp = _read_stamp(spec, bdir)
     if stamp is None:
         raise BadInput(f"llama.cpp tools for {target} are not built: run `imp-gguf runtime build --target {target}`")
@@ -298,7 +303,7 @@ class _LogSink:
     """Writes every line to the log, keeps a tail for errors, and reports ninja's `[n/N]` progress."""
 
     def __init__(self, log: Path, progress: ProgressFn | None) -> None:
-        self.fh = open(log, "a", encoding="utf-8")
+        self.fh = open(log, "a", encoding="utf-8", buffering=1)  # line-buffered: `tail -f` works mid-build
         self.tail: deque[str] = deque(maxlen=40)
         self.progress = progress
 
@@ -383,7 +388,7 @@ def build(
     """
     spec = build_spec(target, env=env, extra_defines=extra_defines)
     check_programs(spec, env)
-    cache = cache or cache_dir()
+    cache = cache or cache_dir(merged_env(env))
     bdir = build_dir(spec, cache)
     binaries = _binaries(spec, bdir)
     if not force and (stamp := _read_stamp(spec, bdir)) is not None:
@@ -421,6 +426,7 @@ def build(
             "flag_hash": spec.flag_hash(),
             "defines": spec.defines,
             "toolchain_file": spec.toolchain_file,
+            "env": dict(spec.env_inputs),
             "tools": {k: str(v.relative_to(bdir)) for k, v in binaries.items()},
             "version_output": version_out,
             "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

@@ -47,8 +47,9 @@ if [ -z "${{IMP_THREADS:-}}" ]; then
     n=$(nproc 2>/dev/null || echo 4)
     if [ "$n" -ge 8 ]; then IMP_THREADS=$((n - 2)); else IMP_THREADS=$n; fi
 fi
+# --jinja: use Imp's own chat template from the GGUF (mtmd-cli would otherwise guess "vicuna").
 exec ./bin/llama-mtmd-cli -m {model} --mmproj {mmproj} \\
-    --image "$image" -p "$question" -t "$IMP_THREADS" -c 4096 --temp 0 "$@"
+    --image "$image" -p "$question" -t "$IMP_THREADS" -c 4096 --temp 0 --jinja "$@"
 """
 
 README = """\
@@ -61,6 +62,9 @@ Android over adb:
 Termux (copy {name}.tar.gz to the phone first; binaries cannot run from /sdcard):
   tar xzf {name}.tar.gz -C ~ && sh ~/{name}/run.sh ~/photo.jpg "What is in the image?"
 Benchmark: ./bin/llama-bench -m models/{model} -p 512 -n 128 -t 4,5,6
+Images: Imp was trained on squash-resized squares; resize photos to the mmproj's image size first
+(clip.vision.image_size: 196 or 384), e.g. `convert photo.jpg -resize 196x196! photo.png`, or clip.cpp
+letterboxes them with a grey border.
 """
 
 

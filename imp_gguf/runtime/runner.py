@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -152,6 +153,9 @@ class Runner:
                 text=True,
                 errors="replace",
                 bufsize=1,
+                # Own process group: on interruption we stop the whole tree (cmake -> ninja -> compilers),
+                # not only the direct child, so nothing keeps writing into a build dir behind our back.
+                start_new_session=True,
             )
         except FileNotFoundError as exc:
             raise ToolMissing(f"{local_argv[0]} not found: {exc.strerror}") from exc
@@ -162,14 +166,27 @@ class Runner:
             return proc.wait()
         finally:
             if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+                _stop_group(proc)
 
     def push(self, local: Path, remote: str) -> None:  # pragma: no cover - remote runners only
         raise NotImplementedError(f"{self.name} runner has no file transfer")
 
     def pull(self, remote: str, local: Path) -> None:  # pragma: no cover - remote runners only
         raise NotImplementedError(f"{self.name} runner has no file transfer")
+
+
+def _stop_group(proc: subprocess.Popen[str]) -> None:
+    """SIGTERM the child's process group, then SIGKILL what is left after a few seconds."""
+    for sig, wait in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
 
 
 class LocalRunner(Runner):
