@@ -117,7 +117,7 @@ def test_run_sh_passes_arguments_verbatim(tmp_path: Path, models: tuple[Path, Pa
     assert args == [
         "-m", f"models/{MODEL_NAME}", "--mmproj", f"models/{MMPROJ_NAME}",
         "--image", str(elsewhere / "my photo.jpg"), "-p", question,
-        "-t", "5", "-c", "4096", "--temp", "0", "-n", "64",
+        "-t", "5", "-c", "4096", "--temp", "0", "--jinja", "-n", "64",
     ]
     # Without IMP_THREADS it picks a positive thread count itself; without a question it explains usage.
     auto = subprocess.run(["sh", str(out / "run.sh"), "/abs.png", "q"], capture_output=True, text=True)
