@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import pickle
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -100,14 +103,59 @@ def safe_child(root: Path, relname: str) -> Path:
     return target
 
 
+MAX_JSON_BYTES = 256 * 1024 * 1024  # the largest real tokenizer.json is ~10 MB
+
+
 def _load_json(path: Path) -> dict[str, Any]:
     try:
+        if path.stat().st_size > MAX_JSON_BYTES:
+            raise BadInput(f"{path.name}: {path.stat().st_size} bytes is too large for a JSON file of a checkpoint")
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise BadInput(f"{path.name}: not valid JSON ({exc.__class__.__name__})") from exc
     if not isinstance(data, dict):
         raise BadInput(f"{path.name}: expected a JSON object")
     return data
+
+
+# config.json keys the converter reads, by the JSON type they must have (null means absent). Checked
+# once on open, so a hand-edited or hostile config gives one clear line, not a TypeError in a family.
+_COUNT_KEYS = ("n_embd", "hidden_size", "n_layer", "num_hidden_layers", "n_head", "num_attention_heads",
+               "num_key_value_heads", "n_inner", "intermediate_size", "n_positions", "max_position_embeddings",
+               "original_max_position_embeddings", "vocab_size", "mm_hidden_size", "image_size", "patch_size")
+_INT_KEYS = ("rotary_dim", "sliding_window", "mm_vision_select_layer", "image_token_index")
+_FLOAT_KEYS = ("partial_rotary_factor", "rope_theta", "layer_norm_epsilon", "layer_norm_eps", "rms_norm_eps")
+_STR_KEYS = ("model_type", "mm_projector_type")
+_NESTED = ("vision_tower_config", "vision_config", "rope_parameters", "rope_scaling")
+
+
+def check_config(config: dict[str, Any], where: str = "config.json") -> None:
+    """Raise BadInput naming the first known key whose value has the wrong type or range."""
+    for key, value in config.items():
+        if value is None:
+            continue
+        what = None
+        if key in _COUNT_KEYS or key in _INT_KEYS:
+            if not isinstance(value, int) or isinstance(value, bool):
+                what = "an integer"
+            elif key in _COUNT_KEYS and value <= 0 or key in ("rotary_dim", "sliding_window") and value < 0:
+                what = "a positive integer" if key in _COUNT_KEYS else "a non-negative integer"
+        elif key in _FLOAT_KEYS:
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+                what = "a finite number"
+            elif value < 0:
+                what = "a non-negative number"
+        elif key in _STR_KEYS:
+            if not isinstance(value, str):
+                what = "a string"
+        elif key in _NESTED:
+            if not isinstance(value, dict):
+                what = "a JSON object"
+            else:
+                check_config(value, f"{where}: {key}")
+                continue
+        if what:
+            raise BadInput(f"{where}: {key} must be {what}, not {json.dumps(value)[:40]}")
 
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?$")
@@ -137,26 +185,26 @@ def resolve_source(spec: str) -> Path:
 
 def open_checkpoint(spec: str | Path, *, allow_pickle: bool = False) -> Checkpoint:
     root = resolve_source(str(spec))
-    cfg_path = root / "config.json"
+    cfg_path = safe_child(root, "config.json")  # before any stat: a link leaving the folder is refused
     if not cfg_path.is_file():
         raise BadInput(f"{root}: no config.json (is this an Imp checkpoint folder?)")
-    safe_child(root, "config.json")
     config = _load_json(cfg_path)
+    check_config(config)
     tensors, files = _index_weights(root, allow_pickle)
     return Checkpoint(root=root, config=config, tensors=tensors, weight_files=files)
 
 
 def _index_weights(root: Path, allow_pickle: bool) -> tuple[dict[str, TensorSource], list[Path]]:
-    index = root / "model.safetensors.index.json"
+    index = safe_child(root, "model.safetensors.index.json")
     if index.is_file():
         weight_map = _load_json(index).get("weight_map")
         if not isinstance(weight_map, dict) or not weight_map:
             raise BadInput("model.safetensors.index.json: no weight_map")
+        if not all(isinstance(v, str) for v in weight_map.values()):
+            raise BadInput("model.safetensors.index.json: shard names must be strings")
         shards = sorted(set(weight_map.values()))
         files = []
         for shard in shards:
-            if not isinstance(shard, str):
-                raise BadInput("model.safetensors.index.json: shard names must be strings")
             p = safe_child(root, shard)
             if not p.is_file():
                 raise BadInput(f"shard {shard} named by model.safetensors.index.json is missing")
@@ -185,6 +233,8 @@ def _index_weights(root: Path, allow_pickle: bool) -> tuple[dict[str, TensorSour
         if not allow_pickle:
             raise BadInput(f"{pickles[0]}: pickle weights are refused (they can run code); convert to safetensors "
                            "or pass --allow-pickle to load them with torch.load(weights_only=True)")
+        if pickles[0].endswith(".index.json"):
+            raise BadInput(f"{pickles[0]}: sharded pickle weights are not supported; convert them to safetensors")
         return _load_pickle(root, pickles[0])
     raise BadInput(f"{root}: no weights found (model.safetensors, its index, or shards)")
 
@@ -196,11 +246,24 @@ def _load_pickle(root: Path, name: str) -> tuple[dict[str, TensorSource], list[P
         raise ToolMissing("--allow-pickle needs torch: pip install 'imp-gguf[reference]'") from exc
     path = safe_child(root, name)
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        with warnings.catch_warnings():  # torch warns about pickle protocols on stderr
+            warnings.simplefilter("ignore")
+            try:
+                state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError as exc:  # legacy (pre-zip) files cannot be memory-mapped; still weights_only
+                if "mmap" not in str(exc):
+                    raise
+                state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        # torch's text suggests weights_only=False; never that: name what was refused instead.
+        why = next((ln.strip().rstrip(".") for ln in str(exc).splitlines() if "nsupported" in ln), "unsupported content")
+        raise BadInput(f"{name}: refused: it holds more than plain tensors, possibly code ({why})") from exc
     except Exception as exc:  # noqa: BLE001 - torch raises many types for bad pickles
-        raise BadInput(f"{name}: cannot load with weights_only=True: {str(exc).splitlines()[0]}") from exc
-    if not isinstance(state, dict):
-        raise BadInput(f"{name}: expected a state dict")
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise BadInput(f"{name}: cannot load with weights_only=True: {first}") from exc
+    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                              for k, v in state.items()):
+        raise BadInput(f"{name}: expected a state dict of named tensors")
     dtype_names = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16"}
     tensors: dict[str, TensorSource] = {
         k: PickledTensor(k, dtype_names.get(v.dtype, str(v.dtype)), tuple(v.shape), state) for k, v in state.items()

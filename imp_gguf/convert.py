@@ -92,6 +92,8 @@ def plan_conversion(source: str | Path, outdir: str | Path, *, outtype: str = "f
     n_params = sum(math.prod(t.shape) for t in lm_tensors)
     identity = ModelIdentity.from_id(_model_id(str(source), ckpt, model_name), n_params)
     out = Path(outdir)
+    if out.exists() and not out.is_dir():
+        raise BadInput(f"--outdir {out} is a file, not a folder")
     enc = ENCODINGS[outtype]
     lm_path = out / (lm_filename or identity.lm_filename(enc))
     mm_path = out / (mmproj_filename or identity.mmproj_filename(enc))

@@ -32,14 +32,15 @@ _MAX_NAME = 64  # GGML_MAX_NAME, including the terminating NUL
 _MAX_DIMS = 4
 
 
-def check_gguf(path: str | Path) -> None:
+def check_gguf(path: str | Path) -> dict[str, Any]:
     """Walk a GGUF header with every count and offset checked against the file; BadInput on any problem.
 
     Mirrors the checks of llama.cpp's gguf.cpp (versions 2-3, no nested arrays, no duplicate keys or
     tensor names, a power-of-two alignment, known tensor types, whole blocks per row, tensors packed
     in order at aligned offsets), plus one it leaves to the model loader: every tensor's bytes lie
     inside the file. Both gguf-py and llama.cpp may then read the file without looping on a forged
-    count, reading past its end or aborting the process.
+    count, reading past its end or aborting the process. Returns the scalar keys and short strings
+    (architecture, name, sizes...) it walked past, which spares callers a full parse.
     """
     path = Path(path)
     name = path.name
@@ -52,12 +53,12 @@ def check_gguf(path: str | Path) -> None:
             if f.read(4) != b"GGUF":
                 raise BadInput(f"{name} is not a GGUF file")
             with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-                _walk(mm, name)
+                return _walk(mm, name)
     except OSError as exc:
         raise BadInput(f"{name}: cannot read: {exc.strerror or exc}") from exc
 
 
-def _walk(buf: Any, name: str) -> None:
+def _walk(buf: Any, name: str) -> dict[str, Any]:
     size = len(buf)
     pos = 4
 
@@ -111,7 +112,9 @@ def _walk(buf: Any, name: str) -> None:
             else:
                 raise BadInput(f"{name}: damaged GGUF: array {key} has item type {itype} (nested or unknown)")
         elif vtype == GGUFValueType.STRING:
-            string(f"value of {key}")
+            raw = string(f"value of {key}")
+            if len(raw) <= 256:
+                value = raw.decode("utf-8", errors="replace")
         elif vtype in _SCALAR_SIZE:
             n = _SCALAR_SIZE[GGUFValueType(vtype)]
             value = int.from_bytes(buf[take(n, f"value of {key}"):pos], "little")
@@ -156,6 +159,7 @@ def _walk(buf: Any, name: str) -> None:
             raise BadInput(f"{name}: truncated GGUF: tensor {tname!r} ends at byte {data_start + offset + nbytes} "
                            f"of a {size}-byte file")
         expected = offset + -(-nbytes // alignment) * alignment
+    return {k: v for k, (_t, v) in keys.items() if v is not None}
 
 
 def field_value(field: Any) -> Any:
@@ -172,8 +176,8 @@ def field_value(field: Any) -> Any:
     return field.parts[field.data[0]].tolist()[0]
 
 
-def read_gguf_meta(path: str | Path, *, skip_arrays_longer_than: int = 64) -> dict[str, Any]:
-    r = open_reader(path)
+def read_gguf_meta(path: str | Path, *, skip_arrays_longer_than: int = 64, reader: GGUFReader | None = None) -> dict[str, Any]:
+    r = reader or open_reader(path)
     out: dict[str, Any] = {}
     for name, f in r.fields.items():
         if name.startswith("GGUF."):
@@ -185,16 +189,17 @@ def read_gguf_meta(path: str | Path, *, skip_arrays_longer_than: int = 64) -> di
     return out
 
 
-def tensor_table(path: str | Path) -> list[dict[str, Any]]:
-    r = open_reader(path)
+def tensor_table(path: str | Path, *, reader: GGUFReader | None = None) -> list[dict[str, Any]]:
+    r = reader or open_reader(path)
     return [{"name": t.name, "type": t.tensor_type.name, "shape": [int(x) for x in t.shape],
              "n_elements": int(t.n_elements), "n_bytes": int(t.n_bytes)} for t in r.tensors]
 
 
 def summary(path: str | Path) -> dict[str, Any]:
     """Metadata, tensor-type histogram, parameter count and bits per weight of one file."""
-    tensors = tensor_table(path)
-    meta = read_gguf_meta(path)
+    reader = open_reader(path)  # parsing is the slow part on large vocabularies: once
+    tensors = tensor_table(path, reader=reader)
+    meta = read_gguf_meta(path, reader=reader)
     n_el = sum(t["n_elements"] for t in tensors)
     n_b = sum(t["n_bytes"] for t in tensors)
     by_type: Counter[str] = Counter()

@@ -50,7 +50,13 @@ class TensorRef:
     def load(self) -> np.ndarray:
         """Return the tensor as float32 (floats) or its integer dtype; a fresh array, not a view."""
         storage, _ = _DTYPES[self.dtype]
-        mm = np.memmap(self.path, dtype=np.uint8, mode="r", offset=self.offset, shape=(self.nbytes,))
+        if self.nbytes == 0:  # mmap cannot map zero bytes
+            return np.zeros(self.shape, dtype=np.float32 if self.dtype in ("BF16", "F16", "F64") else storage)
+        try:
+            mm = np.memmap(self.path, dtype=np.uint8, mode="r", offset=self.offset, shape=(self.nbytes,))
+        except (OSError, ValueError) as exc:  # the file shrank or vanished since its header was read
+            raise BadInput(f"{self.path.name}: cannot read tensor {self.name!r}: the file changed or is truncated "
+                           f"({exc.__class__.__name__})") from exc
         try:
             raw = np.frombuffer(mm, dtype=storage).reshape(self.shape)
             if self.dtype == "BF16":
@@ -78,8 +84,10 @@ def read_header(path: Path) -> dict[str, TensorRef]:
     except OSError as exc:
         raise BadInput(f"{name}: cannot read: {exc.strerror}") from exc
     try:
-        header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        header = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates)
+    except _DuplicateKey as exc:
+        raise BadInput(f"{name}: safetensors header gives the key {exc.args[0]!r} twice") from exc
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise BadInput(f"{name}: safetensors header is not valid JSON") from exc
     if not isinstance(header, dict):
         raise BadInput(f"{name}: safetensors header is not a JSON object")
@@ -90,12 +98,15 @@ def read_header(path: Path) -> dict[str, TensorRef]:
     for tname, meta in header.items():
         if tname == "__metadata__":
             continue
-        try:
-            dtype = meta["dtype"]
-            shape = tuple(int(d) for d in meta["shape"])
-            begin, end = (int(x) for x in meta["data_offsets"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise BadInput(f"{name}: malformed header entry for tensor {tname!r}") from exc
+        # Strict JSON types, as the format demands: int() would quietly accept 1.5, "4", true or 1e400.
+        ok = (isinstance(meta, dict) and isinstance(meta.get("dtype"), str)
+              and isinstance(meta.get("shape"), list) and all(_is_int(d) for d in meta["shape"])
+              and isinstance(meta.get("data_offsets"), list) and len(meta["data_offsets"]) == 2
+              and all(_is_int(x) for x in meta["data_offsets"]))
+        if not ok:
+            raise BadInput(f"{name}: malformed header entry for tensor {tname!r}")
+        dtype, shape = meta["dtype"], tuple(meta["shape"])
+        begin, end = meta["data_offsets"]
         if dtype not in _DTYPES:
             raise BadInput(f"{name}: tensor {tname!r} has unsupported dtype {dtype}")
         if any(d < 0 for d in shape):
@@ -112,3 +123,21 @@ def read_header(path: Path) -> dict[str, TensorRef]:
         if b1 < e0:
             raise BadInput(f"{name}: tensors {n0!r} and {n1!r} overlap in the file")
     return refs
+
+
+def _is_int(x: object) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+class _DuplicateKey(Exception):
+    pass
+
+
+def _no_duplicates(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    """json object hook: a key given twice could hide one tensor behind another, so refuse it."""
+    out: dict[str, object] = {}
+    for k, v in pairs:
+        if k in out:
+            raise _DuplicateKey(k)
+        out[k] = v
+    return out

@@ -84,38 +84,85 @@ def _pad(tokens: dict[int, tuple[str, int]], n_real: int, n_rows: int) -> tuple[
     return out_t, out_ty
 
 
+def _token_id(v: Any, what: str) -> int:
+    if isinstance(v, str) and v.isdigit():  # added_tokens_decoder is keyed by the id as a string
+        v = int(v)
+    if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+        raise BadInput(f"{what}: bad token id {json.dumps(v)[:40]}")
+    return v
+
+
+def _added_tokens(ckpt: Checkpoint, sources: tuple[str, ...],
+                  loaded: dict[str, Any] | None = None) -> list[tuple[int, str, bool]]:
+    """(id, text, special) for every added token the named files declare, in order, type-checked.
+
+    `loaded` holds files the caller already parsed (tokenizer.json can be large).
+    """
+    out: list[tuple[int, str, bool]] = []
+
+    def entry(tid: Any, text: Any, special: Any, what: str) -> None:
+        if not isinstance(text, str):
+            raise BadInput(f"{what}: malformed added token (no text)")
+        out.append((_token_id(tid, what), text, bool(special)))
+
+    for src in sources:
+        data = (loaded[src] if loaded and src in loaded else ckpt.read_json(src)) or {}
+        if src == "added_tokens.json":
+            for text, tid in data.items():
+                entry(tid, text, _looks_special(text), src)
+        elif src == "tokenizer.json":
+            items = data.get("added_tokens") or []
+            if not isinstance(items, list) or not all(isinstance(a, dict) for a in items):
+                raise BadInput("tokenizer.json: added_tokens must be a list of objects")
+            for a in items:
+                entry(a.get("id"), a.get("content"), a.get("special"), src)
+        else:  # tokenizer_config.json
+            decoder = data.get("added_tokens_decoder") or {}
+            if not isinstance(decoder, dict) or not all(isinstance(d, dict) for d in decoder.values()):
+                raise BadInput("tokenizer_config.json: added_tokens_decoder must map ids to objects")
+            for sid, d in decoder.items():
+                entry(sid, d.get("content"), d.get("special"), src)
+    return out
+
+
 def _bpe_vocab(ckpt: Checkpoint, n_rows: int) -> Vocab:
     tj = ckpt.read_json("tokenizer.json")
-    added: list[dict[str, Any]] = []
     if tj is not None:
         model = tj.get("model") or {}
-        if model.get("type") != "BPE":
-            raise BadInput(f"tokenizer.json: expected a BPE model, found {model.get('type')!r}")
+        if not isinstance(model, dict) or model.get("type") != "BPE":
+            found = model.get("type") if isinstance(model, dict) else type(model).__name__
+            raise BadInput(f"tokenizer.json: expected a BPE model, found {found!r}")
         base = model.get("vocab") or {}
-        merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges") or []]
-        added = tj.get("added_tokens") or []
+        raw_merges = model.get("merges") or []
+        if not isinstance(base, dict) or not isinstance(raw_merges, list):
+            raise BadInput("tokenizer.json: model.vocab must be an object and model.merges a list")
+        merges = []
+        for m in raw_merges:
+            if isinstance(m, list) and len(m) == 2 and all(isinstance(x, str) for x in m):
+                m = " ".join(m)
+            if not isinstance(m, str):
+                raise BadInput(f"tokenizer.json: malformed merge {json.dumps(m)[:40]}")
+            merges.append(m)
     else:
         vj = ckpt.read_json("vocab.json")
         mf = ckpt.file("merges.txt")
         if vj is None or mf is None:
             raise BadInput("no tokenizer: expected tokenizer.json, or vocab.json and merges.txt")
         base = vj
-        merges = [ln for ln in mf.read_text(encoding="utf-8").splitlines() if ln and not ln.startswith("#version")]
-        atj = ckpt.read_json("added_tokens.json") or {}
-        added = [{"id": i, "content": t, "special": _looks_special(t)} for t, i in atj.items()]
-    cfg = ckpt.read_json("tokenizer_config.json") or {}
-    for sid, d in (cfg.get("added_tokens_decoder") or {}).items():
-        added.append({"id": int(sid), "content": d.get("content"), "special": bool(d.get("special"))})
+        try:
+            text = mf.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise BadInput(f"merges.txt: cannot read as UTF-8 text ({exc.__class__.__name__})") from exc
+        merges = [ln for ln in text.splitlines() if ln and not ln.startswith("#version")]
+    added = _added_tokens(ckpt, ("tokenizer.json" if tj is not None else "added_tokens.json", "tokenizer_config.json"),
+                          {"tokenizer.json": tj})
     table: dict[int, tuple[str, int]] = {}
     for text, tid in base.items():
-        if not isinstance(tid, int) or tid < 0:
+        if not isinstance(tid, int) or isinstance(tid, bool) or tid < 0:
             raise BadInput(f"tokenizer: bad id for token {text!r}")
         table[tid] = (text, NORMAL)
-    for a in added:
-        tid, text = int(a["id"]), a.get("content")
-        if not isinstance(text, str) or tid < 0:
-            raise BadInput("tokenizer: malformed added token")
-        table[tid] = (text, CONTROL if a.get("special") else USER_DEFINED)
+    for tid, text, special in added:
+        table[tid] = (text, CONTROL if special else USER_DEFINED)
     n_real = max(table) + 1 if table else 0
     tokens, types = _pad(table, n_real, n_rows)
     return Vocab(model="gpt2", pre="", tokens=tokens, types=types, merges=merges, n_real=n_real)
@@ -146,16 +193,8 @@ def _spm_vocab(ckpt: Checkpoint, n_rows: int) -> Vocab:
             ty = BYTE
         table[i] = (sp.IdToPiece(i), ty)
         scores[i] = sp.GetScore(i)
-    extra: list[tuple[int, str, bool]] = []
-    for t, i in (ckpt.read_json("added_tokens.json") or {}).items():
-        extra.append((int(i), t, _looks_special(t)))
-    for sid, d in ((ckpt.read_json("tokenizer_config.json") or {}).get("added_tokens_decoder") or {}).items():
-        extra.append((int(sid), d.get("content"), bool(d.get("special"))))
-    for a in (ckpt.read_json("tokenizer.json") or {}).get("added_tokens") or []:
-        extra.append((int(a["id"]), a.get("content"), bool(a.get("special"))))
+    extra = _added_tokens(ckpt, ("added_tokens.json", "tokenizer_config.json", "tokenizer.json"))
     for tid, text, special in extra:
-        if not isinstance(text, str) or tid < 0:
-            raise BadInput("tokenizer: malformed added token")
         table[tid] = (text, CONTROL if special else USER_DEFINED)
         scores[tid] = -1000.0
     n_real = max(table) + 1

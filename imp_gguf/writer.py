@@ -8,7 +8,11 @@ is removed and nothing is left under the final name.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import shutil
+import signal
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -35,6 +39,8 @@ class PlannedTensor:
 
 
 def check_output(path: Path, force: bool) -> None:
+    if path.is_dir():
+        raise BadInput(f"{path} is a folder, not a file; choose another output name")
     if path.exists() and not force:
         raise OutputExists(f"{path} exists; pass --force to overwrite it")
     parent = path.parent
@@ -59,15 +65,39 @@ def atomic_outputs(paths: list[Path], force: bool) -> Iterator[list[Path]]:
     tmps = [temp_name(p) for p in paths]
     try:
         yield tmps
-        for p in paths:
-            if p.exists() and not force:  # appeared while we worked
-                raise OutputExists(f"{p} appeared during conversion; pass --force to overwrite it")
-        for tmp, p in zip(tmps, paths):
-            os.replace(tmp, p)
+        with _signals_held():  # Ctrl-C between two renames would leave half a pair
+            for p in paths:
+                if p.exists() and not force:  # appeared while we worked
+                    raise OutputExists(f"{p} appeared during conversion; pass --force to overwrite it")
+            for tmp, p in zip(tmps, paths):
+                os.replace(tmp, p)
     finally:
-        for tmp in tmps:
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
+        with _signals_held():  # ... and during cleanup would leave a temporary file
+            for tmp in tmps:
+                with contextlib.suppress(FileNotFoundError):
+                    tmp.unlink()
+
+
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """Defer SIGINT and SIGTERM over a few quick file operations, then deliver them as usual.
+
+    Python-level, not pthread_sigmask: a blocked main thread would let the kernel hand the signal
+    to another thread (numpy's BLAS pool), and Python would still run the handler right away.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending: list[int] = []
+    held = (signal.SIGINT, signal.SIGTERM)
+    previous = {s: signal.signal(s, lambda signum, frame: pending.append(signum)) for s in held}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler if handler is not None else signal.SIG_DFL)
+        for s in pending:
+            signal.raise_signal(s)
 
 
 def encode(arr: np.ndarray, gtype: T, name: str) -> np.ndarray:
@@ -83,7 +113,31 @@ def encode(arr: np.ndarray, gtype: T, name: str) -> np.ndarray:
 
 def write_gguf(tmp: Path, arch: str, add_kv: Callable[[GGUFWriter], None], tensors: list[PlannedTensor], *,
                progress: Callable[[int], None] | None = None) -> int:
-    """Stream one GGUF file to `tmp` (a name from atomic_outputs); returns its size in bytes."""
+    """Stream one GGUF file to `tmp` (a name from atomic_outputs); returns its size in bytes.
+
+    A failed write (full disk, file size limit, I/O error) is reported as BadInput naming the folder;
+    atomic_outputs then removes the partial file.
+    """
+    try:
+        return _write_gguf(tmp, arch, add_kv, tensors, progress)
+    except OSError as exc:
+        raise BadInput(_write_failure(exc, tmp)) from exc
+
+
+def _write_failure(exc: OSError, tmp: Path) -> str:
+    if exc.errno is not None:
+        reason = exc.strerror or os.strerror(exc.errno)
+    else:  # numpy's tofile reports a short write without errno: "N requested and M written"
+        try:
+            full = shutil.disk_usage(tmp.parent).free < 1024 * 1024
+        except OSError:
+            full = False
+        reason = os.strerror(errno.ENOSPC) if full else f"short write ({exc}; file size limit reached?)"
+    return f"cannot write to {tmp.parent}: {reason}"
+
+
+def _write_gguf(tmp: Path, arch: str, add_kv: Callable[[GGUFWriter], None], tensors: list[PlannedTensor],
+                progress: Callable[[int], None] | None) -> int:
     w = GGUFWriter(path=None, arch=arch)
     try:
         add_kv(w)
@@ -97,7 +151,12 @@ def write_gguf(tmp: Path, arch: str, add_kv: Callable[[GGUFWriter], None], tenso
         w.write_kv_data_to_file()
         w.write_ti_data_to_file()
         for t in tensors:
-            data = encode(t.load(), t.gtype, t.src)
+            try:
+                arr = t.load()
+            except OSError as exc:  # a read error of the checkpoint, not of the output
+                raise BadInput(f"cannot read tensor {t.src!r}: {exc.strerror or exc}") from exc
+            data = encode(arr, t.gtype, t.src)
+            del arr
             if data.nbytes != t.nbytes:
                 raise BadInput(f"tensor {t.src!r}: {data.nbytes} bytes after conversion, expected {t.nbytes}")
             w.write_tensor_data(data)

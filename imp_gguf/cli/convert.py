@@ -98,8 +98,15 @@ def _show_result(result: dict, json_out: bool, quiet: bool) -> None:
         print(result["model"])
         print(result["mmproj"])
     else:
+        for fb in result.get("fallbacks") or []:  # llama.cpp's shape fallbacks: shown, never silent
+            err_console.print(f"  note: {fb if isinstance(fb, str) else _fallback_text(fb)}", markup=False, soft_wrap=True)
         err_console.print(f"wrote {result['model']}", markup=False)
         err_console.print(f"wrote {result['mmproj']}", markup=False)
+
+
+def _fallback_text(fb: dict) -> str:
+    return (f"{fb.get('tensor')}: {fb.get('wanted')} needs rows divisible by its block, "
+            f"{fb.get('ne0')} are not: written as {fb.get('type')}")
 
 
 def register(app: typer.Typer) -> None:

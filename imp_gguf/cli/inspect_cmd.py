@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from imp_gguf.cli._common import err_console, print_json
@@ -24,12 +25,12 @@ def inspect_cmd(
         print_json(s)
         return
     c = err_console
-    c.print(f"[bold]{file}[/]  arch={s['architecture']}  {s['file_bytes'] / 1e6:.2f} MB  "
+    c.print(f"[bold]{escape(str(file))}[/]  arch={escape(str(s['architecture']))}  {s['file_bytes'] / 1e6:.2f} MB  "
             f"{s['n_params'] / 1e6:.2f} M params  {s['bpw']:.2f} bits/weight")
     meta = Table("key", "value", title="metadata", show_lines=False)
     for k, v in s["metadata"].items():
         text = str(v)
-        meta.add_row(k, text if len(text) < 100 else text[:97] + "...")
+        meta.add_row(escape(k), escape(text if len(text) < 100 else text[:97] + "..."))
     c.print(meta)
     types = Table("type", "tensors", "MB", title="tensor types")
     for t, n in s["tensor_types"].items():
@@ -38,7 +39,7 @@ def inspect_cmd(
     if tensors:
         tt = Table("name", "type", "shape (ggml order)")
         for t in s["tensors"]:
-            tt.add_row(t["name"], t["type"], str(t["shape"]))
+            tt.add_row(escape(t["name"]), t["type"], str(t["shape"]))
         c.print(tt)
 
 

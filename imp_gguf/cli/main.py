@@ -23,6 +23,14 @@ from imp_gguf import __version__
 from imp_gguf.cli._common import STATE, err_console, typer_factory
 from imp_gguf.errors import ImpGgufError
 
+try:  # typer >= 0.2x vendors its own click: its usage errors are not click's classes
+    from typer._click.exceptions import ClickException as _TyperClickException
+except ImportError:  # older typer uses click itself
+    _TyperClickException = click.ClickException
+USAGE_ERRORS = (click.ClickException, _TyperClickException)
+EXITS = (click.exceptions.Exit, typer.Exit)
+ABORTS = (click.Abort, typer.Abort)
+
 app = typer_factory(
     "Convert MILVLG Imp checkpoints to llama.cpp GGUF files (language model + mmproj), "
     "quantize them with recipes, run them and benchmark them.\n\n"
@@ -114,15 +122,21 @@ def _run(argv: list[str] | None) -> int:
         if rv == 130 and _signals["interrupted"]:
             raise KeyboardInterrupt()
         return rv if isinstance(rv, int) else 0
-    except click.exceptions.Exit as exc:
+    except EXITS as exc:
         return exc.exit_code
-    except click.ClickException as exc:
-        exc.show()
+    except USAGE_ERRORS as exc:  # a bad flag or argument: bad input, one line like every other error
+        if STATE["verbose"]:
+            traceback.print_exc()
+        msg = exc.format_message()
+        if msg:  # empty: no arguments at all, and the help was already shown
+            ctx = getattr(exc, "ctx", None)
+            hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+            err_console.print(f"error: {msg}{hint}", markup=False, soft_wrap=True)
         return exc.exit_code
     except Terminated:
         err_console.print("error: terminated (SIGTERM); no partial output was kept")
         return 143
-    except (KeyboardInterrupt, click.Abort):
+    except (KeyboardInterrupt, *ABORTS):
         err_console.print("error: interrupted; no partial output was kept")
         return 130
     except ImpGgufError as exc:

@@ -209,7 +209,8 @@ def _imp_config(v: Variant, dims: Dims, lm_cfg: Any, vcfg: Any, ids: dict[str, i
         cfg.pop(k, None)
     if v.family == "phi2_msft":  # phi-msft keys (imp-v1-3b era)
         head_dim = dims.n_embd // dims.n_head
-        cfg = {"n_embd": dims.n_embd, "n_layer": dims.n_layer, "n_head": dims.n_head, "n_inner": None,
+        cfg = {"n_embd": dims.n_embd, "n_layer": dims.n_layer, "n_head": dims.n_head,
+               "n_inner": None if dims.n_ff_phi2 == 4 * dims.n_embd else dims.n_ff_phi2,
                "n_positions": 3072, "rotary_dim": dims.rotary_dim, "layer_norm_epsilon": 1e-5,
                "vocab_size": lm_cfg.vocab_size, "activation_function": "gelu_new", "flash_attn": False,
                "resid_pdrop": 0.0, "embd_pdrop": 0.0, "tie_word_embeddings": False}

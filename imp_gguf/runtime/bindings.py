@@ -17,7 +17,7 @@ import numpy as np
 
 from imp_gguf.chat_templates import MEDIA_MARKER, render
 from imp_gguf.errors import BadInput
-from imp_gguf.gguf_info import read_gguf_meta
+from imp_gguf.gguf_info import check_gguf, read_gguf_meta
 from imp_gguf.images import load_image
 
 
@@ -32,10 +32,10 @@ class Session:
         from llama_cpp._logger import llama_log_callback
 
         mtmd_cpp.mtmd_helper_log_set(llama_log_callback, ctypes.c_void_p(0))
-        meta = read_gguf_meta(model)
-        if meta.get("general.architecture") == "clip":
+        # A header walk (fast) instead of gguf-py's full parse, which takes seconds on a 150k vocabulary:
+        # damaged files are refused before llama.cpp could abort the process on them.
+        if check_gguf(model).get("general.architecture") == "clip":
             raise BadInput(f"{Path(model).name} is an mmproj (arch clip), not a language model")
-        self.chat_template = meta.get("tokenizer.chat_template") or ""
         self.n_threads = n_threads or max(1, os.cpu_count() or 1)
         # Parity checks want an F32 KV cache: the default F16 cache rounds keys and values.
         kv = {"type_k": 0, "type_v": 0} if f32_kv else {}
@@ -44,26 +44,35 @@ class Session:
                                        n_threads=self.n_threads, logits_all=True, verbose=verbose, **kv)
         except ValueError as exc:
             raise BadInput(f"llama.cpp cannot load {Path(model).name}: {exc}") from exc
+        self.chat_template = self.llm.metadata.get("tokenizer.chat_template") or ""
         self.vocab = self.llm._model.vocab
         self.mtmd_ctx = None
         self.image_size = 0
         if mmproj is not None:
-            mm_meta = read_gguf_meta(mmproj)
-            if mm_meta.get("general.architecture") != "clip":
-                raise BadInput(f"{Path(mmproj).name} is not an mmproj (arch {mm_meta.get('general.architecture')})")
-            self.image_size = int(mm_meta.get("clip.vision.image_size", 0))
-            width = int(mm_meta.get("clip.vision.projection_dim", 0))
-            if width and width != self.llm.n_embd():
-                raise BadInput(f"mmproj output width {width} does not match the model's width {self.llm.n_embd()}")
-            params = mtmd_cpp.mtmd_context_params_default()
-            params.use_gpu = False
-            params.print_timings = verbose
-            params.n_threads = self.n_threads
-            params.warmup = False
-            self.mtmd_ctx = mtmd_cpp.mtmd_init_from_file(str(mmproj).encode(), self.llm.model, params)
-            if not self.mtmd_ctx:
-                raise BadInput(f"libmtmd cannot load {Path(mmproj).name} with this model")
+            try:
+                self._load_mmproj(mmproj, verbose)
+            except BaseException:
+                self.llm.close()
+                raise
         self.last_timings: dict[str, float] = {}
+
+    def _load_mmproj(self, mmproj: str | Path, verbose: bool) -> None:
+        mtmd_cpp = self._mtmd
+        mm_meta = read_gguf_meta(mmproj)
+        if mm_meta.get("general.architecture") != "clip":
+            raise BadInput(f"{Path(mmproj).name} is not an mmproj (arch {mm_meta.get('general.architecture')})")
+        self.image_size = int(mm_meta.get("clip.vision.image_size", 0))
+        width = int(mm_meta.get("clip.vision.projection_dim", 0))
+        if width and width != self.llm.n_embd():
+            raise BadInput(f"mmproj output width {width} does not match the model's width {self.llm.n_embd()}")
+        params = mtmd_cpp.mtmd_context_params_default()
+        params.use_gpu = False
+        params.print_timings = verbose
+        params.n_threads = self.n_threads
+        params.warmup = False
+        self.mtmd_ctx = mtmd_cpp.mtmd_init_from_file(str(mmproj).encode(), self.llm.model, params)
+        if not self.mtmd_ctx:
+            raise BadInput(f"libmtmd cannot load {Path(mmproj).name} with this model")
 
     def close(self) -> None:
         if self.mtmd_ctx:

@@ -1,0 +1,399 @@
+"""Compare recipes on one checkpoint: convert once to F16, quantize by each recipe, and measure size,
+fidelity against the F16 files (all through llama.cpp) and speed on this host.
+
+Fidelity: KL(P_f16 || P_quant) of next-token distributions over every position of the text prompts
+and the last position of each image+text prompt, top-1 agreement on the same positions, and the
+cosine (min over image tokens) of the quantized mmproj's image embeddings against the F16 mmproj's.
+Speed: medians over `runs` (after one warm-up) of prefill and decode tokens/s and image-encode ms.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from statistics import median
+from typing import Any, Callable
+
+import numpy as np
+
+from imp_gguf import __version__
+from imp_gguf.errors import BadInput, ImpGgufError, OutputExists
+from imp_gguf.pins import LLAMA_CPP_COMMIT, LLAMA_CPP_PYTHON_VERSION
+from imp_gguf.quant.evalset import EvalSet, build_evalset
+from imp_gguf.quant.quantize import apply_recipe
+from imp_gguf.quant.recipes import Recipe, list_recipes, load_recipe
+from imp_gguf.writer import atomic_outputs
+
+REQUIRED_ROW_KEYS = ("recipe", "lm_bytes", "mmproj_bytes", "bpw", "kl_mean", "kl_p99", "top1", "image_cos_min",
+                     "prefill_tps", "decode_tps", "encode_ms", "tensor_types")
+DEFAULT_TOLERANCE = {"kl_mean_rel": 0.25, "kl_mean_abs": 1e-4, "lm_bytes_rel": 0.01}
+BASELINE_SCHEMA = "imp-gguf/recipes-baseline/1"
+
+Log = Callable[[str], None]
+
+
+class BaselineRegression(ImpGgufError):
+    """A recipe's KL divergence or size got worse than the committed baseline allows. Exit status 1."""
+
+    exit_code = 1
+
+
+# ---------------------------------------------------------------- metrics
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    x = np.asarray(logits, dtype=np.float64)
+    x = x - x.max(axis=-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
+
+
+def kl_divergence(ref_logp: np.ndarray, logits: np.ndarray) -> np.ndarray:
+    """KL(P || Q) per position, P given as log-probabilities, Q as raw logits."""
+    logq = log_softmax(logits)
+    return np.maximum((np.exp(ref_logp) * (ref_logp - logq)).sum(axis=-1), 0.0)
+
+
+def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    den = np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1)
+    return (a * b).sum(axis=-1) / np.maximum(den, 1e-30)
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[bool]:
+    """True where no other point is at least as good on both axes (smaller is better) and better on one."""
+    return [not any(x2 <= x and y2 <= y and (x2 < x or y2 < y) for x2, y2 in points) for x, y in points]
+
+
+@dataclass
+class Reference:
+    """What the F16 files produce on the evaluation set; every recipe is scored against it."""
+
+    text_tokens: list[list[int]]
+    text_logp: list[np.ndarray]  # [T, V] per text prompt
+    image_prompts: list[str]  # rendered chat prompts with the media marker
+    image_logp: list[np.ndarray]  # [V]: last position of each image prompt
+    image_embd: list[np.ndarray]  # [P, H] per image
+
+    @property
+    def n_positions(self) -> int:
+        return sum(len(t) for t in self.text_tokens) + len(self.image_prompts)
+
+
+def reference_outputs(session: Any, ev: EvalSet) -> Reference:
+    tokens = [session.tokenize(t, add_special=True) for t in ev.texts]
+    text_logp = [log_softmax(session.text_logits(t)) for t in tokens]
+    prompts = [session.chat_prompt(p.question, image=True) for p in ev.images]
+    image_logp = [log_softmax(session.eval_prompt(pr, [p.image])) for pr, p in zip(prompts, ev.images)]
+    embd = [session.image_embeddings(p.image) for p in ev.images]
+    return Reference(tokens, text_logp, prompts, image_logp, embd)
+
+
+def fidelity(session: Any, ev: EvalSet, ref: Reference) -> dict[str, Any]:
+    kls, agree = [], []
+    for toks, ref_logp in zip(ref.text_tokens, ref.text_logp):
+        logits = session.text_logits(toks)
+        kls.append(kl_divergence(ref_logp, logits))
+        agree.append(ref_logp.argmax(-1) == logits.argmax(-1))
+    for prompt, p, ref_logp in zip(ref.image_prompts, ev.images, ref.image_logp):
+        logits = session.eval_prompt(prompt, [p.image])
+        kls.append(kl_divergence(ref_logp[None], logits[None]))
+        agree.append(np.array([ref_logp.argmax() == logits.argmax()]))
+    cos = [float(cosine_rows(e, session.image_embeddings(p.image)).min()) for p, e in zip(ev.images, ref.image_embd)]
+    kl = np.concatenate(kls)
+    return {
+        "kl_mean": float(kl.mean()),
+        "kl_p99": float(np.percentile(kl, 99)),
+        "kl_max": float(kl.max()),
+        "top1": float(np.concatenate(agree).mean()),
+        "image_cos_min": min(cos) if cos else None,
+        "n_positions": int(kl.size),
+    }
+
+
+def speed(session: Any, ev: EvalSet, runs: int) -> dict[str, Any]:
+    """Medians over `runs` after one warm-up run; the same prompt, image and decode length for every recipe."""
+    llm = session.llm
+    prefill, decode, encode = [], [], []
+    for i in range(runs + 1):
+        logits = session.eval_prompt(ev.speed_text)
+        t = session.last_timings
+        tok = int(np.argmax(logits))
+        t0 = time.perf_counter()
+        for _ in range(ev.decode_tokens):  # greedy, ignoring end-of-generation: a fixed amount of work
+            llm.eval([tok])
+            tok = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+        dt = time.perf_counter() - t0
+        enc_ms = None
+        if ev.images:
+            session.image_embeddings(ev.images[0].image)
+            enc_ms = session.last_timings["encode_ms"]
+        if i == 0:
+            continue
+        prefill.append(t["prompt_tokens"] / max(t["prefill_ms"], 1e-6) * 1e3)
+        decode.append(ev.decode_tokens / max(dt, 1e-9))
+        if enc_ms is not None:
+            encode.append(enc_ms)
+    return {
+        "prefill_tps": round(median(prefill), 1),
+        "decode_tps": round(median(decode), 1),
+        "encode_ms": round(median(encode), 2) if encode else None,
+        "prefill_tokens": session.last_timings.get("prompt_tokens"),
+    }
+
+
+# ---------------------------------------------------------------- the comparison
+
+def _accuracy_hook(source: str | Path) -> Callable[..., float] | None:
+    """imp_gguf.tiny_imp.heldout_accuracy, when it exists and the checkpoint is that tiny Imp
+    (the bundled folder, or a copy keeping its name): other checkpoints were never trained on its task."""
+    try:
+        from imp_gguf import tiny_imp
+        from imp_gguf.tiny_imp.evaluate import heldout_accuracy
+    except ImportError:
+        return None
+    check = getattr(tiny_imp, "is_tiny_imp", None)
+    try:
+        if check is not None:
+            ok = bool(check(source))
+        else:
+            ok = Path(source).resolve().name == tiny_imp.CHECKPOINT_NAME
+    except Exception:  # noqa: BLE001 - an optional hook must never break the comparison
+        return None
+    return heldout_accuracy if ok else None
+
+
+def _row(result: dict[str, Any], fid: dict[str, Any], spd: dict[str, Any]) -> dict[str, Any]:
+    keep = ("recipe", "lm_bytes", "mmproj_bytes", "bpw", "mmproj_bpw", "encoding", "description",
+            "tensor_types", "mmproj_tensor_types", "fallbacks", "model", "mmproj")
+    row = {k: result[k] for k in keep}
+    row.update({k: fid[k] for k in ("kl_mean", "kl_p99", "kl_max", "top1", "image_cos_min", "n_positions")})
+    row.update(spd)
+    return {k: row[k] for k in (*REQUIRED_ROW_KEYS, *[k for k in row if k not in REQUIRED_ROW_KEYS])}
+
+
+def compare_recipes(source: str | Path, recipes: list[str | Path | Recipe] | None, outdir: str | Path, *,
+                    runs: int = 3, force: bool = False, n_threads: int | None = None,
+                    log: Log | None = None, keep_files: bool = True, evalset: EvalSet | None = None) -> dict[str, Any]:
+    """Run the comparison and write report.json, report.md and report.png into outdir; returns the report.
+
+    `evalset` defaults to the full fixed set (what baselines are made with); a shorter one
+    (build_evalset(..., n_texts=, n_images=, decode_tokens=)) makes quick checks.
+    """
+    from imp_gguf.convert import convert
+    from imp_gguf.runtime.bindings import Session
+
+    say = log or (lambda _msg: None)
+    chosen = [load_recipe(r) for r in recipes] if recipes else list_recipes()
+    names = [r.name for r in chosen]
+    if len(set(names)) != len(names):
+        raise BadInput(f"recipe listed twice: {', '.join(sorted({n for n in names if names.count(n) > 1}))}")
+    if runs < 1:
+        raise BadInput("--runs must be at least 1")
+    out = Path(outdir)
+    if (out / "report.json").exists() and not force:
+        raise OutputExists(f"{out / 'report.json'} exists; pass --force to overwrite the comparison")
+    out.mkdir(parents=True, exist_ok=True)
+
+    say(f"converting {source} to F16")
+    conv = convert(source, out / "f16", outtype="f16", force=True)
+    f16_model, f16_mmproj = Path(conv["model"]), Path(conv["mmproj"])
+    ev = evalset or build_evalset(out / "evalset")
+    hook = _accuracy_hook(source)
+
+    say("scoring the F16 reference")
+    with Session(f16_model, f16_mmproj, n_threads=n_threads) as s:
+        ref = reference_outputs(s, ev)
+        threads = s.n_threads
+
+    rows = []
+    for recipe in chosen:
+        say(f"{recipe.name}: quantizing ({recipe.encoding}, mmproj {recipe.mmproj_encoding})")
+        res = apply_recipe(recipe, f16_model, f16_mmproj, out / recipe.name, force=True)
+        say(f"{recipe.name}: measuring fidelity and speed ({runs} runs)")
+        with Session(res["model"], res["mmproj"], n_threads=n_threads) as s:
+            fid = fidelity(s, ev, ref)
+            spd = speed(s, ev, runs)
+        row = _row(res, fid, spd)
+        if hook is not None:
+            try:
+                row["accuracy"] = float(hook(res["model"], res["mmproj"], n_threads=n_threads))
+            except (ImpGgufError, ValueError, KeyError, NotImplementedError) as exc:
+                say(f"{recipe.name}: accuracy hook skipped ({exc})")
+        rows.append(row)
+        if not keep_files and recipe.name != "f16":
+            for key in ("model", "mmproj"):
+                Path(res[key]).unlink(missing_ok=True)
+
+    if not recipes:  # the default set reads best from the largest file to the smallest
+        rows.sort(key=lambda r: -(r["lm_bytes"] + r["mmproj_bytes"]))
+    front = pareto_front([(r["lm_bytes"] + r["mmproj_bytes"], r["kl_mean"]) for r in rows])
+    for r, on_front in zip(rows, front):
+        r["pareto"] = on_front
+    report = {
+        "recipes": rows,
+        "checkpoint": str(source),
+        "variant": conv.get("variant"),
+        "reference": {"model": str(f16_model), "mmproj": str(f16_mmproj),
+                      "lm_bytes": f16_model.stat().st_size, "mmproj_bytes": f16_mmproj.stat().st_size},
+        "evalset": {"texts": len(ev.texts), "images": len(ev.images), "positions": ref.n_positions,
+                    "speed_prompt_tokens": rows[0]["prefill_tokens"] if rows else None,
+                    "decode_tokens": ev.decode_tokens},
+        "host": {"machine": platform.machine(), "system": platform.system(), "cpu_count": os.cpu_count(),
+                 "threads": threads, "runs": runs},
+        "versions": {"imp_gguf": __version__, "llama_cpp_python": LLAMA_CPP_PYTHON_VERSION,
+                     "llama_cpp": LLAMA_CPP_COMMIT},
+    }
+    write_report(report, out, force=True)
+    return report
+
+
+# ---------------------------------------------------------------- report files
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.2f}"
+
+
+def _fmt(x: Any, spec: str) -> str:
+    return "n/a" if x is None else format(x, spec)
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    rows = report["recipes"]
+    host = report["host"]
+    lines = [
+        f"# Recipe comparison: {Path(report['checkpoint']).name}",
+        "",
+        (f"Variant `{report['variant']}`; reference: the F16 files (LM {_mb(report['reference']['lm_bytes'])} MB, "
+         f"mmproj {_mb(report['reference']['mmproj_bytes'])} MB). Fidelity over {report['evalset']['positions']} "
+         f"next-token positions ({report['evalset']['texts']} text prompts, all positions; "
+         f"{report['evalset']['images']} image prompts, last position). Speed on this host "
+         f"({host['machine']}, {host['threads']} threads), medians of {host['runs']} runs, through llama-cpp-python "
+         f"{report['versions']['llama_cpp_python']} (logits kept for every position, so prefill includes the "
+         "output layer on each token; `imp-gguf bench` has llama-bench numbers)."),
+        "",
+        ("| recipe | LM MB | mmproj MB | LM bpw | KL mean | KL p99 | top-1 | image cos min | prefill t/s | "
+         "decode t/s | encode ms | Pareto |"),
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|:-:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['recipe']} | {_mb(r['lm_bytes'])} | {_mb(r['mmproj_bytes'])} | {r['bpw']:.2f} | "
+            f"{r['kl_mean']:.5f} | {r['kl_p99']:.5f} | {r['top1']:.3f} | {_fmt(r['image_cos_min'], '.5f')} | "
+            f"{r['prefill_tps']:.1f} | {r['decode_tps']:.1f} | {_fmt(r['encode_ms'], '.2f')} | "
+            f"{'yes' if r.get('pareto') else ''} |")
+    if any("accuracy" in r for r in rows):
+        lines += ["", "Held-out accuracy (tiny Imp): " + ", ".join(
+            f"{r['recipe']} {r['accuracy']:.3f}" for r in rows if "accuracy" in r)]
+    lines += ["", "## Recipes", ""]
+    lines += [f"- **{r['recipe']}** ({r['encoding']}): {r['description']}" for r in rows]
+    lines += ["", "## Tensor types", "", "| recipe | language model | mmproj |", "|---|---|---|"]
+    for r in rows:
+        lm = ", ".join(f"{k} {v}" for k, v in r["tensor_types"].items())
+        mm = ", ".join(f"{k} {v}" for k, v in r["mmproj_tensor_types"].items())
+        lines.append(f"| {r['recipe']} | {lm} | {mm} |")
+    lines += ["", "## Shape fallbacks", "",
+              "Rows whose width is not a multiple of the wanted type's block get llama.cpp's fallback type.", ""]
+    grouped: dict[tuple, list[str]] = {}  # the same fallback in several recipes is listed once
+    for r in rows:
+        for f in r["fallbacks"]:
+            grouped.setdefault((f["part"], f["tensor"], f["ne0"], f["wanted"], f["type"]), []).append(r["recipe"])
+    for (part, tensor, ne0, wanted, typ), names in grouped.items():
+        lines.append(f"- `{tensor}` ({part}, {ne0} columns): {wanted} -> **{typ}** in {', '.join(names)}")
+    if not grouped:
+        lines.append("None.")
+    if report.get("plot"):
+        lines += ["", f"![size against KL divergence]({Path(report['plot']).name})"]
+    if report.get("baseline"):
+        b = report["baseline"]
+        lines += ["", "## Baseline", "", f"Checked against `{b['file']}`: "
+                  + ("no regression." if not b["regressions"] else "; ".join(b["regressions"]))]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(report: dict[str, Any], outdir: str | Path, *, force: bool = True) -> dict[str, Path]:
+    """report.json, report.md and (with matplotlib) report.png, each written atomically."""
+    from imp_gguf.quant import plot
+
+    out = Path(outdir)
+    paths = {"json": out / "report.json", "md": out / "report.md", "png": out / "report.png"}
+    if plot.available():
+        with atomic_outputs([paths["png"]], force) as (png_tmp,):
+            plot.plot_size_vs_kl(report["recipes"], png_tmp, title=Path(report["checkpoint"]).name)
+        report["plot"] = str(paths["png"])
+    else:  # matplotlib is the optional `plot` extra
+        report["plot"] = None
+        paths.pop("png")
+    with atomic_outputs([paths["json"], paths["md"]], force) as (json_tmp, md_tmp):
+        json_tmp.write_text(json.dumps(report, indent=2, default=str) + "\n")
+        md_tmp.write_text(render_markdown(report))
+    return paths
+
+
+# ---------------------------------------------------------------- baselines
+
+def make_baseline(report: dict[str, Any], tolerance: dict[str, float] | None = None) -> dict[str, Any]:
+    return {
+        "schema": BASELINE_SCHEMA,
+        "checkpoint": Path(report["checkpoint"]).name,
+        "variant": report.get("variant"),
+        "versions": report.get("versions"),
+        "tolerance": dict(tolerance or DEFAULT_TOLERANCE),
+        "recipes": {r["recipe"]: {"kl_mean": r["kl_mean"], "lm_bytes": r["lm_bytes"]} for r in report["recipes"]},
+    }
+
+
+def write_baseline(report: dict[str, Any], path: str | Path, *, force: bool = False,
+                   tolerance: dict[str, float] | None = None) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_outputs([path], force) as (tmp,):
+        tmp.write_text(json.dumps(make_baseline(report, tolerance), indent=2) + "\n")
+    return path
+
+
+def load_baseline(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise BadInput(f"baseline {path} does not exist") from exc
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BadInput(f"baseline {path} is not readable JSON ({exc})") from exc
+    if not isinstance(data, dict) or data.get("schema") != BASELINE_SCHEMA or not isinstance(data.get("recipes"), dict):
+        raise BadInput(f"baseline {path} is not an imp-gguf recipes baseline (schema {BASELINE_SCHEMA})")
+    return data
+
+
+def check_baseline(report: dict[str, Any], baseline: dict[str, Any]) -> list[str]:
+    """One message per regression: KL mean or LM size above the baseline plus its tolerance."""
+    rows = {r["recipe"]: r for r in report["recipes"]}
+    common = [n for n in baseline["recipes"] if n in rows]
+    if not common:
+        raise BadInput("the baseline names none of the compared recipes")
+    problems = []
+    for name in common:
+        base = baseline["recipes"][name]
+        tol = {**DEFAULT_TOLERANCE, **baseline.get("tolerance", {}), **base.get("tolerance", {})}
+        row = rows[name]
+        kl_limit = base["kl_mean"] * (1 + tol["kl_mean_rel"]) + tol["kl_mean_abs"]
+        if row["kl_mean"] > kl_limit:
+            problems.append(f"recipe {name}: kl_mean {row['kl_mean']:.6g} > {kl_limit:.6g} "
+                            f"(baseline {base['kl_mean']:.6g} + tolerance)")
+        size_limit = base["lm_bytes"] * (1 + tol["lm_bytes_rel"])
+        if row["lm_bytes"] > size_limit:
+            problems.append(f"recipe {name}: lm_bytes {row['lm_bytes']} > {size_limit:.0f} "
+                            f"(baseline {base['lm_bytes']} + tolerance)")
+    return problems
+
+
+def apply_baseline(report: dict[str, Any], path: str | Path, outdir: str | Path) -> list[str]:
+    """Check the report against a baseline file, record the outcome in the report files, return the regressions."""
+    baseline = load_baseline(path)
+    problems = check_baseline(report, baseline)
+    report["baseline"] = {"file": str(path), "regressions": problems,
+                          "not_compared": [n for n in baseline["recipes"] if n not in {r["recipe"] for r in report["recipes"]}]}
+    write_report(report, outdir, force=True)
+    return problems

@@ -1,0 +1,213 @@
+"""The one recipe registry: declarative TOML files in imp_gguf/quant_recipes/ (data, not code).
+
+A recipe names llama.cpp's file type for the language model (the mixture llama-quantize applies),
+optional per-tensor overrides (regex -> type, first match wins, as `--tensor-type`), optional output
+and token-embedding types, and the mmproj type. Adding a recipe means adding a file; nothing here
+is per model family.
+
+    description = "one line: the trade-off"
+    encoding = "Q4_K_M"            # optional; tag in output file names (default: the ftype)
+    [lm]
+    ftype = "Q4_K_M"               # llama.cpp LLAMA_FTYPE_MOSTLY_* name
+    output = "Q6_K"                # optional: output.weight type (bypasses the mixture and fallbacks)
+    token_embd = "Q4_K"            # optional: token_embd.weight type (same)
+    pure = false                   # optional: no mixture, base type everywhere
+    [lm.overrides]
+    "ffn_down" = "IQ4_NL"
+    [mmproj]
+    type = "Q8_0"                  # F16 or Q8_0 (SigLIP rows not divisible by 32 stay F16)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, LlamaFileType
+
+from imp_gguf.errors import BadInput
+
+RECIPE_DIR = Path(__file__).resolve().parent.parent / "quant_recipes"
+
+# llama.cpp file types a recipe may use: the ones whose mixture needs no imatrix and no GQA/MoE facts
+# (expected_types mirrors them exactly). Values are LLAMA_FTYPE_MOSTLY_*; base = llama_ftype_get_default_type.
+FTYPE_BASE: dict[str, str] = {
+    "F16": "F16", "BF16": "BF16", "Q8_0": "Q8_0",
+    "Q4_0": "Q4_0", "Q4_1": "Q4_1", "Q5_0": "Q5_0", "Q5_1": "Q5_1",
+    "Q3_K_S": "Q3_K", "Q3_K_M": "Q3_K", "Q3_K_L": "Q3_K",
+    "Q4_K_S": "Q4_K", "Q4_K_M": "Q4_K", "Q5_K_S": "Q5_K", "Q5_K_M": "Q5_K", "Q6_K": "Q6_K",
+}
+FTYPE_ALIASES = {"Q3_K": "Q3_K_M", "Q4_K": "Q4_K_M", "Q5_K": "Q5_K_M"}  # as llama-quantize accepts them
+
+# Tensor types an override may name: quantizable by llama.cpp without an importance matrix.
+TENSOR_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1",
+                "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_NL", "IQ4_XS")
+MMPROJ_TYPES = ("F16", "Q8_0")
+
+
+def ftype_id(name: str) -> int:
+    """LLAMA_FTYPE_MOSTLY_<name> (gguf's LlamaFileType mirrors llama.h; a test checks it against llama_cpp)."""
+    return int(LlamaFileType[f"MOSTLY_{name}"])
+
+
+def ggml_type_id(name: str) -> int:
+    return int(GGMLQuantizationType[name])
+
+
+def block_size(type_name: str) -> int:
+    return GGML_QUANT_SIZES[GGMLQuantizationType[type_name]][0]
+
+
+def is_quantized(type_name: str) -> bool:
+    return type_name not in ("F32", "F16", "BF16")
+
+
+@dataclass(frozen=True)
+class QuantSpec:
+    """What llama_model_quantize is asked to do for one file."""
+
+    ftype: str
+    overrides: tuple[tuple[str, str], ...] = ()
+    output: str | None = None
+    token_embd: str | None = None
+    pure: bool = False
+
+    @property
+    def base_type(self) -> str:
+        return FTYPE_BASE[self.ftype]
+
+    @property
+    def is_copy(self) -> bool:
+        """F16 with nothing else: the converter's F16 file already is the result."""
+        return self.ftype == "F16" and not (self.overrides or self.output or self.token_embd or self.pure)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    description: str
+    encoding: str  # tag in the language model's file name, e.g. Q4_K_M
+    lm: QuantSpec
+    mmproj: QuantSpec
+    path: Path | None = None
+    text: str = field(default="", repr=False)
+
+    @property
+    def mmproj_encoding(self) -> str:
+        return self.mmproj.ftype
+
+    @property
+    def digest(self) -> str:
+        """Short hash of the recipe file, written into outputs for provenance."""
+        return hashlib.sha256(self.text.encode()).hexdigest()[:16]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "description": self.description,
+            "encoding": self.encoding,
+            "lm": {"ftype": self.lm.ftype, "base_type": self.lm.base_type,
+                   "overrides": {p: t for p, t in self.lm.overrides},
+                   "output": self.lm.output, "token_embd": self.lm.token_embd, "pure": self.lm.pure},
+            "mmproj": {"type": self.mmproj.ftype},
+            "path": str(self.path) if self.path else None,
+        }
+
+
+def _type_name(value: Any, where: str, allowed: tuple[str, ...]) -> str:
+    if not isinstance(value, str) or value.upper() not in allowed:
+        raise BadInput(f"{where}: {value!r} is not one of {', '.join(allowed)}")
+    return value.upper()
+
+
+def _check_keys(table: dict[str, Any], allowed: set[str], where: str) -> None:
+    unknown = sorted(set(table) - allowed)
+    if unknown:
+        raise BadInput(f"{where}: unknown key {unknown[0]!r} (allowed: {', '.join(sorted(allowed))})")
+
+
+def parse_recipe(text: str, name: str, path: Path | None = None) -> Recipe:
+    where = str(path) if path else f"recipe {name}"
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise BadInput(f"{where}: not valid TOML ({exc})") from exc
+    _check_keys(data, {"name", "description", "encoding", "lm", "mmproj"}, where)
+    if data.get("name", name) != name:
+        raise BadInput(f"{where}: name {data['name']!r} does not match the file name {name!r}")
+    desc = data.get("description")
+    if not isinstance(desc, str) or not desc.strip() or "\n" in desc.strip():
+        raise BadInput(f"{where}: needs a one-line description of the trade-off")
+    lm = data.get("lm")
+    if not isinstance(lm, dict) or "ftype" not in lm:
+        raise BadInput(f"{where}: needs an [lm] table with ftype")
+    _check_keys(lm, {"ftype", "overrides", "output", "token_embd", "pure"}, f"{where} [lm]")
+    ftype = str(lm["ftype"]).upper()
+    ftype = FTYPE_ALIASES.get(ftype, ftype)
+    if ftype not in FTYPE_BASE:
+        raise BadInput(f"{where}: lm.ftype {lm['ftype']!r} is not one of {', '.join(FTYPE_BASE)}")
+    raw_over = lm.get("overrides", {})
+    if not isinstance(raw_over, dict):
+        raise BadInput(f"{where}: [lm.overrides] must map name patterns to types")
+    overrides = []
+    for pattern, tname in raw_over.items():
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise BadInput(f"{where}: override pattern {pattern!r} is not a regular expression ({exc})") from exc
+        overrides.append((pattern, _type_name(tname, f"{where}: override {pattern!r}", TENSOR_TYPES)))
+    output = _type_name(lm["output"], f"{where}: lm.output", TENSOR_TYPES) if lm.get("output") else None
+    token_embd = _type_name(lm["token_embd"], f"{where}: lm.token_embd", TENSOR_TYPES) if lm.get("token_embd") else None
+    pure = lm.get("pure", False)
+    if not isinstance(pure, bool):
+        raise BadInput(f"{where}: lm.pure must be true or false")
+    spec = QuantSpec(ftype, tuple(overrides), output, token_embd, pure)
+    if not is_quantized(spec.base_type) and (overrides or pure):
+        # llama.cpp applies overrides and `pure` only when the base type is quantized.
+        raise BadInput(f"{where}: overrides and pure need a quantized lm.ftype, not {ftype}")
+    mm = data.get("mmproj")
+    if not isinstance(mm, dict) or "type" not in mm:
+        raise BadInput(f"{where}: needs an [mmproj] table with type (F16 or Q8_0)")
+    _check_keys(mm, {"type"}, f"{where} [mmproj]")
+    mm_spec = QuantSpec(_type_name(mm["type"], f"{where}: mmproj.type", MMPROJ_TYPES))
+    encoding = data.get("encoding", ftype)
+    if not isinstance(encoding, str) or not re.fullmatch(r"[A-Za-z0-9_.+-]+", encoding):
+        raise BadInput(f"{where}: encoding {encoding!r} must be a file-name tag like Q4_K_M")
+    return Recipe(name, desc.strip(), encoding.upper(), spec, mm_spec, path, text)
+
+
+def recipe_files() -> dict[str, Path]:
+    return {p.stem: p for p in sorted(RECIPE_DIR.glob("*.toml"))}
+
+
+def list_recipes() -> list[Recipe]:
+    """Every shipped recipe, sorted by name."""
+    return [parse_recipe(p.read_text(encoding="utf-8"), name, p) for name, p in recipe_files().items()]
+
+
+def load_recipe(name_or_path: str | Path | Recipe) -> Recipe:
+    """A shipped recipe by name (`q4_k`), or a TOML file (`path/to/recipe.toml`)."""
+    if isinstance(name_or_path, Recipe):
+        return name_or_path
+    spec = str(name_or_path)
+    files = recipe_files()
+    if spec in files:
+        return parse_recipe(files[spec].read_text(encoding="utf-8"), spec, files[spec])
+    path = Path(spec)
+    if path.suffix == ".toml" or path.exists():
+        if not path.is_file():
+            raise BadInput(f"recipe file {path} does not exist")
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise BadInput(f"recipe file {path}: cannot read it ({exc})") from exc
+        return parse_recipe(text, path.stem, path)
+    # llama.cpp's names work too (Q4_K_M -> q4_k) when exactly one shipped recipe writes that encoding.
+    by_encoding = [r for r in list_recipes() if r.encoding.lower() == spec.lower()]
+    if len(by_encoding) == 1:
+        return by_encoding[0]
+    raise BadInput(f"unknown recipe {spec!r}; known: {', '.join(files)} (or a path to a .toml file)")

@@ -1,0 +1,60 @@
+"""Tensor shapes of the released Imp models, so `recipes show` can say what a recipe becomes on them
+(shape fallbacks included) without the multi-GB files. Only widths and counts matter to the rules.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+from imp_gguf.quant.recipes import Recipe
+from imp_gguf.quant.rules import expected_types, fallbacks
+
+# name: (n_embd, n_ff, n_layer, n_vocab, fused_qkv)  -- from the checkpoints' configs
+LANGUAGE_MODELS: dict[str, tuple[int, int, int, int, bool]] = {
+    "Phi-2 (imp-v1-3b, Imp-v1.5-3B-196, Imp-v1.5-3B-Phi2)": (2560, 10240, 32, 51200, True),
+    "Qwen1.5-1.8B (Imp-v1.5-2B-Qwen1.5)": (2048, 5504, 24, 151936, False),
+    "Phi-3-mini (Imp-v1.5-4B-Phi3)": (3072, 8192, 32, 32064, True),
+}
+SIGLIP = (1152, 4304, 26)  # width, FFN, blocks run by Imp
+
+
+def lm_tensors(n_embd: int, n_ff: int, n_layer: int, n_vocab: int, fused_qkv: bool) -> list[dict[str, Any]]:
+    ts = [{"name": "token_embd.weight", "type": "F16", "shape": [n_embd, n_vocab]},
+          {"name": "output.weight", "type": "F16", "shape": [n_embd, n_vocab]},
+          {"name": "output_norm.weight", "type": "F32", "shape": [n_embd]}]
+    attn = [("attn_qkv", [n_embd, 3 * n_embd])] if fused_qkv else [(f"attn_{x}", [n_embd, n_embd]) for x in "qkv"]
+    for i in range(n_layer):
+        for name, shape in [*attn, ("attn_output", [n_embd, n_embd]), ("ffn_up", [n_embd, n_ff]),
+                            ("ffn_down", [n_ff, n_embd])]:
+            ts.append({"name": f"blk.{i}.{name}.weight", "type": "F16", "shape": shape})
+    return ts
+
+
+def mmproj_tensors(n_embd_lm: int) -> list[dict[str, Any]]:
+    width, ff, blocks = SIGLIP
+    ts = [{"name": "mm.0.weight", "type": "F16", "shape": [width, n_embd_lm]},
+          {"name": "mm.2.weight", "type": "F16", "shape": [n_embd_lm, n_embd_lm]}]
+    for i in range(blocks):
+        for name, shape in (("attn_q", [width, width]), ("attn_k", [width, width]), ("attn_v", [width, width]),
+                            ("attn_out", [width, width]), ("ffn_up", [width, ff]), ("ffn_down", [ff, width])):
+            ts.append({"name": f"v.blk.{i}.{name}.weight", "type": "F16", "shape": shape})
+    return ts
+
+
+def _role(name: str) -> str:
+    parts = name.split(".")
+    return ".".join(p if not p.isdigit() else "*" for p in parts)
+
+
+def released_fallbacks(recipe: Recipe) -> dict[str, list[str]]:
+    """{model: ["blk.*.ffn_down.weight x12: Q4_K -> Q5_0", ...]}; an empty list means no fallback."""
+    out: dict[str, list[str]] = {}
+    for model, (n_embd, n_ff, n_layer, n_vocab, fused) in LANGUAGE_MODELS.items():
+        lm = fallbacks(expected_types(recipe, lm_tensors(n_embd, n_ff, n_layer, n_vocab, fused), n_layer))
+        counts = Counter((_role(c.name), c.wanted, c.type) for c in lm)
+        out[model] = [f"{role} x{n}: {a} -> {b}" for (role, a, b), n in counts.items()]
+    mm = fallbacks(expected_types(recipe, mmproj_tensors(2560), 0, part="mmproj"))
+    counts = Counter((_role(c.name), c.wanted, c.type) for c in mm)
+    out["SigLIP mmproj (all variants)"] = [f"{role} x{n}: {a} -> {b}" for (role, a, b), n in counts.items()]
+    return out
