@@ -15,20 +15,12 @@ from imp_gguf.errors import BadInput, OutputExists
 from imp_gguf.quant.compare import (_accuracy_hook, check_baseline, compare_recipes, kl_divergence, load_baseline,
                                     log_softmax, make_baseline, pareto_front)
 from imp_gguf.quant.evalset import build_evalset
-from imp_gguf.reference.fixtures import VARIANTS, make_all
+from imp_gguf.reference.fixtures import VARIANTS
 
 REPO = Path(__file__).resolve().parent.parent
 BASELINE = REPO / "bench" / "baselines" / "recipes-tiny-phi2.json"
 ROW_KEYS = ("recipe", "lm_bytes", "mmproj_bytes", "bpw", "kl_mean", "kl_p99", "top1", "image_cos_min",
             "prefill_tps", "decode_tps", "encode_ms", "tensor_types")
-
-
-@pytest.fixture(scope="session")
-def checkpoints(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    try:
-        return request.getfixturevalue("tiny_checkpoints")
-    except pytest.FixtureLookupError:
-        return make_all(tmp_path_factory.getbasetemp() / "quant-checkpoints")
 
 
 # ---------------------------------------------------------------- metrics and baselines (no llama.cpp)
@@ -98,12 +90,12 @@ def test_accuracy_hook_only_for_the_tiny_imp(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
-def test_kl_orders_recipes(variant: str, checkpoints, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_kl_orders_recipes(variant: str, tiny_checkpoints, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # The accuracy column appears when the hook applies (here: a stand-in, so any checkpoint qualifies).
     monkeypatch.setattr("imp_gguf.quant.compare._accuracy_hook", lambda source: lambda m, mm, n_threads=None: 0.5)
     # One thread: tiny models gain nothing from more, and a busy CI box makes thread barriers crawl.
     quick = build_evalset(tmp_path / "evalset", n_texts=3, n_images=2, decode_tokens=8)
-    report = compare_recipes(checkpoints[variant], ["q8_0", "q4_k", "q3_k"], tmp_path, runs=1, n_threads=1,
+    report = compare_recipes(tiny_checkpoints[variant], ["q8_0", "q4_k", "q3_k"], tmp_path, runs=1, n_threads=1,
                              evalset=quick)
     rows = {r["recipe"]: r for r in report["recipes"]}
     assert [r["recipe"] for r in report["recipes"]] == ["q8_0", "q4_k", "q3_k"]  # the order asked for
@@ -128,15 +120,15 @@ def test_kl_orders_recipes(variant: str, checkpoints, tmp_path: Path, monkeypatc
     if variant == "Imp-v1.5-2B-Qwen1.5":  # the fallback is in the report, not silent
         assert "blk.1.ffn_down.weight" in md and "Q6_K -> **Q8_0**" in md
     with pytest.raises(OutputExists):
-        compare_recipes(checkpoints[variant], ["q8_0"], tmp_path, evalset=quick)
+        compare_recipes(tiny_checkpoints[variant], ["q8_0"], tmp_path, evalset=quick)
 
 
 # ---------------------------------------------------------------- the CLI and the CI gate
 
-def test_cli_compare_against_committed_baseline(checkpoints, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_compare_against_committed_baseline(tiny_checkpoints, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     committed = load_baseline(BASELINE)
     new = tmp_path / "new-baseline.json"
-    rc = main(["recipes", "compare", str(checkpoints["Imp-v1.5-3B-Phi2"]), "--recipes", ",".join(committed["recipes"]),
+    rc = main(["recipes", "compare", str(tiny_checkpoints["Imp-v1.5-3B-Phi2"]), "--recipes", ",".join(committed["recipes"]),
                "--out", str(tmp_path / "cmp"), "--baseline", str(BASELINE), "--write-baseline", str(new),
                "--runs", "1", "--threads", "1", "--json"])
     out = capsys.readouterr()
@@ -153,13 +145,13 @@ def test_cli_compare_against_committed_baseline(checkpoints, tmp_path: Path, cap
         assert fresh["recipes"][name]["lm_bytes"] == pytest.approx(row["lm_bytes"], rel=0.01)
 
 
-def test_cli_baseline_regression_exits_1(checkpoints, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_baseline_regression_exits_1(tiny_checkpoints, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     strict = {"schema": "imp-gguf/recipes-baseline/1", "tolerance": {"kl_mean_rel": 0.0, "kl_mean_abs": 0.0,
                                                                      "lm_bytes_rel": 0.0},
               "recipes": {"q4_k": {"kl_mean": 1e-9, "lm_bytes": 1000}}}
     path = tmp_path / "strict.json"
     path.write_text(json.dumps(strict))
-    rc = main(["recipes", "compare", str(checkpoints["Imp-v1.5-3B-Phi2"]), "--recipes", "q4_k",
+    rc = main(["recipes", "compare", str(tiny_checkpoints["Imp-v1.5-3B-Phi2"]), "--recipes", "q4_k",
                "--out", str(tmp_path / "cmp"), "--baseline", str(path), "--runs", "1", "--threads", "1"])
     err = capsys.readouterr().err
     assert rc == 1

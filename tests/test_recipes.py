@@ -18,7 +18,7 @@ from imp_gguf.gguf_info import read_gguf_meta, summary, tensor_table
 from imp_gguf.quant import apply_recipe, convert_and_quantize, expected_types, list_recipes, load_recipe
 from imp_gguf.quant.recipes import FTYPE_BASE, RECIPE_DIR, TENSOR_TYPES, ftype_id, ggml_type_id
 from imp_gguf.quant.rules import fallbacks, use_more_bits
-from imp_gguf.reference.fixtures import VARIANTS, dims_with, make_all, make_checkpoint
+from imp_gguf.reference.fixtures import VARIANTS, dims_with, make_checkpoint
 
 REQUIRED = {"f16": "F16", "q8_0": "Q8_0", "q4_k": "Q4_K_M", "q4_k_s": "Q4_K_S", "q3_k": "Q3_K_M",
             "q3_k_s": "Q3_K_S", "q4_0": "Q4_0"}
@@ -28,15 +28,7 @@ REPO = Path(__file__).resolve().parent.parent
 # ---------------------------------------------------------------- fixtures (shared cache with test_compare)
 
 @pytest.fixture(scope="session")
-def checkpoints(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    try:
-        return request.getfixturevalue("tiny_checkpoints")
-    except pytest.FixtureLookupError:
-        return make_all(tmp_path_factory.getbasetemp() / "quant-checkpoints")
-
-
-@pytest.fixture(scope="session")
-def f16_files(checkpoints: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, Path]]:
+def f16_files(tiny_checkpoints: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, Path]]:
     from imp_gguf.convert import convert
 
     root = tmp_path_factory.getbasetemp() / "quant-f16"
@@ -259,8 +251,8 @@ def test_mixture_rules_on_deep_models(name: str, deep_f16, tmp_path: Path) -> No
 
 # ---------------------------------------------------------------- one call: checkpoint -> recipe outputs
 
-def test_convert_and_quantize(checkpoints, tmp_path: Path) -> None:
-    ckpt = checkpoints["Imp-v1.5-2B-Qwen1.5"]
+def test_convert_and_quantize(tiny_checkpoints, tmp_path: Path) -> None:
+    ckpt = tiny_checkpoints["Imp-v1.5-2B-Qwen1.5"]
     res = convert_and_quantize(ckpt, tmp_path, "q4_k")
     assert Path(res["model"]).name == "Imp-v1.5-2B-Qwen1.5-Q4_K_M.gguf"
     assert Path(res["mmproj"]).name == "mmproj-Imp-v1.5-2B-Qwen1.5-Q8_0.gguf"

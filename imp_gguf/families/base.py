@@ -100,8 +100,13 @@ class LMFamily:
 
     @classmethod
     def add_arch_kv(cls, writer: Any, hp: LMHparams) -> None:
-        """Write `{arch}.*` keys, the way llama.cpp's own converter does for this architecture."""
-        raise NotImplementedError
+        """Write `{arch}.*` keys, the way llama.cpp's own converter does; families add their extras."""
+        writer.add_block_count(hp.n_layer)
+        writer.add_context_length(hp.n_ctx)
+        writer.add_embedding_length(hp.n_embd)
+        writer.add_feed_forward_length(hp.n_ff)
+        writer.add_head_count(hp.n_head)
+        writer.add_head_count_kv(hp.n_head_kv)
 
     @classmethod
     def reference_config(cls, hp: LMHparams) -> dict[str, Any]:
@@ -149,3 +154,11 @@ def square(h: LMHparams) -> tuple[int, ...]:
 
 def embd(h: LMHparams) -> tuple[int, ...]:
     return (h.n_vocab, h.n_embd)
+
+
+def ffn_up(h: LMHparams) -> tuple[int, ...]:
+    return (h.n_ff, h.n_embd)
+
+
+def ffn_down(h: LMHparams) -> tuple[int, ...]:
+    return (h.n_embd, h.n_ff)

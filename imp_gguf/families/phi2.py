@@ -11,7 +11,7 @@ from typing import Any
 
 from imp_gguf.errors import BadInput
 from imp_gguf.families import register
-from imp_gguf.families.base import LMFamily, LMHparams, TensorRule as R, embd, find, rope_param, square, vec
+from imp_gguf.families.base import LMFamily, LMHparams, TensorRule as R, embd, ffn_down, ffn_up, find, rope_param, square, vec
 
 
 def _qkv(h: LMHparams) -> tuple[int, ...]:
@@ -22,20 +22,22 @@ def _qkv_b(h: LMHparams) -> tuple[int, ...]:
     return (3 * h.n_embd,)
 
 
-def _up(h: LMHparams) -> tuple[int, ...]:
-    return (h.n_ff, h.n_embd)
-
-
 def _up_b(h: LMHparams) -> tuple[int, ...]:
     return (h.n_ff,)
 
 
-def _down(h: LMHparams) -> tuple[int, ...]:
-    return (h.n_embd, h.n_ff)
-
-
 def _vocab_b(h: LMHparams) -> tuple[int, ...]:
     return (h.n_vocab,)
+
+
+def _mlp(block: str) -> list[R]:
+    """fc1/fc2 keep their names in both layouts; only the block prefix differs."""
+    return [
+        R(block + "mlp.fc1.weight", "blk.{bid}.ffn_up.weight", ffn_up),
+        R(block + "mlp.fc1.bias", "blk.{bid}.ffn_up.bias", _up_b),
+        R(block + "mlp.fc2.weight", "blk.{bid}.ffn_down.weight", ffn_down),
+        R(block + "mlp.fc2.bias", "blk.{bid}.ffn_down.bias", vec),
+    ]
 
 
 class _Phi2Common(LMFamily):
@@ -73,12 +75,7 @@ class _Phi2Common(LMFamily):
 
     @classmethod
     def add_arch_kv(cls, writer: Any, hp: LMHparams) -> None:
-        writer.add_context_length(hp.n_ctx)
-        writer.add_embedding_length(hp.n_embd)
-        writer.add_feed_forward_length(hp.n_ff)
-        writer.add_block_count(hp.n_layer)
-        writer.add_head_count(hp.n_head)
-        writer.add_head_count_kv(hp.n_head)
+        super().add_arch_kv(writer, hp)
         writer.add_layer_norm_eps(hp.norm_eps)
         writer.add_rope_dimension_count(hp.rope_dims)
 
@@ -110,10 +107,7 @@ class Phi2Msft(_Phi2Common):
         R("transformer.h.{bid}.mixer.Wqkv.bias", "blk.{bid}.attn_qkv.bias", _qkv_b),
         R("transformer.h.{bid}.mixer.out_proj.weight", "blk.{bid}.attn_output.weight", square),
         R("transformer.h.{bid}.mixer.out_proj.bias", "blk.{bid}.attn_output.bias", vec),
-        R("transformer.h.{bid}.mlp.fc1.weight", "blk.{bid}.ffn_up.weight", _up),
-        R("transformer.h.{bid}.mlp.fc1.bias", "blk.{bid}.ffn_up.bias", _up_b),
-        R("transformer.h.{bid}.mlp.fc2.weight", "blk.{bid}.ffn_down.weight", _down),
-        R("transformer.h.{bid}.mlp.fc2.bias", "blk.{bid}.ffn_down.bias", vec),
+        *_mlp("transformer.h.{bid}."),
         R("lm_head.ln.weight", "output_norm.weight", vec),
         R("lm_head.ln.bias", "output_norm.bias", vec),
         R("lm_head.linear.weight", "output.weight", embd),
@@ -136,10 +130,7 @@ class Phi2(_Phi2Common):
           for p in "qkv" for k in ("weight", "bias")],
         R("model.layers.{bid}.self_attn.dense.weight", "blk.{bid}.attn_output.weight", square),
         R("model.layers.{bid}.self_attn.dense.bias", "blk.{bid}.attn_output.bias", vec),
-        R("model.layers.{bid}.mlp.fc1.weight", "blk.{bid}.ffn_up.weight", _up),
-        R("model.layers.{bid}.mlp.fc1.bias", "blk.{bid}.ffn_up.bias", _up_b),
-        R("model.layers.{bid}.mlp.fc2.weight", "blk.{bid}.ffn_down.weight", _down),
-        R("model.layers.{bid}.mlp.fc2.bias", "blk.{bid}.ffn_down.bias", vec),
+        *_mlp("model.layers.{bid}."),
         R("model.final_layernorm.weight", "output_norm.weight", vec),
         R("model.final_layernorm.bias", "output_norm.bias", vec),
         R("lm_head.weight", "output.weight", embd),

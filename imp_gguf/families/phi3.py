@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from imp_gguf.families import register
-from imp_gguf.families.base import LMFamily, LMHparams, TensorRule as R, embd, find, rope_param, square, vec
+from imp_gguf.families.base import LMFamily, LMHparams, TensorRule as R, embd, ffn_down, find, rope_param, square, vec
 
 
 def _qkv(h: LMHparams) -> tuple[int, ...]:
@@ -14,10 +14,6 @@ def _qkv(h: LMHparams) -> tuple[int, ...]:
 
 def _gate_up(h: LMHparams) -> tuple[int, ...]:
     return (2 * h.n_ff, h.n_embd)
-
-
-def _down(h: LMHparams) -> tuple[int, ...]:
-    return (h.n_embd, h.n_ff)
 
 
 @register
@@ -42,7 +38,7 @@ class Phi3(LMFamily):
         R("model.layers.{bid}.post_attention_layernorm.weight", "blk.{bid}.ffn_norm.weight", vec),
         # llama.cpp's phi3 graph splits the fused gate‖up itself: keep it fused.
         R("model.layers.{bid}.mlp.gate_up_proj.weight", "blk.{bid}.ffn_up.weight", _gate_up),
-        R("model.layers.{bid}.mlp.down_proj.weight", "blk.{bid}.ffn_down.weight", _down),
+        R("model.layers.{bid}.mlp.down_proj.weight", "blk.{bid}.ffn_down.weight", ffn_down),
         R("model.norm.weight", "output_norm.weight", vec),
         R("lm_head.weight", "output.weight", embd),
     ]
@@ -71,13 +67,8 @@ class Phi3(LMFamily):
 
     @classmethod
     def add_arch_kv(cls, writer: Any, hp: LMHparams) -> None:
-        writer.add_context_length(hp.n_ctx)
+        super().add_arch_kv(writer, hp)
         writer.add_rope_scaling_orig_ctx_len(hp.extra["orig_ctx"])
-        writer.add_embedding_length(hp.n_embd)
-        writer.add_feed_forward_length(hp.n_ff)
-        writer.add_block_count(hp.n_layer)
-        writer.add_head_count(hp.n_head)
-        writer.add_head_count_kv(hp.n_head_kv)
         writer.add_layer_norm_rms_eps(hp.norm_eps)
         writer.add_rope_dimension_count(hp.rope_dims)
         writer.add_rope_freq_base(hp.rope_theta)

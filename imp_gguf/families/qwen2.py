@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from imp_gguf.families import register
-from imp_gguf.families.base import LMFamily, LMHparams, TensorRule as R, embd, find, rope_param, square, vec
+from imp_gguf.families.base import LMFamily, LMHparams, TensorRule as R, embd, ffn_down, ffn_up, find, rope_param, square, vec
 
 
 def _kv(h: LMHparams) -> tuple[int, ...]:
@@ -14,14 +14,6 @@ def _kv(h: LMHparams) -> tuple[int, ...]:
 
 def _kv_b(h: LMHparams) -> tuple[int, ...]:
     return (h.n_head_kv * h.head_dim,)
-
-
-def _up(h: LMHparams) -> tuple[int, ...]:
-    return (h.n_ff, h.n_embd)
-
-
-def _down(h: LMHparams) -> tuple[int, ...]:
-    return (h.n_embd, h.n_ff)
 
 
 @register
@@ -48,9 +40,9 @@ class Qwen2(LMFamily):
         R("model.layers.{bid}.self_attn.v_proj.bias", "blk.{bid}.attn_v.bias", _kv_b),
         R("model.layers.{bid}.self_attn.o_proj.weight", "blk.{bid}.attn_output.weight", square),
         R("model.layers.{bid}.post_attention_layernorm.weight", "blk.{bid}.ffn_norm.weight", vec),
-        R("model.layers.{bid}.mlp.gate_proj.weight", "blk.{bid}.ffn_gate.weight", _up),
-        R("model.layers.{bid}.mlp.up_proj.weight", "blk.{bid}.ffn_up.weight", _up),
-        R("model.layers.{bid}.mlp.down_proj.weight", "blk.{bid}.ffn_down.weight", _down),
+        R("model.layers.{bid}.mlp.gate_proj.weight", "blk.{bid}.ffn_gate.weight", ffn_up),
+        R("model.layers.{bid}.mlp.up_proj.weight", "blk.{bid}.ffn_up.weight", ffn_up),
+        R("model.layers.{bid}.mlp.down_proj.weight", "blk.{bid}.ffn_down.weight", ffn_down),
         R("model.norm.weight", "output_norm.weight", vec),
         # Qwen2 runtime ties `output` to `token_embd` when absent.
         R("lm_head.weight", "output.weight", embd, optional=True),
@@ -74,12 +66,7 @@ class Qwen2(LMFamily):
 
     @classmethod
     def add_arch_kv(cls, writer: Any, hp: LMHparams) -> None:
-        writer.add_block_count(hp.n_layer)
-        writer.add_context_length(hp.n_ctx)
-        writer.add_embedding_length(hp.n_embd)
-        writer.add_feed_forward_length(hp.n_ff)
-        writer.add_head_count(hp.n_head)
-        writer.add_head_count_kv(hp.n_head_kv)
+        super().add_arch_kv(writer, hp)
         writer.add_rope_freq_base(hp.rope_theta)
         writer.add_layer_norm_rms_eps(hp.norm_eps)
 

@@ -13,19 +13,25 @@ import torch
 VISION = "vision_tower.vision_tower.vision_model."
 
 
-def _msft_from_hf(name: str) -> str | None:
-    rules = [
-        (r"^model\.embed_tokens\.", "transformer.embd.wte."),
-        (r"^model\.layers\.(\d+)\.input_layernorm\.", r"transformer.h.\1.ln."),
-        (r"^model\.layers\.(\d+)\.self_attn\.dense\.", r"transformer.h.\1.mixer.out_proj."),
-        (r"^model\.layers\.(\d+)\.mlp\.", r"transformer.h.\1.mlp."),
-        (r"^model\.final_layernorm\.", "lm_head.ln."),
-        (r"^lm_head\.", "lm_head.linear."),
-    ]
-    for pat, rep in rules:
-        if re.match(pat, name):
-            return re.sub(pat, rep, name)
-    return None
+# transformers Phi prefix <-> phi-msft prefix ({i}: block index). q/k/v <-> Wqkv is handled apart.
+_PHI_RENAMES = [
+    ("model.embed_tokens.", "transformer.embd.wte."),
+    ("model.layers.{i}.input_layernorm.", "transformer.h.{i}.ln."),
+    ("model.layers.{i}.self_attn.dense.", "transformer.h.{i}.mixer.out_proj."),
+    ("model.layers.{i}.mlp.", "transformer.h.{i}.mlp."),
+    ("model.final_layernorm.", "lm_head.ln."),
+    ("lm_head.", "lm_head.linear."),
+]
+
+
+def _rename(name: str, to_msft: bool) -> str:
+    for hf, msft in _PHI_RENAMES:
+        src, dst = (hf, msft) if to_msft else (msft, hf)
+        pat = "^" + re.escape(src).replace(re.escape("{i}"), r"(\d+)")
+        m = re.match(pat, name)
+        if m:
+            return dst.replace("{i}", m.group(1) if m.groups() else "") + name[m.end():]
+    raise KeyError(name)
 
 
 def lm_to_checkpoint(family: str, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -39,10 +45,7 @@ def lm_to_checkpoint(family: str, state: dict[str, torch.Tensor]) -> dict[str, t
         if m:
             qkv.setdefault((m.group(1), m.group(3)), {})[m.group(2)] = t
             continue
-        new = _msft_from_hf(name)
-        if new is None:
-            raise KeyError(name)
-        out[new] = t
+        out[_rename(name, to_msft=True)] = t
     for (bid, kind), parts in qkv.items():
         out[f"transformer.h.{bid}.mixer.Wqkv.{kind}"] = torch.cat([parts["q"], parts["k"], parts["v"]], 0)
     return out
@@ -62,20 +65,7 @@ def lm_from_checkpoint(family: str, state: dict[str, torch.Tensor], n_embd: int)
             for i, p in enumerate("qkv"):
                 out[f"model.layers.{m.group(1)}.self_attn.{p}_proj.{m.group(2)}"] = t[i * n_embd:(i + 1) * n_embd]
             continue
-        inv = [
-            (r"^transformer\.embd\.wte\.", "model.embed_tokens."),
-            (r"^transformer\.h\.(\d+)\.ln\.", r"model.layers.\1.input_layernorm."),
-            (r"^transformer\.h\.(\d+)\.mixer\.out_proj\.", r"model.layers.\1.self_attn.dense."),
-            (r"^transformer\.h\.(\d+)\.mlp\.", r"model.layers.\1.mlp."),
-            (r"^lm_head\.ln\.", "model.final_layernorm."),
-            (r"^lm_head\.linear\.", "lm_head."),
-        ]
-        for pat, rep in inv:
-            if re.match(pat, name):
-                out[re.sub(pat, rep, name)] = t
-                break
-        else:
-            raise KeyError(name)
+        out[_rename(name, to_msft=False)] = t
     return out
 
 

@@ -6,7 +6,6 @@ under temporary names in OUT's folder and renamed at the end, so an interrupted 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shlex
@@ -21,6 +20,7 @@ from pathlib import Path
 from imp_gguf.errors import BadInput, OutputExists
 from imp_gguf.pins import LLAMA_CPP_COMMIT, LLAMA_CPP_PYTHON_VERSION
 from imp_gguf.runtime.build import where
+from imp_gguf.runtime.source import file_sha256
 
 RUN_SH = """\
 #!/bin/sh
@@ -94,14 +94,6 @@ def _check_gguf(path: Path, what: str) -> Path:
     return path
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def tarball_path(out: Path) -> Path:
     return out.with_name(out.name + ".tar.gz")
 
@@ -157,7 +149,7 @@ def make_bundle(
             "model": f"models/{model.name}",
             "mmproj": f"models/{mmproj.name}",
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "sha256": {str(p.relative_to(tmp)): _sha256(p) for p in files},
+            "sha256": {str(p.relative_to(tmp)): file_sha256(p) for p in files},
         }
         (tmp / "bundle.json").write_text(json.dumps(manifest, indent=2) + "\n")
         # GGUF weights barely compress: level 1 keeps a multi-GB bundle from taking minutes.

@@ -80,7 +80,7 @@ def file_lock(path: Path) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
@@ -159,7 +159,7 @@ def download_sdist(
                 raise ToolMissing(f"pip download llama-cpp-python=={version} failed: {last[0]}")
             os.replace(files[0], target)
     expected = SDIST_SHA256.get(version)
-    if expected is not None and _sha256(target) != expected:
+    if expected is not None and file_sha256(target) != expected:
         bad = target.with_suffix(".bad")
         os.replace(target, bad)
         raise InternalError(f"{target.name} has the wrong sha256 (moved to {bad.name}); download again")
@@ -200,7 +200,7 @@ def ensure_source(
                 shutil.move(root, root.with_name(f"{root.name}.rejected-{int(time.time())}"))
         if src is None:
             tarball = download_sdist(cache, version, runner)
-            sha = _sha256(tarball)
+            sha = file_sha256(tarball)
             _unpack(tarball, root)
             src = verify_tree(root, version)
         stamp = {"version": src.version, "commit": src.commit, "sdist_sha256": sha, "verified_at": time.time()}
