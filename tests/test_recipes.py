@@ -33,7 +33,7 @@ def f16_files(tiny_checkpoints: dict[str, Path], tmp_path_factory: pytest.TempPa
 
     root = tmp_path_factory.getbasetemp() / "quant-f16"
     out = {}
-    for name, ckpt in checkpoints.items():
+    for name, ckpt in tiny_checkpoints.items():
         res = convert(ckpt, root / name, outtype="f16", force=True)
         out[name] = (Path(res["model"]), Path(res["mmproj"]))
     return out

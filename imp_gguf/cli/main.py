@@ -67,13 +67,7 @@ def _root(
 
 
 for _name in COMMAND_MODULES:
-    try:
-        _mod = importlib.import_module(f"imp_gguf.cli.{_name}")
-    except ModuleNotFoundError as exc:  # a command still being written must not break the others
-        if exc.name != f"imp_gguf.cli.{_name}":
-            raise
-        continue
-    _mod.register(app)
+    importlib.import_module(f"imp_gguf.cli.{_name}").register(app)
 
 
 class Terminated(BaseException):
