@@ -1,0 +1,50 @@
+"""`imp-gguf bench`: run Imp GGUFs with the built llama.cpp tools where they will run, and measure them.
+
+    from imp_gguf.bench import BenchConfig, bench
+    rows = bench(["model.gguf"], ["mmproj.gguf"], device="ssh://u0_a1@phone:8022", cfg=BenchConfig(runs=5))
+
+Modules: device (where it runs, staging), protocols (paper / llama-bench protocols, verdict), parse
+(llama.cpp output), roofline (bandwidth probe, bytes per token), report (tables, JSON), plot (PNG),
+fullsize (full-size random-weight checkpoints for speed figures).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from imp_gguf.bench.device import Device, open_device
+from imp_gguf.bench.protocols import (DEFAULT_TARGET_TPS, PAPER_ROW, PROTOCOLS, BenchConfig, BenchSession, exit_code,
+                                      model_facts)
+from imp_gguf.errors import BadInput
+
+__all__ = ["DEFAULT_TARGET_TPS", "PAPER_ROW", "PROTOCOLS", "BenchConfig", "BenchSession", "Device", "bench",
+           "exit_code", "model_facts", "open_device"]
+
+
+def bench(models: Sequence[str | Path], mmprojs: Sequence[str | Path], *, device: str = "local",
+          cfg: BenchConfig | None = None, ssh_options: Sequence[str] = (), remote_target: str | None = None,
+          remote_dir: str | None = None, log: Callable[[str], None] | None = None,
+          dev: Device | None = None) -> list[dict[str, Any]]:
+    """Bench each model (with its mmproj: one shared, or one per model) on `device`; returns the rows."""
+    cfg = cfg or BenchConfig()
+    if cfg.protocol not in PROTOCOLS:
+        raise BadInput(f"--protocol must be one of {', '.join(PROTOCOLS)}, not {cfg.protocol!r}")
+    if cfg.runs < 1:
+        raise BadInput("--runs must be at least 1")
+    if not models:
+        raise BadInput("give at least one --model")
+    if len(mmprojs) not in (1, len(models)):
+        raise BadInput(f"give one --mmproj, or one per --model ({len(models)}), not {len(mmprojs)}")
+    pairs = [(Path(m), Path(mmprojs[0] if len(mmprojs) == 1 else mmprojs[i])) for i, m in enumerate(models)]
+    facts = [model_facts(m, mm) for m, mm in pairs]  # validate every file before touching the device
+    if cfg.image is not None and not Path(cfg.image).is_file():
+        raise BadInput(f"--image {cfg.image} does not exist")
+    dev = dev or open_device(device, ssh_options=ssh_options, remote_target=remote_target, remote_dir=remote_dir,
+                             log=log)
+    session = BenchSession(dev, cfg, log)
+    rows: list[dict[str, Any]] = []
+    for f in facts:
+        rows.extend(session.run(f))
+    return rows

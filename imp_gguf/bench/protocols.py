@@ -1,0 +1,436 @@
+"""The two benchmark protocols and the result rows.
+
+paper:       the Imp paper's Table 4 protocol (arXiv 2405.12107 §5.2): one image, a fixed 41-token text
+             prompt, 64 generated tokens (EOS ignored), greedy, model loading excluded. Runs
+             llama-mtmd-cli and reads its own timing lines: T_VE (image encode), prompt tokens/s
+             (text + image tokens), decode tokens/s, T_total = T_VE + prompt time + decode time.
+llama-bench: `llama-bench -o json -p <text+image tokens> -n 64 -d <image tokens>`: pp and tg at a depth
+             equal to the image-token count (text-only, no vision tower) and reports its rows.
+
+Rows are a superset of llama-bench's JSON fields, plus vision_encode_ms, prompt_tps, decode_tps, ttft_ms,
+peak_rss_mb, bandwidth_gbps, decode_efficiency, ceiling_tps, device, emulated, verdict.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from imp_gguf.bench.device import Device, cpu_info, version_info
+from imp_gguf.bench.parse import (cpu_features, parse_bandwidth, parse_llama_bench, parse_mtmd, parse_system_info,
+                                  parse_time_v)
+from imp_gguf.bench.roofline import LmTraffic, lm_traffic, roofline
+from imp_gguf.errors import BadInput, InternalError
+
+# Imp-3B@196, 4-bit, Snapdragon 8 Gen 3 (paper Table 4; imp-checkpoints.md §6.2)
+PAPER_ROW = {
+    "source": "Imp paper Table 4 (arXiv 2405.12107): Imp-3B@196, 4-bit, Snapdragon 8 Gen 3, llama.cpp",
+    "vision_encode_s": 2.10, "prompt_tps": 15.64, "decode_tps": 12.73, "total_s": 22.72,
+    "n_text_tokens": 41, "n_image_tokens": 196, "n_gen": 64,
+}
+PAPER_TEXT_TOKENS = 41
+PAPER_GEN_TOKENS = 64
+DEFAULT_TARGET_TPS = 13.0
+PROTOCOLS = ("paper", "llama-bench")
+
+# Words used to pad the question to the protocol's token count (then " a" fills the last tokens).
+QUESTION = ("What is in the image? Describe the objects, their colours, shapes and positions, the background, "
+            "and anything unusual, in detail and in order from the left to the right of the picture, please.")
+MEDIA_MARKER = "<__media__>"
+
+Log = Callable[[str], None]
+
+
+# ----------------------------------------------------------------------------- model facts
+
+@dataclass
+class ModelFacts:
+    path: Path
+    mmproj: Path
+    arch: str
+    model_type: str
+    model_size: int
+    mmproj_size: int
+    n_params: int
+    chat_template: str | None
+    add_bos: bool
+    image_size: int
+    n_image_tokens: int
+    traffic: LmTraffic
+
+
+def model_facts(model: Path, mmproj: Path) -> ModelFacts:
+    import gguf
+
+    from imp_gguf.gguf_info import read_gguf_meta
+
+    for p, what in ((model, "--model"), (mmproj, "--mmproj")):
+        if not Path(p).is_file():
+            raise BadInput(f"{what} {p} does not exist")
+    meta = read_gguf_meta(model)
+    mm = read_gguf_meta(mmproj)
+    arch = str(meta.get("general.architecture", "?"))
+    if mm.get("general.architecture") != "clip":
+        raise BadInput(f"--mmproj {mmproj} is not an mmproj (clip) GGUF")
+    image_size = int(mm.get("clip.vision.image_size", 0))
+    patch = int(mm.get("clip.vision.patch_size", 0) or 1)
+    if not image_size:
+        raise BadInput(f"--mmproj {mmproj} has no clip.vision.image_size")
+    traffic = lm_traffic(model)
+    ft = meta.get("general.file_type")
+    try:
+        ft_name = gguf.LlamaFileType(int(ft)).name.removeprefix("MOSTLY_").removeprefix("ALL_") if ft is not None else "?"
+    except ValueError:
+        ft_name = str(ft)
+    size_label = meta.get("general.size_label") or "?B"
+    return ModelFacts(
+        path=Path(model), mmproj=Path(mmproj), arch=arch, model_type=f"{arch} {size_label} {ft_name}",
+        model_size=Path(model).stat().st_size, mmproj_size=Path(mmproj).stat().st_size,
+        n_params=traffic.n_params, chat_template=meta.get("tokenizer.chat_template"),
+        add_bos=bool(meta.get("tokenizer.ggml.add_bos_token", False)), image_size=image_size,
+        n_image_tokens=(image_size // patch) ** 2, traffic=traffic,
+    )
+
+
+# ----------------------------------------------------------------------------- the 41-token prompt
+
+@contextlib.contextmanager
+def _quiet_fd2():
+    import os
+    import sys
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null, contextlib.redirect_stderr(null):
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+class TextCounter:
+    """Counts the text tokens llama-mtmd-cli will feed for a question (chat template applied, marker split)."""
+
+    def __init__(self, facts: ModelFacts) -> None:
+        import llama_cpp
+
+        self.facts = facts
+        with _quiet_fd2():  # llama.cpp warns about the context of a vocab-only load on stderr
+            self.llm = llama_cpp.Llama(str(facts.path), vocab_only=True, verbose=False)
+
+    def render(self, question: str) -> str:
+        from imp_gguf.chat_templates import render
+
+        content = MEDIA_MARKER + question  # mtmd-cli prepends the marker when the prompt has none
+        if not self.facts.chat_template:
+            return content
+        return render(self.facts.chat_template, [{"role": "user", "content": content}])
+
+    def count(self, question: str) -> int:
+        segments = self.render(question).split(MEDIA_MARKER)
+        n = sum(len(self.llm.tokenize(s.encode(), add_bos=False, special=True)) for s in segments if s)
+        return n + (1 if self.facts.add_bos else 0)
+
+
+def fit_question(counter: TextCounter, n_tokens: int = PAPER_TEXT_TOKENS, base: str = QUESTION) -> tuple[str, int]:
+    """The longest prefix of `base` (whole words) within n_tokens, then ' a' fillers up to exactly n_tokens.
+
+    Returns (question, text tokens). When the template alone is longer than n_tokens, the shortest
+    question ("?") is used and its (larger) count returned: the report says so.
+    """
+    words = base.split(" ")
+    q, n = "", counter.count("")
+    if n >= n_tokens:
+        return "?", counter.count("?")
+    for w in words:
+        cand = (q + " " + w) if q else w
+        c = counter.count(cand)
+        if c > n_tokens:
+            break
+        q, n = cand, c
+    guard = 0
+    while n < n_tokens and guard < 4 * n_tokens:
+        c = counter.count(q + " a")
+        if c > n_tokens:
+            break
+        q, n = q + " a", c
+        guard += 1
+    return q, n
+
+
+# ----------------------------------------------------------------------------- statistics
+
+def spread(values: Sequence[float | None]) -> dict[str, Any]:
+    v = [float(x) for x in values if x is not None]
+    if not v:
+        return {"median": None, "min": None, "max": None, "mean": None, "stddev": None, "iqr": None, "n": 0}
+    q1, q3 = (np.percentile(v, [25, 75]).tolist() if len(v) > 1 else (v[0], v[0]))
+    return {"median": statistics.median(v), "min": min(v), "max": max(v), "mean": statistics.fmean(v),
+            "stddev": statistics.stdev(v) if len(v) > 1 else 0.0, "iqr": q3 - q1, "n": len(v)}
+
+
+def _r(x: float | None, nd: int = 3) -> float | None:
+    return None if x is None else round(float(x), nd)
+
+
+# ----------------------------------------------------------------------------- verdict
+
+def verdict(dev: Device, decode_tps: float | None, target_tps: float) -> tuple[str, bool | None]:
+    """(text, passed) where passed is None when the result is not a device result."""
+    if decode_tps is None:
+        return "no decode speed measured", None
+    if dev.kind == "qemu" or dev.emulated:
+        return f"emulated (qemu-aarch64): {decode_tps:.1f} tok/s, timings meaningless", None
+    if dev.is_aarch64_device:
+        ok = decode_tps >= target_tps
+        word = "PASS" if ok else "MISS"
+        return f"{word}: {dev.label}: decode {decode_tps:.2f} tok/s vs target {target_tps:g} tok/s", ok
+    where = "host" if dev.kind == "local" else f"{dev.kind} host"
+    return f"{where} {dev.arch}: {decode_tps:.1f} tok/s - not a device result", None
+
+
+# ----------------------------------------------------------------------------- session
+
+@dataclass
+class BenchConfig:
+    protocol: str = "paper"
+    runs: int = 5
+    warmup: int = 1
+    threads: int | None = None
+    target_tps: float = DEFAULT_TARGET_TPS
+    n_text: int = PAPER_TEXT_TOKENS
+    n_gen: int = PAPER_GEN_TOKENS
+    image: Path | None = None
+    bandwidth_mib: int = 1024
+    bandwidth: bool = True
+    timeout: float | None = 3600
+
+
+def default_image(path: Path, size: int = 448) -> Path:
+    """A deterministic photo-like test image (gradients + noise + shapes), non-square like real photos."""
+    from PIL import Image, ImageDraw
+
+    rng = np.random.default_rng(0)
+    h, w = size * 3 // 4, size
+    yy, xx = np.mgrid[0:h, 0:w]
+    img = np.stack([(xx * 255 / w), (yy * 255 / h), ((xx + yy) * 128 / (w + h)) + 60], -1)
+    img += rng.normal(0, 12, img.shape)
+    im = Image.fromarray(np.clip(img, 0, 255).astype("uint8"))
+    d = ImageDraw.Draw(im)
+    d.ellipse([w * 0.1, h * 0.2, w * 0.35, h * 0.55], fill=(220, 40, 40))
+    d.rectangle([w * 0.55, h * 0.5, w * 0.85, h * 0.85], fill=(40, 60, 220))
+    im.save(path)
+    return path
+
+
+class BenchSession:
+    """One device, several models: probe bandwidth once, then run the protocol per model."""
+
+    def __init__(self, dev: Device, cfg: BenchConfig, log: Log | None = None) -> None:
+        self.dev, self.cfg = dev, cfg
+        self.log = log or (lambda m: None)
+        self.threads = cfg.threads or dev.default_threads()
+        self.tmp = Path(tempfile.mkdtemp(prefix="imp-gguf-bench-"))
+        self._bandwidth: dict[str, Any] | None = None
+        self._common: dict[str, Any] | None = None
+
+    # -- once per device
+    def bandwidth(self) -> dict[str, Any] | None:
+        if self._bandwidth is None and self.cfg.bandwidth and "bandwidth" in self.dev.tools:
+            self.log(f"bandwidth probe ({self.threads} threads, {self.cfg.bandwidth_mib} MiB)...")
+            mib = self.cfg.bandwidth_mib if not self.dev.emulated else min(self.cfg.bandwidth_mib, 256)
+            proc = self.dev.run([self.dev.tools["bandwidth"], "-t", str(self.threads), "-s", str(mib), "-r", "5"],
+                                timeout=600)
+            self._bandwidth = parse_bandwidth(proc.stdout) or {}
+        return self._bandwidth or None
+
+    def common(self, facts: ModelFacts, model_dev: str) -> dict[str, Any]:
+        if self._common is None:
+            c: dict[str, Any] = {"device": self.dev.label, "device_kind": self.dev.kind, "device_arch": self.dev.arch,
+                                 "emulated": self.dev.emulated, "n_cpus": self.dev.nproc,
+                                 "device_model": self.dev.info.get("model"),
+                                 "android_version": self.dev.info.get("android"),
+                                 "soc": self.dev.info.get("soc"), "gpu_info": "", "backends": "CPU"}
+            c.update(version_info(self.dev))
+            c["cpu_info"] = cpu_info(self.dev)
+            # system_info (CPU features as llama.cpp sees them): llama-perplexity prints it right after load
+            # (one 16-token chunk: it must run to the end, or the async logger may drop the line at exit)
+            proc = self.dev.run([self.dev.tools["llama-perplexity"], "-m", model_dev, "-p", "imp gguf " * 40,
+                                 "-c", "16", "-b", "16", "--chunks", "1", "-t", str(self.threads)], timeout=900)
+            si = parse_system_info((proc.stderr or "") + (proc.stdout or ""))
+            c["system_info"] = si
+            c["cpu_features"] = cpu_features(si)
+            bw = self.bandwidth()
+            c["bandwidth_gbps"] = _r(bw.get("gbps")) if bw else None
+            c["bandwidth_probe"] = bw
+            self._common = c
+        return dict(self._common)
+
+    def _row_base(self, facts: ModelFacts) -> dict[str, Any]:
+        return {"model_filename": facts.path.name, "mmproj_filename": facts.mmproj.name,
+                "model_type": facts.model_type, "model_size": facts.model_size, "mmproj_size": facts.mmproj_size,
+                "model_n_params": facts.n_params, "n_threads": self.threads, "protocol": self.cfg.protocol,
+                "test_time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "image_size": facts.image_size, "n_image_tokens": facts.n_image_tokens,
+                "type_k": "f16", "type_v": "f16"}
+
+    # -- protocol: paper
+    def run_paper(self, facts: ModelFacts) -> dict[str, Any]:
+        from imp_gguf.images import load_image
+
+        cfg, dev = self.cfg, self.dev
+        src_img = cfg.image or default_image(self.tmp / "default-image.png")
+        prepared = self.tmp / f"image-{facts.image_size}.png"
+        load_image(src_img, facts.image_size).save(prepared)  # squash-resized: clip.cpp will not pad
+        counter = TextCounter(facts)
+        question, n_text = fit_question(counter, cfg.n_text)
+        model_dev, mmproj_dev, image_dev = dev.stage(facts.path), dev.stage(facts.mmproj), dev.stage(prepared, "images", always=True)
+        common = self.common(facts, model_dev)
+        n_ctx = ((n_text + facts.n_image_tokens + cfg.n_gen + 64 + 255) // 256) * 256
+        argv = [dev.tools["llama-mtmd-cli"], "-m", model_dev, "--mmproj", mmproj_dev, "--image", image_dev,
+                "-p", question, "--jinja", "-n", str(cfg.n_gen), "--ignore-eos", "--temp", "0", "--top-k", "1", "--seed", "0",
+                "-t", str(self.threads), "-c", str(n_ctx), "-lv", "4", "--log-timestamps", "--log-jsonl"]
+        runs = []
+        for i in range(cfg.warmup + cfg.runs):
+            label = "warm-up" if i < cfg.warmup else f"run {i - cfg.warmup + 1}/{cfg.runs}"
+            self.log(f"{facts.path.name}: {label}")
+            proc = dev.run(argv, timed=True, timeout=cfg.timeout)
+            if proc.returncode != 0:
+                tail = "\n".join((proc.stderr or proc.stdout or "").strip().splitlines()[-5:])
+                raise InternalError(f"llama-mtmd-cli failed (exit {proc.returncode}) on {dev.label}: {tail[-400:]}")
+            run = parse_mtmd(proc.stdout, proc.stderr)
+            rss = parse_time_v(proc.stderr)
+            if i >= cfg.warmup:
+                runs.append((run, rss))
+        return self._paper_row(facts, common, runs, question, n_text, argv)
+
+    def _paper_row(self, facts: ModelFacts, common: dict[str, Any], runs: list, question: str, n_text: int,
+                   argv: list[str]) -> dict[str, Any]:
+        cfg = self.cfg
+        for r, _ in runs:  # perf line lost (async logger): the prompt is the text + image tokens we fed
+            if r.prompt_tokens is None:
+                r.prompt_tokens = n_text + facts.n_image_tokens
+        ve = spread([r.vision_encode_ms for r, _ in runs])
+        pp = spread([r.prompt_tps for r, _ in runs])
+        tg = spread([r.decode_tps for r, _ in runs])
+        tot = spread([r.total_s for r, _ in runs])
+        ttft = spread([r.ttft_ms for r, _ in runs])
+        rss = spread([m for _, m in runs])
+        first = runs[0][0] if runs else None
+        n_prompt = first.prompt_tokens if first and first.prompt_tokens else n_text + facts.n_image_tokens
+        bw = common.get("bandwidth_gbps")
+        depth = n_prompt + cfg.n_gen / 2
+        roof = roofline(tg["median"], bw, facts.traffic, depth)
+        text, passed = verdict(self.dev, tg["median"], cfg.target_tps)
+        samples_ts = [_r(r.decode_tps) for r, _ in runs]
+        samples_ns = [int(r.eval_ms * 1e6) if r.eval_ms else None for r, _ in runs]
+        est_mem = None
+        if first and first.buffers_mib:
+            est_mem = round(sum(first.buffers_mib.values()), 1)
+        row = {**common, **self._row_base(facts),
+               "n_prompt": n_prompt, "n_gen": cfg.n_gen, "n_depth": 0, "n_text_tokens": n_text,
+               "question": question,
+               "avg_ts": _r(tg["mean"]), "stddev_ts": _r(tg["stddev"]), "samples_ts": samples_ts,
+               "avg_ns": int(statistics.fmean([s for s in samples_ns if s])) if any(samples_ns) else None,
+               "samples_ns": samples_ns,
+               "vision_encode_ms": _r(ve["median"], 1), "vision_encode_ms_min": _r(ve["min"], 1),
+               "vision_encode_ms_max": _r(ve["max"], 1),
+               "prompt_tps": _r(pp["median"]), "prompt_tps_min": _r(pp["min"]), "prompt_tps_max": _r(pp["max"]),
+               "decode_tps": _r(tg["median"]), "decode_tps_min": _r(tg["min"]), "decode_tps_max": _r(tg["max"]),
+               "decode_tps_iqr": _r(tg["iqr"]),
+               "total_s": _r(tot["median"]), "total_s_min": _r(tot["min"]), "total_s_max": _r(tot["max"]),
+               "ttft_ms": _r(ttft["median"], 1),
+               "peak_rss_mb": _r(rss["median"], 1),
+               "peak_rss_source": "time -v" if rss["n"] else None,
+               "llama_buffers_mib": est_mem,
+               "image_decode_ms": _r(spread([r.image_decode_ms for r, _ in runs])["median"], 1),
+               "timings_source": sorted({r.timings_source for r, _ in runs}),
+               "n_generated": first.n_generated if first else None,
+               "runs": len(runs), "warmup_runs": cfg.warmup,
+               **roof,
+               "target_tps": cfg.target_tps, "verdict": text, "passed": passed,
+               "protocol_note": (None if n_text == cfg.n_text else
+                                 f"chat template alone is {n_text} text tokens: the {cfg.n_text}-token prompt "
+                                 f"cannot be matched with this tokenizer"),
+               "command": argv,
+               "runs_detail": [r.to_dict() | {"peak_rss_mb": m} for r, m in runs]}
+        for d in row["runs_detail"]:
+            d.pop("text", None)
+        row["paper"] = paper_comparison(row)
+        return row
+
+    # -- protocol: llama-bench
+    def run_llama_bench(self, facts: ModelFacts) -> list[dict[str, Any]]:
+        cfg, dev = self.cfg, self.dev
+        counter = TextCounter(facts)
+        _, n_text = fit_question(counter, cfg.n_text)
+        model_dev = dev.stage(facts.path)
+        common = self.common(facts, model_dev)
+        n_prompt = n_text + facts.n_image_tokens
+        argv = [dev.tools["llama-bench"], "-m", model_dev, "-o", "json", "-p", str(n_prompt), "-n", str(cfg.n_gen),
+                "-d", str(facts.n_image_tokens), "-t", str(self.threads), "-r", str(cfg.runs)]
+        self.log(f"{facts.path.name}: llama-bench -p {n_prompt} -n {cfg.n_gen} -d {facts.n_image_tokens} -r {cfg.runs}")
+        proc = dev.run(argv, timed=True, timeout=cfg.timeout)
+        if proc.returncode != 0:
+            raise InternalError(f"llama-bench failed (exit {proc.returncode}) on {dev.label}: "
+                                f"{(proc.stderr or '').strip()[-400:]}")
+        rows = parse_llama_bench(proc.stdout)
+        if not rows:
+            raise InternalError(f"llama-bench printed no JSON rows on {dev.label}")
+        rss = parse_time_v(proc.stderr)
+        bw = common.get("bandwidth_gbps")
+        out = []
+        for r in rows:
+            row = {**common, **self._row_base(facts), **r, "peak_rss_mb": rss,
+                   "peak_rss_source": "time -v" if rss else None, "command": argv,
+                   "vision_encode_ms": None, "ttft_ms": None, "n_text_tokens": n_text}
+            row["model_filename"] = facts.path.name  # llama-bench prints the device path
+            ts = r.get("avg_ts")
+            if r.get("n_gen"):
+                row["decode_tps"] = _r(ts)
+                row["prompt_tps"] = None
+                row.update(roofline(ts, bw, facts.traffic, (r.get("n_depth") or 0) + cfg.n_gen / 2))
+                text, passed = verdict(dev, ts, cfg.target_tps)
+            else:
+                row["prompt_tps"] = _r(ts)
+                row["decode_tps"] = None
+                row.update(roofline(None, bw, facts.traffic, r.get("n_depth") or 0))
+                text, passed = "prefill row (verdict is on the tg row)", None
+            row.update(target_tps=cfg.target_tps, verdict=text, passed=passed)
+            out.append(row)
+        return out
+
+    def run(self, facts: ModelFacts) -> list[dict[str, Any]]:
+        if self.cfg.protocol == "paper":
+            return [self.run_paper(facts)]
+        if self.cfg.protocol == "llama-bench":
+            return self.run_llama_bench(facts)
+        raise BadInput(f"--protocol must be one of {', '.join(PROTOCOLS)}")
+
+
+def paper_comparison(row: dict[str, Any]) -> dict[str, Any]:
+    """Measured / paper ratios (>1 = faster for speeds, slower for times)."""
+    def ratio(a: float | None, b: float) -> float | None:
+        return None if a is None else round(a / b, 3)
+
+    ve_s = row["vision_encode_ms"] / 1000 if row.get("vision_encode_ms") is not None else None
+    return {**PAPER_ROW,
+            "vision_encode_ratio": ratio(ve_s, PAPER_ROW["vision_encode_s"]),
+            "prompt_tps_ratio": ratio(row.get("prompt_tps"), PAPER_ROW["prompt_tps"]),
+            "decode_tps_ratio": ratio(row.get("decode_tps"), PAPER_ROW["decode_tps"]),
+            "total_s_ratio": ratio(row.get("total_s"), PAPER_ROW["total_s"])}
+
+
+def exit_code(rows: list[dict[str, Any]]) -> int:
+    """1 if any device result missed its target; 0 otherwise (off-device results never fail)."""
+    return 1 if any(r.get("passed") is False for r in rows) else 0

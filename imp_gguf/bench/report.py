@@ -1,0 +1,113 @@
+"""Human output (a rich table on stderr, a markdown table for bench/results) and the JSON file."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from imp_gguf.bench.protocols import PAPER_ROW
+
+
+def _f(x: Any, spec: str = ".2f") -> str:
+    if x is None:
+        return "-"
+    try:
+        return format(float(x), spec)
+    except (TypeError, ValueError):
+        return str(x)
+
+
+def _span(row: dict[str, Any], key: str, spec: str = ".2f", scale: float = 1.0) -> str:
+    v, lo, hi = row.get(key), row.get(f"{key}_min"), row.get(f"{key}_max")
+    if v is None:
+        return "-"
+    s = format(v * scale, spec)
+    if lo is not None and hi is not None and lo != hi:
+        s += f" [{format(lo * scale, spec)}-{format(hi * scale, spec)}]"
+    return s
+
+
+def columns(row: dict[str, Any]) -> dict[str, str]:
+    """One row of the human table (median [min-max] for repeated measurements)."""
+    name = row.get("model_filename", "?")
+    if row.get("protocol") == "llama-bench":
+        test = f"pp{row.get('n_prompt')}" if not row.get("n_gen") else f"tg{row.get('n_gen')}"
+        name += f" {test} @ d{row.get('n_depth', 0)}"
+    return {
+        "model": name,
+        "size MB": _f((row.get("model_size") or 0) / 1e6, ".0f"),
+        "T_VE s": _span(row, "vision_encode_ms", ".2f", 1e-3) if row.get("vision_encode_ms") is not None else "-",
+        "prompt tok/s": _span(row, "prompt_tps") if row.get("protocol") == "paper" else _f(row.get("prompt_tps")),
+        "decode tok/s": _span(row, "decode_tps") if row.get("protocol") == "paper" else _f(row.get("decode_tps")),
+        "total s": _span(row, "total_s"),
+        "TTFT s": _f((row["ttft_ms"] / 1000) if row.get("ttft_ms") is not None else None),
+        "peak RSS MB": _f(row.get("peak_rss_mb"), ".0f"),
+        "ceiling tok/s": _f(row.get("ceiling_tps"), ".1f"),
+        "efficiency": _f(row.get("decode_efficiency"), ".0%") if row.get("decode_efficiency") is not None else "-",
+    }
+
+
+def print_table(rows: list[dict[str, Any]], console: Any) -> None:
+    from rich.table import Table
+
+    if not rows:
+        return
+    r0 = rows[0]
+    title = (f"imp-gguf bench ({r0.get('protocol')}) on {r0.get('device')}, {r0.get('n_threads')} threads, "
+             f"llama.cpp {r0.get('build_commit') or '?'}")
+    table = Table(title=title, title_justify="left")
+    cols = list(columns(r0))
+    for c in cols:
+        table.add_column(c, justify="left" if c == "model" else "right", overflow="fold")
+    for r in rows:
+        vals = columns(r)
+        table.add_row(*[vals[c] for c in cols])
+    if r0.get("protocol") == "paper":
+        table.add_row("paper: Imp-3B@196 4-bit, SD 8 Gen 3", "2300", _f(PAPER_ROW["vision_encode_s"]),
+                      _f(PAPER_ROW["prompt_tps"]), _f(PAPER_ROW["decode_tps"]), _f(PAPER_ROW["total_s"]),
+                      "-", "-", "-", "-", style="dim")
+    old_width = console.width
+    console.width = max(old_width, 170)  # a log or pipe gets the full table, not 80 columns
+    try:
+        console.print(table)
+    finally:
+        console.width = old_width
+    bw = r0.get("bandwidth_gbps")
+    facts = [f"bandwidth (stream read, {r0.get('n_threads')} threads): {_f(bw)} GB/s" if bw else "bandwidth: not measured",
+             f"cpu: {r0.get('cpu_info') or '?'}"]
+    if r0.get("cpu_features"):
+        facts.append("features: " + " ".join(r0["cpu_features"]))
+    if r0.get("device_model") or r0.get("android_version"):
+        facts.append(f"device: {r0.get('device_model') or '?'}, Android {r0.get('android_version') or '?'}")
+    for line in facts:
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
+    for r in rows:
+        if r.get("protocol_note"):
+            console.print(f"note: {r['protocol_note']}", markup=False, highlight=False, soft_wrap=True)
+        if r.get("protocol") == "paper" and r.get("paper"):
+            p = r["paper"]
+            console.print(f"{r['model_filename']}: vs paper: T_VE x{_f(p.get('vision_encode_ratio'))}, prompt "
+                          f"x{_f(p.get('prompt_tps_ratio'))}, decode x{_f(p.get('decode_tps_ratio'))}, total "
+                          f"x{_f(p.get('total_s_ratio'))}", markup=False, highlight=False, soft_wrap=True)
+        if r.get("passed") is not None or r.get("n_gen") or r.get("protocol") == "paper":
+            console.print(f"{r['model_filename']}: {r.get('verdict')}", markup=False, highlight=False, soft_wrap=True)
+
+
+def markdown(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return ""
+    cols = list(columns(rows[0]))
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for r in rows:
+        v = columns(r)
+        lines.append("| " + " | ".join(v[c] for c in cols) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_json(rows: list[dict[str, Any]], path: Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(rows, indent=2, default=str) + "\n")
+    tmp.replace(path)

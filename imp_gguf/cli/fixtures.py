@@ -1,0 +1,76 @@
+"""`imp-gguf fixtures tiny|full-size`: checkpoints for tests and for speed figures (wiring only).
+
+tiny       a tiny Imp checkpoint of any released layout (imp_gguf.reference.fixtures; needs torch).
+full-size  a random-weight checkpoint in the exact shape of a real variant (imp_gguf.bench.fullsize;
+           numpy only, streamed tensor by tensor: ~6 GB written, a few hundred MB of RAM).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import typer
+
+from imp_gguf.cli._common import err_console, print_json, typer_factory
+
+
+def _info(msg: str) -> None:
+    err_console.print(msg, markup=False, highlight=False, soft_wrap=True)
+
+
+def register(app: typer.Typer) -> None:
+    sub = typer_factory("Write checkpoints for tests (tiny) and for speed measurements (full-size, random weights).")
+
+    @sub.command("tiny")
+    def tiny_cmd(
+        variant: str = typer.Argument(..., help="imp-v1-3b | Imp-v1.5-3B-196 | Imp-v1.5-3B-Phi2 | "
+                                                "Imp-v1.5-2B-Qwen1.5 | Imp-v1.5-4B-Phi3"),
+        out: Path = typer.Argument(..., help="Folder to write."),
+        seed: int = typer.Option(0, "--seed"),
+        force: bool = typer.Option(False, "--force", help="Replace an existing OUT."),
+    ) -> None:
+        """A tiny checkpoint with the real names, nesting, configs and tokenizer files of a variant."""
+        from imp_gguf.errors import BadInput, OutputExists
+        from imp_gguf.reference.fixtures import VARIANTS, make_checkpoint
+
+        if variant not in VARIANTS:
+            raise BadInput(f"unknown variant {variant!r}: choose one of {', '.join(VARIANTS)}")
+        if out.exists() and not force:
+            raise OutputExists(f"{out} exists: pass --force to replace it")
+        path = make_checkpoint(variant, out, seed=seed, overwrite=True)
+        _info(f"wrote {path}")
+
+    @sub.command("full-size")
+    def full_size_cmd(
+        out: Path = typer.Argument(..., help="Folder to write (~6 GB for the 3B variants)."),
+        variant: str = typer.Option("Imp-v1.5-3B-196", "--variant",
+                                    help="Imp-v1.5-3B-196 (196 px) | imp-v1-3b (384 px, 729 image tokens)"),
+        seed: int = typer.Option(0, "--seed"),
+        force: bool = typer.Option(False, "--force", help="Replace an existing OUT."),
+        json_out: bool = typer.Option(False, "--json", help="Print a summary as JSON on stdout."),
+    ) -> None:
+        """Random weights, real shapes: for speed figures of a variant without downloading it."""
+        from imp_gguf.bench.fullsize import FULL_VARIANTS, make_fullsize, n_params
+        from imp_gguf.errors import BadInput
+
+        if variant not in FULL_VARIANTS:
+            raise BadInput(f"no full-size spec for {variant!r}: choose one of {', '.join(FULL_VARIANTS)}")
+        last = [-1]
+
+        def progress(name: str, done: int, total: int) -> None:
+            pct = done * 10 // max(total, 1)
+            if pct != last[0]:
+                last[0] = pct
+                _info(f"  {done / 1e9:5.2f} / {total / 1e9:.2f} GB  {name}")
+
+        t0 = time.monotonic()
+        path = make_fullsize(variant, out, seed=seed, force=force, progress=progress)
+        summary = {"folder": str(path), "variant": variant, "n_params": n_params(FULL_VARIANTS[variant]),
+                   "seconds": round(time.monotonic() - t0, 1)}
+        if json_out:
+            print_json(summary)
+        else:
+            _info(f"wrote {path} ({summary['n_params'] / 1e9:.2f} B parameters, bf16) in {summary['seconds']} s")
+
+    app.add_typer(sub, name="fixtures")
