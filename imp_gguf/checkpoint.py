@@ -20,7 +20,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from imp_gguf.errors import BadInput, ToolMissing
-from imp_gguf.safetensors_io import TensorRef, read_header
+from imp_gguf.safetensors_io import read_header
 
 PICKLE_NAMES = ("pytorch_model.bin", "pytorch_model.bin.index.json", "model.pt", "model.bin")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "added_tokens.json",

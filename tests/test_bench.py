@@ -26,7 +26,7 @@ from imp_gguf.bench.device import Device
 from imp_gguf.bench.parse import (cpu_features, parse_bandwidth, parse_llama_bench, parse_mtmd, parse_time_v,
                                   parse_version)
 from imp_gguf.bench.protocols import TextCounter, fit_question, model_facts, paper_comparison, spread, verdict
-from imp_gguf.bench.roofline import LmTraffic, build_probe, lm_traffic, roofline
+from imp_gguf.bench.roofline import LmTraffic, build_probe, roofline
 from imp_gguf.pins import LLAMA_CPP_COMMIT
 from imp_gguf.runtime.runner import LocalRunner
 

@@ -58,6 +58,23 @@ def test_check_baseline() -> None:
         check_baseline({"recipes": [{"recipe": "q8_0", "kl_mean": 0, "lm_bytes": 1}]}, base)
 
 
+def test_check_baseline_accuracy() -> None:
+    def rep(acc: float | None) -> dict:
+        r = _report(0.010, 1000)
+        if acc is not None:
+            r["recipes"][0]["accuracy"] = acc
+        return r
+
+    base = make_baseline(rep(0.90))
+    assert base["recipes"]["q4_k"]["accuracy"] == 0.90
+    assert check_baseline(rep(0.88), base) == []  # within the 0.03 tolerance
+    assert check_baseline(rep(0.95), base) == []
+    (msg,) = check_baseline(rep(0.80), base)
+    assert "q4_k" in msg and "accuracy 0.800 < 0.870" in msg
+    assert check_baseline(rep(None), base) == []  # no accuracy measured: nothing to compare
+    assert "accuracy" not in make_baseline(rep(None))["recipes"]["q4_k"]
+
+
 def test_load_baseline_errors(tmp_path: Path) -> None:
     with pytest.raises(BadInput, match="does not exist"):
         load_baseline(tmp_path / "none.json")
@@ -83,16 +100,26 @@ def test_evalset_is_deterministic(tmp_path: Path) -> None:
 
 # ---------------------------------------------------------------- the comparison on every variant
 
-def test_accuracy_hook_only_for_the_tiny_imp(tmp_path: Path) -> None:
-    assert _accuracy_hook(tmp_path / "Imp-v1.5-3B-Phi2") is None
-    tiny = pytest.importorskip("imp_gguf.tiny_imp")
-    assert _accuracy_hook(tmp_path / tiny.CHECKPOINT_NAME) is not None
+def test_accuracy_hook_only_for_the_tiny_imp(tmp_path: Path, tiny_checkpoints) -> None:
+    from imp_gguf.tiny_imp import CHECKPOINT_NAME, default_checkpoint
+
+    assert _accuracy_hook(tiny_checkpoints["Imp-v1.5-3B-196"]) is None
+    assert _accuracy_hook(tmp_path / "missing") is None
+    assert _accuracy_hook(default_checkpoint()) is not None
+    # What counts is how it was trained (recorded in its config), not the folder's name.
+    renamed = tmp_path / CHECKPOINT_NAME
+    renamed.mkdir()
+    (renamed / "config.json").write_text(json.dumps({"model_type": "imp"}))
+    assert _accuracy_hook(renamed) is None
+    (renamed / "config.json").write_text(json.dumps({"model_type": "imp", "tiny_imp": {"seed": 0}}))
+    assert _accuracy_hook(renamed) is not None
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_kl_orders_recipes(variant: str, tiny_checkpoints, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # The accuracy column appears when the hook applies (here: a stand-in, so any checkpoint qualifies).
     monkeypatch.setattr("imp_gguf.quant.compare._accuracy_hook", lambda source: lambda m, mm, n_threads=None: 0.5)
+    monkeypatch.setattr("imp_gguf.quant.compare._pytorch_accuracy", lambda source: 0.625)
     # One thread: tiny models gain nothing from more, and a busy CI box makes thread barriers crawl.
     quick = build_evalset(tmp_path / "evalset", n_texts=3, n_images=2, decode_tokens=8)
     report = compare_recipes(tiny_checkpoints[variant], ["q8_0", "q4_k", "q3_k"], tmp_path, runs=1, n_threads=1,
@@ -117,6 +144,7 @@ def test_kl_orders_recipes(variant: str, tiny_checkpoints, tmp_path: Path, monke
     assert json.loads((tmp_path / "report.json").read_text())["recipes"][0]["recipe"] == "q8_0"
     md = (tmp_path / "report.md").read_text()
     assert "| q4_k |" in md and "KL mean" in md
+    assert report["heldout"]["pytorch_accuracy"] == 0.625 and "PyTorch 0.625" in md
     if variant == "Imp-v1.5-2B-Qwen1.5":  # the fallback is in the report, not silent
         assert "blk.1.ffn_down.weight" in md and "Q6_K -> **Q8_0**" in md
     with pytest.raises(OutputExists):

@@ -20,7 +20,7 @@ from imp_gguf.bench.parse import parse_version
 from imp_gguf.errors import BadInput
 from imp_gguf.runtime.build import BuildResult, where
 from imp_gguf.runtime.remote import RemoteRunner, parse_device, safe_name
-from imp_gguf.runtime.runner import LocalRunner, QemuRunner, Runner
+from imp_gguf.runtime.runner import Runner
 
 BENCH_TOOLS = ("llama-mtmd-cli", "llama-bench", "llama-perplexity")
 TIME_CANDIDATES = ("/usr/bin/time", "/data/data/com.termux/files/usr/bin/time", "/system/bin/time")

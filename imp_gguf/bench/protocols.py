@@ -13,7 +13,6 @@ peak_rss_mb, bandwidth_gbps, decode_efficiency, ceiling_tps, device, emulated, v
 
 from __future__ import annotations
 
-import contextlib
 import statistics
 import tempfile
 import time
@@ -29,6 +28,7 @@ from imp_gguf.bench.parse import (cpu_features, parse_bandwidth, parse_llama_ben
                                   parse_time_v)
 from imp_gguf.bench.roofline import LmTraffic, lm_traffic, roofline
 from imp_gguf.errors import BadInput, InternalError
+from imp_gguf.native_log import quiet_native_stderr
 
 # Imp-3B@196, 4-bit, Snapdragon 8 Gen 3 (paper Table 4; imp-checkpoints.md §6.2)
 PAPER_ROW = {
@@ -102,22 +102,6 @@ def model_facts(model: Path, mmproj: Path) -> ModelFacts:
 
 # ----------------------------------------------------------------------------- the 41-token prompt
 
-@contextlib.contextmanager
-def _quiet_fd2():
-    import os
-    import sys
-
-    sys.stderr.flush()
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "w") as null, contextlib.redirect_stderr(null):
-            os.dup2(null.fileno(), 2)
-            yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-
-
 class TextCounter:
     """Counts the text tokens llama-mtmd-cli will feed for a question (chat template applied, marker split)."""
 
@@ -125,7 +109,7 @@ class TextCounter:
         import llama_cpp
 
         self.facts = facts
-        with _quiet_fd2():  # llama.cpp warns about the context of a vocab-only load on stderr
+        with quiet_native_stderr():  # llama.cpp warns about the context of a vocab-only load on stderr
             self.llm = llama_cpp.Llama(str(facts.path), vocab_only=True, verbose=False)
 
     def render(self, question: str) -> str:

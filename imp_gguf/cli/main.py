@@ -43,6 +43,7 @@ COMMAND_MODULES = [
     "inspect_cmd",
     "verify",
     "recipes",
+    "evaluate",
     "runtime",
     "bundle",
     "run",

@@ -98,8 +98,8 @@ def register(app: typer.Typer) -> None:
         recipes: Optional[str] = typer.Option(None, "--recipes", "-r", help="Comma-separated recipe names or "
                                               ".toml paths (default: every shipped recipe)."),
         out: Path = typer.Option(Path("recipe-compare"), "--out", "-o", help="Folder for the GGUFs and the report."),
-        baseline: Optional[Path] = typer.Option(None, "--baseline", help="Fail (exit 1) if a recipe's KL or size "
-                                                "regresses beyond this baseline's tolerance."),
+        baseline: Optional[Path] = typer.Option(None, "--baseline", help="Fail (exit 1) if a recipe's KL, size or "
+                                                "held-out accuracy regresses beyond this baseline's tolerance."),
         write_baseline: Optional[Path] = typer.Option(None, "--write-baseline", help="Write a baseline from this run."),
         runs: int = typer.Option(3, "--runs", help="Speed runs per recipe (the median is reported)."),
         threads: Optional[int] = typer.Option(None, "--threads", "-t", help="CPU threads (default: all cores)."),
@@ -107,7 +107,8 @@ def register(app: typer.Typer) -> None:
         force: bool = typer.Option(False, "--force", help="Overwrite an existing report (and --write-baseline file)."),
         json_out: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
     ) -> None:
-        """Convert once to F16, quantize by each recipe, and report size, fidelity (KL vs F16) and speed."""
+        """Convert once to F16, quantize by each recipe, and report size, fidelity (KL vs F16) and speed
+        (and, for a tiny Imp, held-out accuracy next to PyTorch's: see `imp-gguf eval`)."""
         from imp_gguf.quant.compare import BaselineRegression, apply_baseline, compare_recipes
         from imp_gguf.quant.compare import write_baseline as save_baseline
 

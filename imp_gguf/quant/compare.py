@@ -26,11 +26,13 @@ from imp_gguf.pins import LLAMA_CPP_COMMIT, LLAMA_CPP_PYTHON_VERSION
 from imp_gguf.quant.evalset import EvalSet, build_evalset
 from imp_gguf.quant.quantize import apply_recipe
 from imp_gguf.quant.recipes import Recipe, list_recipes, load_recipe
+from imp_gguf.tiny_imp.evaluate import N_HELDOUT
 from imp_gguf.writer import atomic_outputs
 
 REQUIRED_ROW_KEYS = ("recipe", "lm_bytes", "mmproj_bytes", "bpw", "kl_mean", "kl_p99", "top1", "image_cos_min",
                      "prefill_tps", "decode_tps", "encode_ms", "tensor_types")
-DEFAULT_TOLERANCE = {"kl_mean_rel": 0.25, "kl_mean_abs": 1e-4, "lm_bytes_rel": 0.01}
+# accuracy_abs: held-out accuracy (tiny Imp only) may drop this much, absolute, before it counts.
+DEFAULT_TOLERANCE = {"kl_mean_rel": 0.25, "kl_mean_abs": 1e-4, "lm_bytes_rel": 0.01, "accuracy_abs": 0.03}
 BASELINE_SCHEMA = "imp-gguf/recipes-baseline/1"
 
 Log = Callable[[str], None]
@@ -147,22 +149,24 @@ def speed(session: Any, ev: EvalSet, runs: int) -> dict[str, Any]:
 # ---------------------------------------------------------------- the comparison
 
 def _accuracy_hook(source: str | Path) -> Callable[..., float] | None:
-    """imp_gguf.tiny_imp.heldout_accuracy, when it exists and the checkpoint is that tiny Imp
-    (the bundled folder, or a copy keeping its name): other checkpoints were never trained on its task."""
+    """Held-out accuracy through llama.cpp, when the checkpoint is the tiny Imp (bundled or trained
+    by imp_gguf.tiny_imp.train): other checkpoints were never trained on its task."""
+    from imp_gguf.tiny_imp import is_tiny_imp
+    from imp_gguf.tiny_imp.evaluate import heldout_accuracy
+
+    return heldout_accuracy if is_tiny_imp(source) else None
+
+
+def _pytorch_accuracy(source: str | Path) -> float | None:
+    """The checkpoint's own held-out accuracy, for scale (needs the [reference] extra's torch)."""
     try:
-        from imp_gguf import tiny_imp
-        from imp_gguf.tiny_imp.evaluate import heldout_accuracy
+        import torch  # noqa: F401
+        import transformers  # noqa: F401
     except ImportError:
         return None
-    check = getattr(tiny_imp, "is_tiny_imp", None)
-    try:
-        if check is not None:
-            ok = bool(check(source))
-        else:
-            ok = Path(source).resolve().name == tiny_imp.CHECKPOINT_NAME
-    except Exception:  # noqa: BLE001 - an optional hook must never break the comparison
-        return None
-    return heldout_accuracy if ok else None
+    from imp_gguf.tiny_imp.evaluate import pytorch_accuracy
+
+    return pytorch_accuracy(source)
 
 
 def _row(result: dict[str, Any], fid: dict[str, Any], spd: dict[str, Any]) -> dict[str, Any]:
@@ -234,6 +238,7 @@ def compare_recipes(source: str | Path, recipes: list[str | Path | Recipe] | Non
         r["pareto"] = on_front
     report = {
         "recipes": rows,
+        **({"heldout": {"n": N_HELDOUT, "pytorch_accuracy": _pytorch_accuracy(source)}} if hook else {}),
         "checkpoint": str(source),
         "variant": conv.get("variant"),
         "reference": {"model": str(f16_model), "mmproj": str(f16_mmproj),
@@ -285,8 +290,11 @@ def render_markdown(report: dict[str, Any]) -> str:
             f"{r['prefill_tps']:.1f} | {r['decode_tps']:.1f} | {_fmt(r['encode_ms'], '.2f')} | "
             f"{'yes' if r.get('pareto') else ''} |")
     if any("accuracy" in r for r in rows):
-        lines += ["", "Held-out accuracy (tiny Imp): " + ", ".join(
-            f"{r['recipe']} {r['accuracy']:.3f}" for r in rows if "accuracy" in r)]
+        held = report.get("heldout", {})
+        pt = held.get("pytorch_accuracy")
+        lines += ["", f"Held-out accuracy (tiny Imp, {held.get('n', '?')} questions; exact answers): "
+                  + (f"PyTorch {pt:.3f}; " if pt is not None else "") + ", ".join(
+                      f"{r['recipe']} {r['accuracy']:.3f}" for r in rows if "accuracy" in r)]
     lines += ["", "## Recipes", ""]
     lines += [f"- **{r['recipe']}** ({r['encoding']}): {r['description']}" for r in rows]
     lines += ["", "## Tensor types", "", "| recipe | language model | mmproj |", "|---|---|---|"]
@@ -341,7 +349,8 @@ def make_baseline(report: dict[str, Any], tolerance: dict[str, float] | None = N
         "variant": report.get("variant"),
         "versions": report.get("versions"),
         "tolerance": dict(tolerance or DEFAULT_TOLERANCE),
-        "recipes": {r["recipe"]: {"kl_mean": r["kl_mean"], "lm_bytes": r["lm_bytes"]} for r in report["recipes"]},
+        "recipes": {r["recipe"]: {"kl_mean": r["kl_mean"], "lm_bytes": r["lm_bytes"],
+                                  **({"accuracy": r["accuracy"]} if "accuracy" in r else {})} for r in report["recipes"]},
     }
 
 
@@ -368,7 +377,8 @@ def load_baseline(path: str | Path) -> dict[str, Any]:
 
 
 def check_baseline(report: dict[str, Any], baseline: dict[str, Any]) -> list[str]:
-    """One message per regression: KL mean or LM size above the baseline plus its tolerance."""
+    """One message per regression: KL mean or LM size above the baseline plus its tolerance, or
+    held-out accuracy (when both sides have it) below the baseline minus its tolerance."""
     rows = {r["recipe"]: r for r in report["recipes"]}
     common = [n for n in baseline["recipes"] if n in rows]
     if not common:
@@ -386,6 +396,11 @@ def check_baseline(report: dict[str, Any], baseline: dict[str, Any]) -> list[str
         if row["lm_bytes"] > size_limit:
             problems.append(f"recipe {name}: lm_bytes {row['lm_bytes']} > {size_limit:.0f} "
                             f"(baseline {base['lm_bytes']} + tolerance)")
+        if "accuracy" in base and "accuracy" in row:
+            acc_floor = base["accuracy"] - tol["accuracy_abs"]
+            if row["accuracy"] < acc_floor:
+                problems.append(f"recipe {name}: held-out accuracy {row['accuracy']:.3f} < {acc_floor:.3f} "
+                                f"(baseline {base['accuracy']:.3f} - tolerance)")
     return problems
 
 

@@ -47,3 +47,34 @@ def plot_size_vs_kl(rows: list[dict[str, Any]], path: str | Path, *, title: str 
         fig.savefig(path, format="png")
     finally:
         plt.close(fig)
+
+
+def plot_accuracy_by_kind(report: dict[str, Any], path: str | Path, *, title: str = "") -> None:
+    """Grouped bars: held-out accuracy per question kind, one bar per runtime (PyTorch, each recipe).
+    `report` is imp_gguf.tiny_imp.evaluate.accuracy_report's."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runtimes = list(report["accuracy"])
+    kinds = list(next(iter(report["by_kind"].values())))
+    groups = kinds + ["all"]
+    width = 0.8 / max(1, len(runtimes))
+    fig, ax = plt.subplots(figsize=(8, 4.2), dpi=120)
+    try:
+        for j, rt in enumerate(runtimes):
+            vals = [report["by_kind"][rt][k] for k in kinds] + [report["accuracy"][rt]]
+            xs = [i + (j - (len(runtimes) - 1) / 2) * width for i in range(len(groups))]
+            ax.bar(xs, vals, width, label=rt, zorder=3)
+        ax.set_xticks(range(len(groups)), groups)
+        ax.set_ylim(0, 1.18)  # headroom for the legend above the bars
+        ax.set_yticks([0, 0.2, 0.4, 0.6, 0.8, 1.0])
+        ax.set_ylabel(f"held-out accuracy (n={report['n']}, exact answer)")
+        ax.set_title(f"Held-out accuracy by question kind{': ' + title if title else ''}", fontsize=10)
+        ax.grid(True, axis="y", alpha=0.3, zorder=0)
+        ax.legend(fontsize=8, ncols=min(len(runtimes), 6), loc="upper center", frameon=False)
+        fig.tight_layout()
+        fig.savefig(path, format="png")
+    finally:
+        plt.close(fig)

@@ -18,6 +18,7 @@ from imp_gguf import __version__
 from imp_gguf.errors import BadInput, InternalError
 from imp_gguf.gguf_info import read_gguf_meta, summary, tensor_table
 from imp_gguf.naming import ModelIdentity
+from imp_gguf.native_log import quiet_native_stderr
 from imp_gguf.quant.recipes import QuantSpec, Recipe, ftype_id, ggml_type_id, load_recipe
 from imp_gguf.quant.rules import TypeChoice, expected_types, fallbacks
 from imp_gguf.writer import atomic_outputs, check_output
@@ -54,7 +55,8 @@ def quantize_file(src: Path, dst: Path, spec: QuantSpec, *, provenance: dict[str
             slot.tag, slot.key, slot.value.val_str = llama_cpp.LLAMA_KV_OVERRIDE_TYPE_STR, key.encode(), value.encode()[:127]
         keep.append(kv)
         params.kv_overrides = ctypes.cast(kv, ctypes.POINTER(llama_cpp.llama_model_kv_override))
-    rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params))
+    with quiet_native_stderr(not STATE["verbose"]):  # its shape-fallback warnings bypass the log callback
+        rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params))
     if rc != 0:
         raise InternalError(f"llama.cpp could not quantize {src.name} to {spec.ftype} (code {rc}; rerun with --verbose for its log)")
 

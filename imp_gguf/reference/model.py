@@ -27,7 +27,6 @@ class ImpReference:
         self.hp = self.family.hparams(ckpt.config, ckpt.tensors)
         self.vh = vision_hparams(ckpt.config, ckpt.tensors, self.family.prefix, self.hp.n_embd)
         state = {k: torch.from_numpy(ref.load()) for k, ref in ckpt.tensors.items()}
-        torch.set_grad_enabled(False)
 
         cfg_dict = self.family.reference_config(self.hp)
         model_type = cfg_dict.pop("model_type")
@@ -61,6 +60,9 @@ class ImpReference:
         self.projector = nn.Sequential(nn.Linear(vh.n_embd, self.hp.n_embd), nn.GELU(), nn.Linear(self.hp.n_embd, self.hp.n_embd))
         self.projector.load_state_dict({k[len(pp):]: t for k, t in state.items() if k.startswith(pp)})
         self.projector.float().eval()
+        # Inference only: frozen parameters build no autograd graph (without touching torch's global grad mode).
+        for module in (self.lm, self.vision, self.projector):
+            module.requires_grad_(False)
 
     def pixel_values(self, image: str | Path) -> torch.Tensor:
         return torch.from_numpy(pixel_values(load_image(image, self.vh.image_size)))[None]

@@ -26,6 +26,15 @@ def default_checkpoint() -> Path:
     return path
 
 
+def is_tiny_imp(ckpt: str | Path) -> bool:
+    """Whether a checkpoint folder was written by imp_gguf.tiny_imp.train (its config records how)."""
+    try:
+        cfg = json.loads((Path(ckpt) / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(cfg, dict) and isinstance(cfg.get("tiny_imp"), dict)
+
+
 def demo_items() -> list[dict[str, Any]]:
     """Bundled held-out demo images: [{"image": Path, "question", "answer", "expect"}], where
     `expect` is the word a correct answer must contain (e.g. the colour)."""

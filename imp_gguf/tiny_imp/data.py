@@ -155,6 +155,7 @@ def example(rng: random.Random, kind: str) -> Example:
 
 
 TRAIN_SLOTS = ("colour", "shape", "position|colour|shape", "count|background")
+TRAIN_SHAPE_COUNTS = (1, 2, 2, 3, 3)  # training favours the harder multi-shape scenes
 
 
 def train_batch(seed: int, step: int, n_images: int) -> list[list[Example]]:
@@ -163,7 +164,7 @@ def train_batch(seed: int, step: int, n_images: int) -> list[list[Example]]:
     rng = random.Random(f"imp-tiny-train-{seed}-{step}")
     out = []
     for _ in range(n_images):
-        scene = random_scene(rng)
+        scene = random_scene(rng, rng.choice(TRAIN_SHAPE_COUNTS))
         image = render(scene)
         group = []
         for slot in TRAIN_SLOTS:

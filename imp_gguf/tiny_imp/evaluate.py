@@ -1,6 +1,6 @@
 """Held-out accuracy of the tiny Imp: PyTorch (the checkpoint itself) versus llama.cpp (its GGUFs).
 
-    python -m imp_gguf.tiny_imp.evaluate [--ckpt DIR] [--recipes f16,q8_0,q4_k_m] [-n 250]
+    imp-gguf eval [CHECKPOINT] --recipes f16,q8_0,q4_k,q3_k [-n 200] [--json]
 
 Answers are compared by exact match after `data.normalise` (lowercase, punctuation stripped).
 The held-out stream (`imp-tiny-heldout-{seed}`) is disjoint from training's (`imp-tiny-train-...`).
@@ -15,7 +15,7 @@ import os
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator, Sequence, Union
+from typing import Any, Callable, Sequence, Union
 
 from PIL import Image
 
@@ -24,11 +24,10 @@ from imp_gguf.tiny_imp import data as D
 ImageLike = Union[str, Path, Image.Image]
 HeldoutItem = tuple[ImageLike, str, str]  # (image, question, golden answer)
 
-# Recipes plain conversion writes; anything else goes through imp_gguf.quant when it exists.
-DIRECT = ("f32", "f16", "bf16", "q8_0")
+N_HELDOUT = 200  # tests, `imp-gguf eval` and the recipe comparison score the same questions
 
 
-def heldout_set(n: int = 250, seed: int = 1) -> list[HeldoutItem]:
+def heldout_set(n: int = N_HELDOUT, seed: int = 1) -> list[HeldoutItem]:
     """n (PIL image, question, answer) items, balanced over the five question kinds."""
     return [(ex.image, ex.question, ex.answer) for ex in D.heldout_examples(n, seed)]
 
@@ -45,8 +44,11 @@ def _model_image(image: ImageLike, size: int) -> Image.Image:
     return load_image(image, size)
 
 
+Tick = Callable[[], None]  # called once per answered question (progress bars)
+
+
 def model_predictions(model: Any, codec: Any, items: Sequence[HeldoutItem], size: int,
-                      max_tokens: int = 16) -> list[str]:
+                      max_tokens: int = 16, tick: Tick | None = None) -> list[str]:
     import torch
 
     from imp_gguf.tiny_imp.model import pixels
@@ -57,6 +59,8 @@ def model_predictions(model: Any, codec: Any, items: Sequence[HeldoutItem], size
             before, after = codec.prompt(question)
             pix = pixels([_model_image(image, size)], size)[0]
             out.append(codec.decode(model.generate(before, pix, after, stop_id=codec.stop_id, max_tokens=max_tokens)))
+            if tick:
+                tick()
     return out
 
 
@@ -65,7 +69,7 @@ def model_accuracy(model: Any, codec: Any, items: Sequence[HeldoutItem], size: i
     return sum(is_correct(p, it[2]) for p, it in zip(preds, items)) / max(1, len(items))
 
 
-def pytorch_predictions(ckpt_dir: str | Path, items: Sequence[HeldoutItem]) -> list[str]:
+def pytorch_predictions(ckpt_dir: str | Path, items: Sequence[HeldoutItem], tick: Tick | None = None) -> list[str]:
     """Greedy answers of the checkpoint run by our own PyTorch rebuild of its modules (float32)."""
     import torch
 
@@ -74,31 +78,13 @@ def pytorch_predictions(ckpt_dir: str | Path, items: Sequence[HeldoutItem]) -> l
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     model = load_checkpoint(ckpt_dir)
     size = model.vision.config.image_size
-    return model_predictions(model, TextCodec(ckpt_dir), items, size)
+    return model_predictions(model, TextCodec(ckpt_dir), items, size, tick=tick)
 
 
 def pytorch_accuracy(ckpt_dir: str | Path, items: Sequence[HeldoutItem] | None = None) -> float:
     items = heldout_set() if items is None else items
     preds = pytorch_predictions(ckpt_dir, items)
     return sum(is_correct(p, it[2]) for p, it in zip(preds, items)) / max(1, len(items))
-
-
-@contextlib.contextmanager
-def _quiet_stderr(enabled: bool = True) -> Iterator[None]:
-    """libmtmd logs every image to stderr; silence the file descriptor while we loop."""
-    if not enabled:
-        yield
-        return
-    sys.stderr.flush()
-    saved = os.dup(2)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, 2)
-    try:
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
 
 
 def _as_paths(items: Sequence[HeldoutItem], tmp: Path) -> list[tuple[Path, str, str]]:
@@ -113,14 +99,21 @@ def _as_paths(items: Sequence[HeldoutItem], tmp: Path) -> list[tuple[Path, str, 
 
 
 def llama_predictions(model_gguf: str | Path, mmproj_gguf: str | Path, items: Sequence[HeldoutItem], *,
-                      max_tokens: int = 16, quiet: bool = True, n_threads: int | None = None) -> list[str]:
-    """Greedy answers through llama.cpp (imp_gguf.runtime.bindings.Session), images written as PNG."""
+                      max_tokens: int = 16, n_threads: int | None = 1,
+                      tick: Tick | None = None) -> list[str]:
+    """Greedy answers through llama.cpp (imp_gguf.runtime.bindings.Session, which keeps libmtmd's
+    per-image log quiet unless --verbose), images written as PNG."""
     from imp_gguf.runtime.bindings import Session
 
-    with tempfile.TemporaryDirectory(prefix="tiny-imp-eval-") as td, _quiet_stderr(quiet):
+    with tempfile.TemporaryDirectory(prefix="tiny-imp-eval-") as td:
         paths = _as_paths(items, Path(td))
-        with Session(model_gguf, mmproj_gguf, n_ctx=512, n_threads=n_threads) as s:
-            return [s.generate(s.chat_prompt(q), [p], max_tokens=max_tokens) for p, q, _ in paths]
+        out = []
+        with Session(model_gguf, mmproj_gguf, n_ctx=512, n_threads=n_threads or 1) as s:
+            for p, q, _ in paths:
+                out.append(s.generate(s.chat_prompt(q), [p], max_tokens=max_tokens))
+                if tick:
+                    tick()
+        return out
 
 
 def heldout_accuracy(model_gguf: str | Path, mmproj_gguf: str | Path,
@@ -130,88 +123,101 @@ def heldout_accuracy(model_gguf: str | Path, mmproj_gguf: str | Path,
     return sum(is_correct(p, it[2]) for p, it in zip(preds, items)) / max(1, len(items))
 
 
-# ---------------------------------------------------------------- GGUFs per recipe
+# ---------------------------------------------------------------- GGUFs per recipe and the report
 
-_LLAMA_FTYPES = {"q4_0": "Q4_0", "q4_1": "Q4_1", "q5_0": "Q5_0", "q5_1": "Q5_1", "q2_k": "Q2_K",
-                 "q3_k_m": "Q3_K_M", "q4_k": "Q4_K_M", "q4_k_s": "Q4_K_S", "q4_k_m": "Q4_K_M",
-                 "q5_k_s": "Q5_K_S", "q5_k_m": "Q5_K_M", "q6_k": "Q6_K"}
+def recipe_ggufs(ckpt_dir: str | Path, workdir: str | Path, recipes: Sequence[str], *,
+                 log: Callable[[str], None] | None = None) -> dict[str, dict[str, Any]]:
+    """{recipe: {"model", "mmproj", "lm_bytes"}}: one F16 conversion, then each recipe applied to it
+    by imp_gguf.quant (llama.cpp's quantizer), as `imp-gguf convert --quant` would."""
+    from imp_gguf.convert import convert
+    from imp_gguf.quant import apply_recipe, load_recipe
 
-
-def _quantize_lm_with_llama_cpp(src: Path, dst: Path, recipe: str) -> None:
-    """Fallback while imp_gguf.quant does not exist: llama.cpp's own quantizer on the F16 LM."""
-    import ctypes
-
-    import llama_cpp
-
-    ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{_LLAMA_FTYPES[recipe]}")
-    params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = ftype
-    params.nthread = min(2, os.cpu_count() or 1)
-    rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params))
-    if rc != 0:
-        raise RuntimeError(f"llama_model_quantize failed for {recipe} (code {rc})")
-
-
-def _quant_module() -> Any:
-    try:
-        from imp_gguf import quant
-    except ImportError:
-        return None
-    return quant if hasattr(quant, "convert_and_quantize") else None
-
-
-def recipe_available(recipe: str) -> bool:
-    return recipe in DIRECT or _quant_module() is not None or recipe in _LLAMA_FTYPES
+    say = log or (lambda _m: None)
+    chosen = [load_recipe(r) for r in recipes]  # unknown names fail before any work
+    work = Path(workdir)
+    say(f"converting {ckpt_dir} to F16")
+    conv = convert(ckpt_dir, work / "f16", outtype="f16", force=True)
+    out: dict[str, dict[str, Any]] = {}
+    for recipe in chosen:  # the f16 recipe lands on the conversion itself (work/f16): nothing to redo
+        say(f"{recipe.name}: quantizing")
+        r = apply_recipe(recipe, conv["model"], conv["mmproj"], work / recipe.name, force=True)
+        out[recipe.name] = {k: r[k] for k in ("model", "mmproj", "lm_bytes", "mmproj_bytes", "bpw")}
+    return out
 
 
 def gguf_for_recipe(ckpt_dir: str | Path, outdir: str | Path, recipe: str) -> dict[str, Any]:
-    """{"model": path, "mmproj": path, "via": ...} for one recipe."""
-    from imp_gguf.convert import convert
-
-    outdir = Path(outdir) / recipe
-    if recipe in DIRECT:
-        r = convert(ckpt_dir, outdir, outtype=recipe, force=True)
-        return {"model": r["model"], "mmproj": r["mmproj"], "via": "imp_gguf.convert"}
-    quant = _quant_module()
-    if quant is not None:
-        r = quant.convert_and_quantize(ckpt_dir, outdir, recipe, force=True)
-        return {"model": r["model"], "mmproj": r["mmproj"], "via": "imp_gguf.quant"}
-    if recipe not in _LLAMA_FTYPES:
-        raise ValueError(f"unknown recipe {recipe!r} (imp_gguf.quant is not available)")
-    r = convert(ckpt_dir, outdir, outtype="f16", force=True)
-    dst = Path(str(r["model"]).replace("-F16.gguf", f"-{recipe.upper()}.gguf"))
-    _quantize_lm_with_llama_cpp(Path(r["model"]), dst, recipe)
-    return {"model": str(dst), "mmproj": r["mmproj"], "via": "llama_model_quantize (LM only; mmproj F16)"}
+    """{"model": path, "mmproj": path, "lm_bytes": n} for one recipe, under outdir/recipe."""
+    return recipe_ggufs(ckpt_dir, Path(outdir) / recipe, [recipe])[recipe]
 
 
-def accuracy_report(ckpt_dir: str | Path | None = None, recipes: Sequence[str] = ("f16", "q8_0"), *,
-                    items: Sequence[HeldoutItem] | None = None, n: int = 250, seed: int = 1,
-                    workdir: str | Path | None = None, details: bool = False) -> dict[str, Any]:
-    """{"pytorch": acc, "<recipe>": acc, ...} on the same held-out items (default: the bundled tiny Imp).
+def _kinds(n: int) -> list[str]:
+    return [D.KINDS[i % len(D.KINDS)] for i in range(n)]  # heldout_examples cycles through KINDS
 
-    details=True adds "n" and "predictions" (per recipe, the raw answers) for debugging."""
+
+def score(preds: Sequence[str], items: Sequence[HeldoutItem]) -> dict[str, Any]:
+    """{"accuracy", "by_kind": {kind: accuracy}} for answers to heldout_set items."""
+    ok = [is_correct(p, it[2]) for p, it in zip(preds, items, strict=True)]
+    by_kind: dict[str, list[bool]] = {}
+    for kind, good in zip(_kinds(len(items)), ok):
+        by_kind.setdefault(kind, []).append(good)
+    return {"accuracy": round(sum(ok) / max(1, len(ok)), 4),
+            "by_kind": {k: round(sum(v) / len(v), 4) for k, v in by_kind.items()}}
+
+
+def accuracy_report(ckpt_dir: str | Path | None = None, recipes: Sequence[str] = ("f16", "q8_0", "q4_k"), *,
+                    n: int = N_HELDOUT, seed: int = 1, pytorch: bool = True, workdir: str | Path | None = None,
+                    n_threads: int = 1, details: bool = False, log: Callable[[str], None] | None = None,
+                    progress: Callable[[str, int], Tick] | None = None) -> dict[str, Any]:
+    """Held-out accuracy of the PyTorch checkpoint and of each recipe's GGUFs through llama.cpp, on
+    the same n questions (default checkpoint: the bundled tiny Imp).
+
+    Keys: checkpoint, n, seed, accuracy {runtime: acc} (runtime "pytorch" or a recipe name),
+    by_kind {runtime: {kind: acc}}, agreement_with_pytorch {recipe: share of identical answers},
+    files {recipe: {model, mmproj, lm_bytes, ...}} (paths only kept with workdir); details=True adds
+    questions, golden and predictions. progress(runtime, n) returns the per-answer tick for a runtime."""
     from imp_gguf.tiny_imp import default_checkpoint
 
+    say = log or (lambda _m: None)
     ckpt = Path(ckpt_dir) if ckpt_dir is not None else default_checkpoint()
-    items = heldout_set(n, seed) if items is None else items
-    golden = [it[2] for it in items]
-
-    def score(preds: list[str]) -> float:
-        return round(sum(is_correct(p, g) for p, g in zip(preds, golden)) / max(1, len(items)), 4)
-
-    preds: dict[str, list[str]] = {"pytorch": pytorch_predictions(ckpt, items)}
-    report: dict[str, Any] = {"pytorch": score(preds["pytorch"])}
+    check_tiny_imp(ckpt)
+    items = heldout_set(n, seed)
+    preds: dict[str, list[str]] = {}
+    if pytorch:
+        say(f"pytorch: answering {len(items)} held-out questions")
+        preds["pytorch"] = pytorch_predictions(ckpt, items, tick=progress("pytorch", len(items)) if progress else None)
     with contextlib.ExitStack() as stack:
         work = Path(workdir) if workdir else Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="tiny-imp-")))
-        for recipe in recipes:
-            g = gguf_for_recipe(ckpt, work, recipe)
-            preds[recipe] = llama_predictions(g["model"], g["mmproj"], items)
-            report[recipe] = score(preds[recipe])
+        files = recipe_ggufs(ckpt, work, recipes, log=say)
+        for recipe, g in files.items():
+            say(f"{recipe}: answering {len(items)} held-out questions through llama.cpp")
+            preds[recipe] = llama_predictions(g["model"], g["mmproj"], items, n_threads=n_threads,
+                                              tick=progress(recipe, len(items)) if progress else None)
+    scores = {k: score(v, items) for k, v in preds.items()}
+    report: dict[str, Any] = {
+        "checkpoint": str(ckpt), "n": len(items), "seed": seed,
+        "accuracy": {k: s["accuracy"] for k, s in scores.items()},
+        "by_kind": {k: s["by_kind"] for k, s in scores.items()},
+        "agreement_with_pytorch": ({r: round(sum(D.normalise(a) == D.normalise(b) for a, b in
+                                                  zip(preds[r], preds["pytorch"])) / max(1, len(items)), 4)
+                                    for r in files} if "pytorch" in preds else {}),
+        "files": files if workdir else {k: {x: v for x, v in f.items() if x not in ("model", "mmproj")}
+                                         for k, f in files.items()},
+    }
     if details:
-        report["n"] = len(items)
+        report["golden"] = [it[2] for it in items]
+        report["questions"] = [it[1] for it in items]
         report["predictions"] = preds
-        report["golden"] = golden
     return report
+
+
+def check_tiny_imp(ckpt: str | Path) -> None:
+    """The held-out questions are the tiny Imp's task: refuse checkpoints never trained on it."""
+    from imp_gguf.errors import BadInput
+    from imp_gguf.tiny_imp import is_tiny_imp
+
+    if not is_tiny_imp(ckpt):
+        raise BadInput(f"{ckpt} is not a tiny Imp trained by imp_gguf.tiny_imp.train (its config.json has no "
+                       "'tiny_imp' section); held-out accuracy is measured on that model's synthetic task only")
 
 
 def write_demo_images(dest: str | Path) -> Path:
@@ -233,19 +239,11 @@ def write_demo_images(dest: str | Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m imp_gguf.tiny_imp.evaluate", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--ckpt", help="checkpoint folder (default: the bundled tiny Imp)")
-    ap.add_argument("--recipes", default="f16,q8_0", help="comma-separated (f16, q8_0, q4_k_m, ...)")
-    ap.add_argument("-n", type=int, default=250)
-    ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--workdir", help="keep the GGUFs here")
-    ap.add_argument("--write-demo", metavar="DIR", help="only (re)write the demo images and demo.json into DIR")
-    a = ap.parse_args(argv)
-    if a.write_demo:
-        print(write_demo_images(a.write_demo))
-        return 0
-    rep = accuracy_report(a.ckpt, [r for r in a.recipes.split(",") if r], n=a.n, seed=a.seed, workdir=a.workdir)
-    print(json.dumps(rep, indent=2))
+    """Maintainers' helper; accuracy itself is `imp-gguf eval`."""
+    ap = argparse.ArgumentParser(prog="python -m imp_gguf.tiny_imp.evaluate",
+                                 description="(Re)write the bundled demo images and demo.json.")
+    ap.add_argument("--write-demo", metavar="DIR", required=True, help="folder for the images and demo.json")
+    print(write_demo_images(ap.parse_args(argv).write_demo))
     return 0
 
 

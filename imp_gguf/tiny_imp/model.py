@@ -39,7 +39,7 @@ class TinySpec:
     name: str = NAME
     image_size: int = D.IMAGE_SIZE
     dims: Dims = field(default_factory=lambda: Dims(
-        n_embd=256, n_layer=4, n_head=4, n_ff_phi2=1024, rotary_dim=32, bpe_vocab=1021,
+        n_embd=256, n_layer=3, n_head=4, n_ff_phi2=1024, rotary_dim=32, bpe_vocab=1021,
         v_embd=192, v_ff=720, v_head=4, v_layers_original=4, patch=14))
 
     @property

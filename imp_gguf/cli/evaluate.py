@@ -1,0 +1,122 @@
+"""`imp-gguf eval`: does the model still see? Held-out accuracy of the tiny Imp, PyTorch vs each recipe."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Callable, Optional
+
+import typer
+from rich.table import Table
+
+from imp_gguf.cli._common import err_console, print_json
+from imp_gguf.errors import BadInput, OutputExists
+
+HELP = """Held-out accuracy of a tiny Imp (the bundled one by default) in PyTorch and, through llama.cpp,
+after conversion and each quant recipe: the same N questions about images it never trained on,
+answers scored by exact match. Prints accuracy per question kind and how often each recipe gives
+PyTorch's exact answer.
+
+Only checkpoints trained by `python -m imp_gguf.tiny_imp.train` have a held-out set; for a real Imp,
+`imp-gguf recipes compare` measures divergence from F16 instead.
+
+Examples:
+
+  imp-gguf eval
+
+  imp-gguf eval --recipes f16,q4_k,q3_k -n 100 --json
+
+  imp-gguf eval ./my-tiny-imp --plot accuracy.png --outdir eval-ggufs
+"""
+
+
+def _progress(enabled: bool):
+    """(context manager, factory of per-runtime ticks): a rich bar on a terminal, nothing otherwise."""
+    import contextlib
+
+    if not enabled or not sys.stderr.isatty():
+        return contextlib.nullcontext(), None
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    bar = Progress(TextColumn("{task.description:<10}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                   console=err_console, transient=True)
+
+    def factory(runtime: str, total: int) -> Callable[[], None]:
+        task = bar.add_task(runtime, total=total)
+        return lambda: bar.advance(task)
+
+    return bar, factory
+
+
+def eval_cmd(
+    checkpoint: Optional[Path] = typer.Argument(None, help="Tiny Imp checkpoint folder (default: the bundled one)."),
+    recipes: str = typer.Option("f16,q8_0,q4_k,q3_k", "--recipes", "-r",
+                                help="Comma-separated recipe names or .toml paths (see `imp-gguf recipes list`)."),
+    n: int = typer.Option(200, "--questions", "-n", help="Held-out questions (balanced over the question kinds)."),
+    seed: int = typer.Option(1, "--seed", help="Held-out stream (never used in training)."),
+    pytorch: bool = typer.Option(True, "--pytorch/--no-pytorch",
+                                 help="Also answer in PyTorch (needs the \\[reference] extra: torch, transformers)."),
+    outdir: Optional[Path] = typer.Option(None, "--outdir", "-o", help="Keep the GGUFs here (default: a temporary folder)."),
+    threads: int = typer.Option(1, "--threads", "-t", help="llama.cpp threads."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Write a PNG of accuracy by question kind."),
+    force: bool = typer.Option(False, "--force", "-f", help="Overwrite an existing --plot file or GGUFs in --outdir."),
+    json_out: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
+) -> None:
+    from imp_gguf.tiny_imp.evaluate import accuracy_report
+
+    names = [r.strip() for r in recipes.split(",") if r.strip()]
+    if not names:
+        raise BadInput("--recipes is empty")
+    if n < 1:
+        raise BadInput("--questions must be at least 1")
+    if plot is not None and plot.exists() and not force:
+        raise OutputExists(f"{plot} exists; pass --force to overwrite it")
+    if outdir is not None and outdir.exists() and any(outdir.iterdir()) and not force:
+        raise OutputExists(f"{outdir} is not empty; pass --force to reuse it")
+    if pytorch:
+        try:
+            import torch  # noqa: F401
+            import transformers  # noqa: F401
+        except ImportError:
+            raise BadInput("the PyTorch side needs torch and transformers: pip install 'imp-gguf[reference]', "
+                           "or pass --no-pytorch") from None
+    say = (lambda m: None) if json_out else (lambda m: err_console.print(f" -- {m}", markup=False, highlight=False))
+    bar, factory = _progress(not json_out)
+    with bar:
+        report = accuracy_report(checkpoint, names, n=n, seed=seed, pytorch=pytorch, workdir=outdir,
+                                 n_threads=threads, log=say, progress=factory)
+    if plot is not None:
+        from imp_gguf.quant.plot import available, plot_accuracy_by_kind
+        from imp_gguf.writer import atomic_outputs
+
+        if not available():
+            raise BadInput("--plot needs matplotlib (pip install matplotlib)")
+        with atomic_outputs([plot], force) as (tmp,):
+            plot_accuracy_by_kind(report, tmp, title=Path(report["checkpoint"]).name)
+        report["plot"] = str(plot)
+    if json_out:
+        print_json(report)
+        return
+    _show(report)
+
+
+def _show(report: dict) -> None:
+    kinds = list(next(iter(report["by_kind"].values())))
+    table = Table(title=f"{Path(report['checkpoint']).name}: {report['n']} held-out questions (seed {report['seed']})")
+    table.caption = ("pytorch: the checkpoint in PyTorch (f32 maths); others: llama.cpp on that recipe's GGUFs. "
+                     "= pytorch: share of answers identical to PyTorch's.")
+    for col in ("runtime", "all", *kinds, "= pytorch", "LM MB"):
+        table.add_column(col, justify="left" if col == "runtime" else "right")
+    for rt, acc in report["accuracy"].items():
+        same = report["agreement_with_pytorch"].get(rt)
+        size = report["files"].get(rt, {}).get("lm_bytes")
+        table.add_row(rt, f"{acc:.3f}",
+                      *[f"{report['by_kind'][rt][k]:.2f}" for k in kinds],
+                      "-" if same is None else f"{same:.1%}", "-" if size is None else f"{size / 1e6:.2f}")
+    err_console.print(table)
+    if report.get("plot"):
+        err_console.print(f"plot: {report['plot']}", markup=False)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("eval", help=HELP)(eval_cmd)
