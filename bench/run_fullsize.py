@@ -87,6 +87,10 @@ def bench(args: list[str], json_out: Path) -> list[dict]:
 
 def main() -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
+    # Before any llama.cpp run: other work on the machine (the runs' own threads raise the load later).
+    (RESULTS / "fullsize-env.json").write_text(json.dumps(
+        {"load_avg_before": os.getloadavg(), "cpu_count": os.cpu_count(),
+         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}) + "\n")
     lm16, mm16 = f16("Imp-v1.5-3B-196")
     models = {rc: quantized(rc, lm16, mm16) for rc in RECIPES}
     _, mm16_384 = f16("imp-v1-3b", keep_lm=False)
@@ -106,6 +110,27 @@ def _f(x, spec=".2f"):
     return "-" if x is None else format(x, spec)
 
 
+def _load_note(rows: list[dict]) -> str:
+    """How busy the machine was: the numbers are only as clean as the cores were free."""
+    env_file = RESULTS / "fullsize-env.json"
+    env = json.loads(env_file.read_text()) if env_file.is_file() else {}
+    before = env.get("load_avg_before")
+    during = [x for r in rows for x in (r.get("load_avg_1m") or []) if x is not None]
+    cores = env.get("cpu_count") or os.cpu_count()
+    parts = []
+    if before:
+        parts.append(f"Load average before the session: {before[0]:.2f} (1 min), {before[1]:.2f} (5 min) on {cores} cores")
+    if during:
+        parts.append(f"1-minute load before each measured run: {min(during):.1f}-{max(during):.1f} "
+                     f"(this includes the benchmark's own {rows[0]['n_threads']} threads from the run before)")
+    if not parts:
+        return "Machine load was not recorded for these rows."
+    busy = before is not None and before[0] > 0.5 * cores  # half the cores taken by other work
+    return ("; ".join(parts) + ". " + ("Other work was running when the session started: treat absolute "
+            "numbers as lower bounds and the ratios as the result." if busy else
+            "The machine was otherwise idle: these are this host's numbers, still from a 2-core VM, not a phone."))
+
+
 def write_markdown(rows: list[dict], rows384: list[dict], rows_lb: list[dict]) -> None:
     from imp_gguf.bench.report import markdown
 
@@ -117,13 +142,9 @@ def write_markdown(rows: list[dict], rows384: list[dict], rows_lb: list[dict]) -
         f"Device: {r0['device']} ({r0.get('cpu_info')}), {r0['n_threads']} threads, llama.cpp "
         f"{r0.get('build_commit')} (host build, GGML_NATIVE). Paper protocol: {r0['n_text_tokens']} text tokens + "
         f"{r0['n_image_tokens']} image tokens, {r0['n_gen']} generated, greedy, EOS ignored; median of "
-        f"{r0['runs']} runs after one warm-up ([min-max]). The machine is shared (other jobs were running): "
-        "treat the absolute numbers as indicative, the ratios as the result.",
+        f"{r0['runs']} runs after one warm-up ([min-max]).",
         "",
-        f"Load average when the report was written: {', '.join(f'{x:.1f}' for x in os.getloadavg())} "
-        f"(on {os.cpu_count()} cores). Other jobs used one core or more throughout, so llama.cpp's "
-        f"{r0['n_threads']} threads (which spin at barriers every layer) mostly waited for each other: "
-        "decode efficiency here is a lower bound, far below what an idle machine or a phone reaches.",
+        _load_note(rows + rows384 + rows_lb),
         "",
         f"Measured stream-read bandwidth: **{_f(r0.get('bandwidth_gbps'))} GB/s** "
         f"({r0['n_threads']} threads). System: `{r0.get('system_info')}`.",
@@ -153,8 +174,7 @@ def write_markdown(rows: list[dict], rows384: list[dict], rows_lb: list[dict]) -
                      f"{_f(r.get('prompt_tps'))} | {_f(r.get('total_s'))} |")
     ratio = rows384[0]["vision_encode_ms"] / rows[0]["vision_encode_ms"] if rows[0].get("vision_encode_ms") else None
     lines += ["", f"T_VE(384) / T_VE(196) = {_f(ratio)} (paper on SD 8 Gen 3: 8.88 / 2.10 = 4.23; FLOPs ratio "
-              "about 4.1). On this shared machine the 196-px encodes ran while other jobs held the cores; the "
-              "ratio is not a property of the model here.", "", "## llama-bench (q4_k; pp/tg at a depth equal to the image tokens)", "",
+              "about 4.1).", "", "## llama-bench (q4_k; pp/tg at a depth equal to the image tokens)", "",
               markdown(rows_lb) if rows_lb else "(not run: out of time; `bench/run_fullsize.sh` runs it)",
               "", "llama-bench ran in its own session, so its bandwidth probe and load differ from the paper-protocol "
               f"session above (its ceiling uses {_f(rows_lb[0].get('bandwidth_gbps')) if rows_lb else '-'} GB/s).",

@@ -183,6 +183,8 @@ def test_bench_local_paper_protocol_cli(tiny, converted, host_tools, tmp_path, t
         assert row["peak_rss_mb"] is None or row["peak_rss_mb"] > 1
         assert row["cpu_features"] and row["system_info"]
         assert row["paper"]["decode_tps"] == 12.73
+        # the load the measurement shared the machine with, one sample per measured run
+        assert len(row["load_avg_1m"]) == 2 and all(x >= 0 for x in row["load_avg_1m"])
 
 
 @pytest.mark.slow
@@ -196,6 +198,7 @@ def test_bench_local_llama_bench_protocol(tiny, host_tools):
     assert tg["decode_tps"] == pytest.approx(tg["avg_ts"], rel=1e-3) and pp["prompt_tps"] > 0
     assert tg["model_filename"] == tiny[0].name and "samples_ts" in tg
     assert "not a device result" in tg["verdict"]
+    assert tg["load_avg_1m"][0] >= 0
 
 
 @pytest.mark.cross

@@ -14,17 +14,13 @@ import pytest
 
 from imp_gguf.tiny_imp import default_checkpoint, demo_items, is_tiny_imp
 from imp_gguf.tiny_imp import data as D
-from imp_gguf.tiny_imp.evaluate import (N_HELDOUT, heldout_set, is_correct, llama_predictions, pytorch_predictions,
-                                        recipe_ggufs)
+from imp_gguf.tiny_imp.evaluate import (N_HELDOUT, accuracy, heldout_set, is_correct, llama_predictions,
+                                        pytorch_predictions, recipe_ggufs, score)
 
 SEED = 1
 TOLERANCE = 0.05  # llama.cpp vs PyTorch, absolute accuracy
 FLOOR = 0.80  # a clear margin above chance (about 0.3 over the five question kinds)
 Q4K = "q4_k"
-
-
-def _acc(preds: list[str], items: list) -> float:
-    return sum(is_correct(p, it[2]) for p, it in zip(preds, items)) / len(items)
 
 
 @pytest.fixture(scope="module")
@@ -123,20 +119,15 @@ def test_llama_cpp_tokenizes_like_the_checkpoint(ckpt: Path, ggufs: dict[str, di
 # ---------------------------------------------------------------- accuracy
 
 def test_pytorch_model_sees(pytorch_preds: list[str], items: list) -> None:
-    acc = _acc(pytorch_preds, items)
-    assert acc >= FLOOR, f"PyTorch held-out accuracy {acc:.3f}"
-    for kind in D.KINDS:  # every question kind is learnt, not just the easy ones
-        sub = [(p, it) for p, it, k in zip(pytorch_preds, items, _kinds()) if k == kind]
-        kacc = sum(is_correct(p, it[2]) for p, it in sub) / len(sub)
+    result = score(pytorch_preds, items)
+    assert result["accuracy"] >= FLOOR, f"PyTorch held-out accuracy {result['accuracy']:.3f}"
+    assert set(result["by_kind"]) == set(D.KINDS)
+    for kind, kacc in result["by_kind"].items():  # every question kind is learnt, not just the easy ones
         assert kacc >= 0.6, f"{kind}: {kacc:.2f}"
 
 
-def _kinds() -> list[str]:
-    return [D.KINDS[i % len(D.KINDS)] for i in range(N_HELDOUT)]
-
-
 def test_f16_gguf_matches_pytorch(llama_preds: dict[str, list[str]], pytorch_preds: list[str], items: list) -> None:
-    pt, f16 = _acc(pytorch_preds, items), _acc(llama_preds["f16"], items)
+    pt, f16 = accuracy(pytorch_preds, items), accuracy(llama_preds["f16"], items)
     assert f16 >= FLOOR, f"llama.cpp F16 accuracy {f16:.3f}"
     assert abs(f16 - pt) <= TOLERANCE, f"F16 {f16:.3f} vs PyTorch {pt:.3f}"
     same = sum(D.normalise(a) == D.normalise(b) for a, b in zip(llama_preds["f16"], pytorch_preds)) / len(items)
@@ -144,7 +135,7 @@ def test_f16_gguf_matches_pytorch(llama_preds: dict[str, list[str]], pytorch_pre
 
 
 def test_q4_k_gguf_matches_pytorch(llama_preds: dict[str, list[str]], pytorch_preds: list[str], items: list) -> None:
-    pt, q4 = _acc(pytorch_preds, items), _acc(llama_preds[Q4K], items)
+    pt, q4 = accuracy(pytorch_preds, items), accuracy(llama_preds[Q4K], items)
     assert q4 >= FLOOR, f"llama.cpp {Q4K} accuracy {q4:.3f}"
     assert abs(q4 - pt) <= TOLERANCE, f"{Q4K} {q4:.3f} vs PyTorch {pt:.3f}"
 

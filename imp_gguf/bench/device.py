@@ -221,6 +221,22 @@ def version_info(dev: Device) -> dict[str, Any]:
     return out
 
 
+def load_average(dev: Device) -> float | None:
+    """The device's 1-minute load average: how much other work competed with a measurement."""
+    if dev.is_remote:
+        proc = dev.runner.run(["cat", "/proc/loadavg"], timeout=60)
+        text = proc.stdout if proc.returncode == 0 else ""
+    else:
+        try:
+            text = Path("/proc/loadavg").read_text()
+        except OSError:
+            return None
+    try:
+        return float(text.split()[0])
+    except (IndexError, ValueError):
+        return None
+
+
 def cpu_info(dev: Device) -> str | None:
     """Like llama-bench's cpu_info: /proc/cpuinfo's model name (or Hardware / CPU part on ARM)."""
     if dev.kind == "qemu":

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from imp_gguf.bench.device import Device, cpu_info, version_info
+from imp_gguf.bench.device import Device, cpu_info, load_average, version_info
 from imp_gguf.bench.parse import (cpu_features, parse_bandwidth, parse_llama_bench, parse_mtmd, parse_system_info,
                                   parse_time_v)
 from imp_gguf.bench.roofline import LmTraffic, lm_traffic, roofline
@@ -284,10 +284,11 @@ class BenchSession:
         argv = [dev.tools["llama-mtmd-cli"], "-m", model_dev, "--mmproj", mmproj_dev, "--image", image_dev,
                 "-p", question, "--jinja", "-n", str(cfg.n_gen), "--ignore-eos", "--temp", "0", "--top-k", "1", "--seed", "0",
                 "-t", str(self.threads), "-c", str(n_ctx), "-lv", "4", "--log-timestamps", "--log-jsonl"]
-        runs = []
+        runs, loads = [], []
         for i in range(cfg.warmup + cfg.runs):
             label = "warm-up" if i < cfg.warmup else f"run {i - cfg.warmup + 1}/{cfg.runs}"
             self.log(f"{facts.path.name}: {label}")
+            load = load_average(dev)
             proc = dev.run(argv, timed=True, timeout=cfg.timeout)
             if proc.returncode != 0:
                 tail = "\n".join((proc.stderr or proc.stdout or "").strip().splitlines()[-5:])
@@ -296,7 +297,10 @@ class BenchSession:
             rss = parse_time_v(proc.stderr)
             if i >= cfg.warmup:
                 runs.append((run, rss))
-        return self._paper_row(facts, common, runs, question, n_text, argv)
+                loads.append(load)
+        row = self._paper_row(facts, common, runs, question, n_text, argv)
+        row["load_avg_1m"] = loads  # before each measured run: other work sharing the cores
+        return row
 
     def _paper_row(self, facts: ModelFacts, common: dict[str, Any], runs: list, question: str, n_text: int,
                    argv: list[str]) -> dict[str, Any]:
@@ -364,6 +368,7 @@ class BenchSession:
         argv = [dev.tools["llama-bench"], "-m", model_dev, "-o", "json", "-p", str(n_prompt), "-n", str(cfg.n_gen),
                 "-d", str(facts.n_image_tokens), "-t", str(self.threads), "-r", str(cfg.runs)]
         self.log(f"{facts.path.name}: llama-bench -p {n_prompt} -n {cfg.n_gen} -d {facts.n_image_tokens} -r {cfg.runs}")
+        load = load_average(dev)
         proc = dev.run(argv, timed=True, timeout=cfg.timeout)
         if proc.returncode != 0:
             raise InternalError(f"llama-bench failed (exit {proc.returncode}) on {dev.label}: "
@@ -377,7 +382,7 @@ class BenchSession:
         for r in rows:
             row = {**common, **self._row_base(facts), **r, "peak_rss_mb": rss,
                    "peak_rss_source": "time -v" if rss else None, "command": argv,
-                   "vision_encode_ms": None, "ttft_ms": None, "n_text_tokens": n_text}
+                   "vision_encode_ms": None, "ttft_ms": None, "n_text_tokens": n_text, "load_avg_1m": [load]}
             row["model_filename"] = facts.path.name  # llama-bench prints the device path
             ts = r.get("avg_ts")
             if r.get("n_gen"):

@@ -36,6 +36,11 @@ def is_correct(predicted: str, golden: str) -> bool:
     return D.normalise(predicted) == D.normalise(golden)
 
 
+def accuracy(preds: Sequence[str], items: Sequence[HeldoutItem]) -> float:
+    """Share of exact answers (after normalise)."""
+    return sum(is_correct(p, it[2]) for p, it in zip(preds, items, strict=True)) / max(1, len(items))
+
+
 def _model_image(image: ImageLike, size: int) -> Image.Image:
     if isinstance(image, Image.Image):
         return D.to_model_size(image, size)
@@ -66,7 +71,7 @@ def model_predictions(model: Any, codec: Any, items: Sequence[HeldoutItem], size
 
 def model_accuracy(model: Any, codec: Any, items: Sequence[HeldoutItem], size: int) -> float:
     preds = model_predictions(model, codec, items, size)
-    return sum(is_correct(p, it[2]) for p, it in zip(preds, items)) / max(1, len(items))
+    return accuracy(preds, items)
 
 
 def pytorch_predictions(ckpt_dir: str | Path, items: Sequence[HeldoutItem], tick: Tick | None = None) -> list[str]:
@@ -84,7 +89,7 @@ def pytorch_predictions(ckpt_dir: str | Path, items: Sequence[HeldoutItem], tick
 def pytorch_accuracy(ckpt_dir: str | Path, items: Sequence[HeldoutItem] | None = None) -> float:
     items = heldout_set() if items is None else items
     preds = pytorch_predictions(ckpt_dir, items)
-    return sum(is_correct(p, it[2]) for p, it in zip(preds, items)) / max(1, len(items))
+    return accuracy(preds, items)
 
 
 def _as_paths(items: Sequence[HeldoutItem], tmp: Path) -> list[tuple[Path, str, str]]:
@@ -120,7 +125,7 @@ def heldout_accuracy(model_gguf: str | Path, mmproj_gguf: str | Path,
                      items: Sequence[HeldoutItem] | None = None, **kw: Any) -> float:
     items = heldout_set() if items is None else items
     preds = llama_predictions(model_gguf, mmproj_gguf, items, **kw)
-    return sum(is_correct(p, it[2]) for p, it in zip(preds, items)) / max(1, len(items))
+    return accuracy(preds, items)
 
 
 # ---------------------------------------------------------------- GGUFs per recipe and the report
@@ -156,12 +161,11 @@ def _kinds(n: int) -> list[str]:
 
 def score(preds: Sequence[str], items: Sequence[HeldoutItem]) -> dict[str, Any]:
     """{"accuracy", "by_kind": {kind: accuracy}} for answers to heldout_set items."""
-    ok = [is_correct(p, it[2]) for p, it in zip(preds, items, strict=True)]
-    by_kind: dict[str, list[bool]] = {}
-    for kind, good in zip(_kinds(len(items)), ok):
-        by_kind.setdefault(kind, []).append(good)
-    return {"accuracy": round(sum(ok) / max(1, len(ok)), 4),
-            "by_kind": {k: round(sum(v) / len(v), 4) for k, v in by_kind.items()}}
+    by_kind: dict[str, list[int]] = {}
+    for i, kind in enumerate(_kinds(len(items))):
+        by_kind.setdefault(kind, []).append(i)
+    return {"accuracy": round(accuracy(preds, items), 4),
+            "by_kind": {k: round(accuracy([preds[i] for i in ix], [items[i] for i in ix]), 4) for k, ix in by_kind.items()}}
 
 
 def accuracy_report(ckpt_dir: str | Path | None = None, recipes: Sequence[str] = ("f16", "q8_0", "q4_k"), *,
