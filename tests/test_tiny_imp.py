@@ -235,6 +235,9 @@ def test_eval_refuses_checkpoints_without_the_task(tiny_checkpoints: dict[str, P
     assert main(["eval", str(fixture), "--no-pytorch", "-n", "2"]) == 2
     err = capsys.readouterr().err
     assert "not a tiny Imp" in err and len(err.strip().splitlines()) == 1
+    assert main(["eval", str(fixture.parent / "nowhere"), "--no-pytorch"]) == 2
+    err = capsys.readouterr().err
+    assert "no config.json" in err and len(err.strip().splitlines()) == 1
 
 
 def test_recipe_comparison_gates_accuracy_on_the_committed_baseline(ckpt: Path, tmp_path: Path,

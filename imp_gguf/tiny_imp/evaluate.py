@@ -219,6 +219,8 @@ def check_tiny_imp(ckpt: str | Path) -> None:
     from imp_gguf.errors import BadInput
     from imp_gguf.tiny_imp import is_tiny_imp
 
+    if not (Path(ckpt) / "config.json").is_file():
+        raise BadInput(f"{ckpt}: not a checkpoint folder (no config.json)")
     if not is_tiny_imp(ckpt):
         raise BadInput(f"{ckpt} is not a tiny Imp trained by imp_gguf.tiny_imp.train (its config.json has no "
                        "'tiny_imp' section); held-out accuracy is measured on that model's synthetic task only")
