@@ -6,16 +6,28 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable
 
+from imp_gguf.tiny_imp import default_checkpoint, demo_items
 
-def run_demo(outdir: str | Path, *, quant: str | None = "q4_k", force: bool = False, n_questions: int = 3,
+
+def demo_questions() -> list[dict[str, Any]]:
+    """One question per bundled image: the first of each image's two, which together cover every kind."""
+    seen: set[str] = set()
+    out = []
+    for item in demo_items():
+        if item["image"].name not in seen:
+            seen.add(item["image"].name)
+            out.append(item)
+    return out
+
+
+def run_demo(outdir: str | Path, *, quant: str | None = "q4_k", force: bool = False,
              log: Callable[[str], None] = print) -> dict[str, Any]:
     from imp_gguf.runtime.bindings import Session
-    from imp_gguf.tiny_imp import default_checkpoint, demo_items
     from imp_gguf.tiny_imp.evaluate import is_correct
 
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
-    ckpt, items = default_checkpoint(), demo_items()[:n_questions]
+    ckpt, items = default_checkpoint(), demo_questions()
     log(f"checkpoint: {ckpt}  (the bundled tiny Imp: Imp's architecture and layout A at toy size)")
     if quant:
         from imp_gguf.quant import convert_and_quantize

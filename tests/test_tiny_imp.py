@@ -202,8 +202,9 @@ def test_demo_command_answers_correctly_at_q4_k(tmp_path: Path, capsys: pytest.C
     assert main(["demo", "--outdir", str(tmp_path), "--json"]) == 0
     rep = json.loads(capsys.readouterr().out)
     assert rep["recipe"] == Q4K and Path(rep["model"]).name == "Tiny-Imp-v1.5-2.9M-56px-Q4_K_M.gguf"
-    assert Path(rep["mmproj"]).is_file() and len(rep["answers"]) == 3
-    assert rep["correct"] == 3, rep["answers"]
+    assert Path(rep["mmproj"]).is_file() and len(rep["answers"]) == 5
+    assert {Path(a["image"]).name for a in rep["answers"]} == {d["image"].name for d in demo_items()}
+    assert rep["correct"] == 5, rep["answers"]
 
 
 # ---------------------------------------------------------------- `imp-gguf eval` and the recipe comparison

@@ -50,8 +50,9 @@ def _progress(enabled: bool):
 
 def eval_cmd(
     checkpoint: Optional[Path] = typer.Argument(None, help="Tiny Imp checkpoint folder (default: the bundled one)."),
-    recipes: str = typer.Option("f16,q8_0,q4_k,q3_k", "--recipes", "-r",
-                                help="Comma-separated recipe names or .toml paths (see `imp-gguf recipes list`)."),
+    recipes: Optional[str] = typer.Option(None, "--recipes", "-r",
+                                          help="Comma-separated recipe names or .toml paths (default: every "
+                                               "shipped recipe; see `imp-gguf recipes list`)."),
     n: int = typer.Option(200, "--questions", "-n", help="Held-out questions (balanced over the question kinds)."),
     seed: int = typer.Option(1, "--seed", help="Held-out stream (never used in training)."),
     pytorch: bool = typer.Option(True, "--pytorch/--no-pytorch",
@@ -64,7 +65,12 @@ def eval_cmd(
 ) -> None:
     from imp_gguf.tiny_imp.evaluate import accuracy_report
 
-    names = [r.strip() for r in recipes.split(",") if r.strip()]
+    if recipes is None:
+        from imp_gguf.quant import list_recipes
+
+        names = [r.name for r in list_recipes()]
+    else:
+        names = [r.strip() for r in recipes.split(",") if r.strip()]
     if not names:
         raise BadInput("--recipes is empty")
     if n < 1:
@@ -103,16 +109,17 @@ def eval_cmd(
 def _show(report: dict) -> None:
     kinds = list(next(iter(report["by_kind"].values())))
     table = Table(title=f"{Path(report['checkpoint']).name}: {report['n']} held-out questions (seed {report['seed']})")
+    table.box, table.padding, table.pad_edge = None, (0, 1), False  # no rules: fits 80 columns
     table.caption = ("pytorch: the checkpoint in PyTorch (f32 maths); others: llama.cpp on that recipe's GGUFs. "
-                     "= pytorch: share of answers identical to PyTorch's.")
-    for col in ("runtime", "all", *kinds, "= pytorch", "LM MB"):
-        table.add_column(col, justify="left" if col == "runtime" else "right")
-    for rt, acc in report["accuracy"].items():
+                     "same: share of answers identical to PyTorch's.")
+    for col in ("runtime", "all", *kinds, "same", "LM MB"):
+        table.add_column(col, justify="left" if col == "runtime" else "right", no_wrap=True)
+    size = {rt: report["files"].get(rt, {}).get("lm_bytes", float("inf")) for rt in report["accuracy"]}
+    for rt in sorted(report["accuracy"], key=lambda r: (r != "pytorch", -size[r])):  # PyTorch, then largest first
+        acc = report["accuracy"][rt]
         same = report["agreement_with_pytorch"].get(rt)
-        size = report["files"].get(rt, {}).get("lm_bytes")
-        table.add_row(rt, f"{acc:.3f}",
-                      *[f"{report['by_kind'][rt][k]:.2f}" for k in kinds],
-                      "-" if same is None else f"{same:.1%}", "-" if size is None else f"{size / 1e6:.2f}")
+        table.add_row(rt, f"{acc:.3f}", *[f"{report['by_kind'][rt][k]:.2f}" for k in kinds],
+                      "-" if same is None else f"{same:.1%}", "-" if rt == "pytorch" else f"{size[rt] / 1e6:.2f}")
     err_console.print(table)
     if report.get("plot"):
         err_console.print(f"plot: {report['plot']}", markup=False)
