@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Any
+from typing import Any, Callable
 
 import typer
 from rich.console import Console
@@ -31,4 +31,19 @@ def print_json(obj: Any) -> None:
 
 
 def info(msg: str) -> None:
-    err_console.print(msg)
+    """A log line on stderr, verbatim: no markup, highlighting or wrapping, so paths, tensor names
+    and "[n/N]" reach logs intact."""
+    err_console.print(msg, markup=False, highlight=False, soft_wrap=True)
+
+
+def every_tenth(say: Callable[[str], None], line: Callable[[int, int, str], str]) -> Callable[[int, int, str], None]:
+    """A progress callback (done, total, what) for pipes and logs: one line per tenth of the work."""
+    last = [-1]
+
+    def update(done: int, total: int, what: str) -> None:
+        tenth = done * 10 // max(total, 1)
+        if tenth != last[0]:
+            last[0] = tenth
+            say(line(done, total, what))
+
+    return update

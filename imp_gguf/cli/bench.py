@@ -11,11 +11,7 @@ from pathlib import Path
 
 import typer
 
-from imp_gguf.cli._common import err_console
-
-
-def _log(msg: str) -> None:
-    err_console.print(msg, markup=False, highlight=False, soft_wrap=True)
+from imp_gguf.cli._common import err_console, info as _log
 
 
 def register(app: typer.Typer) -> None:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from imp_gguf.cli._common import err_console, print_json
+from imp_gguf.cli._common import info, print_json
 
 
 def demo_cmd(
@@ -18,7 +18,7 @@ def demo_cmd(
     """Convert the bundled tiny Imp, quantize it, and answer questions about bundled images it never saw."""
     from imp_gguf.demo import run_demo
 
-    log = (lambda m: None) if json_out else (lambda m: err_console.print(m, markup=False))
+    log = (lambda m: None) if json_out else info
     result = run_demo(outdir, quant=None if quant == "none" else quant, force=force, log=log)
     if json_out:
         print_json(result)

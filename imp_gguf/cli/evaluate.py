@@ -9,7 +9,7 @@ from typing import Callable, Optional
 import typer
 from rich.table import Table
 
-from imp_gguf.cli._common import err_console, print_json
+from imp_gguf.cli._common import err_console, info, print_json
 from imp_gguf.errors import BadInput, OutputExists
 
 HELP = """Held-out accuracy of a tiny Imp (the bundled one by default) in PyTorch and, through llama.cpp,
@@ -63,7 +63,7 @@ def eval_cmd(
     force: bool = typer.Option(False, "--force", "-f", help="Overwrite an existing --plot file or GGUFs in --outdir."),
     json_out: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
 ) -> None:
-    from imp_gguf.tiny_imp.evaluate import accuracy_report
+    from imp_gguf.tiny_imp.evaluate import accuracy_report, pytorch_available
 
     if recipes is None:
         from imp_gguf.quant import list_recipes
@@ -79,14 +79,10 @@ def eval_cmd(
         raise OutputExists(f"{plot} exists; pass --force to overwrite it")
     if outdir is not None and outdir.exists() and any(outdir.iterdir()) and not force:
         raise OutputExists(f"{outdir} is not empty; pass --force to reuse it")
-    if pytorch:
-        try:
-            import torch  # noqa: F401
-            import transformers  # noqa: F401
-        except ImportError:
-            raise BadInput("the PyTorch side needs torch and transformers: pip install 'imp-gguf[reference]', "
-                           "or pass --no-pytorch") from None
-    say = (lambda m: None) if json_out else (lambda m: err_console.print(f" -- {m}", markup=False, highlight=False))
+    if pytorch and not pytorch_available():
+        raise BadInput("the PyTorch side needs torch and transformers: pip install 'imp-gguf[reference]', "
+                       "or pass --no-pytorch")
+    say = (lambda m: None) if json_out else (lambda m: info(f" -- {m}"))
     bar, factory = _progress(not json_out)
     with bar:
         report = accuracy_report(checkpoint, names, n=n, seed=seed, pytorch=pytorch, workdir=outdir,
@@ -122,7 +118,7 @@ def _show(report: dict) -> None:
                       "-" if same is None else f"{same:.1%}", "-" if rt == "pytorch" else f"{size[rt] / 1e6:.2f}")
     err_console.print(table)
     if report.get("plot"):
-        err_console.print(f"plot: {report['plot']}", markup=False)
+        info(f"plot: {report['plot']}")
 
 
 def register(app: typer.Typer) -> None:

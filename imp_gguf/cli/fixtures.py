@@ -12,11 +12,7 @@ from pathlib import Path
 
 import typer
 
-from imp_gguf.cli._common import err_console, print_json, typer_factory
-
-
-def _info(msg: str) -> None:
-    err_console.print(msg, markup=False, highlight=False, soft_wrap=True)
+from imp_gguf.cli._common import every_tenth, info as _info, print_json, typer_factory
 
 
 def register(app: typer.Typer) -> None:
@@ -56,13 +52,10 @@ def register(app: typer.Typer) -> None:
 
         if variant not in FULL_VARIANTS:
             raise BadInput(f"no full-size spec for {variant!r}: choose one of {', '.join(FULL_VARIANTS)}")
-        last = [-1]
+        tenths = every_tenth(_info, lambda done, total, name: f"  {done / 1e9:5.2f} / {total / 1e9:.2f} GB  {name}")
 
         def progress(name: str, done: int, total: int) -> None:
-            pct = done * 10 // max(total, 1)
-            if pct != last[0]:
-                last[0] = pct
-                _info(f"  {done / 1e9:5.2f} / {total / 1e9:.2f} GB  {name}")
+            tenths(done, total, name)
 
         t0 = time.monotonic()
         path = make_fullsize(variant, out, seed=seed, force=force, progress=progress)

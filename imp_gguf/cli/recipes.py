@@ -8,13 +8,10 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from imp_gguf.cli._common import err_console, print_json, typer_factory
+from imp_gguf.cli._common import err_console, info, print_json, typer_factory
 from imp_gguf.errors import BadInput
 
 
-def info(line: str) -> None:
-    # no wrapping or markup: tensor names, paths and "[...]" must reach logs intact
-    err_console.print(line, markup=False, soft_wrap=True, highlight=False)
 
 
 def _recipe_row(r) -> dict:

@@ -6,12 +6,8 @@ import sys
 
 import typer
 
-from imp_gguf.cli._common import STATE, err_console, print_json, typer_factory
+from imp_gguf.cli._common import STATE, err_console, every_tenth, info, print_json, typer_factory
 from imp_gguf.runtime import build as rt
-
-def info(msg: str) -> None:
-    # No wrapping or markup: build lines hold paths and "[n/N]" that must stay intact in logs.
-    err_console.print(msg, markup=False, soft_wrap=True, highlight=False)
 
 
 TARGET_HELP = "host | linux-arm64 (static, Snapdragon 8 Gen 3) | android-arm64 (needs ANDROID_NDK) | termux (prints steps)"
@@ -31,15 +27,7 @@ def _progress_printer():
 
         return bar, update
 
-    last = [-1]
-
-    def update(n: int, total: int, what: str) -> None:
-        decile = n * 10 // max(total, 1)
-        if decile != last[0]:
-            last[0] = decile
-            info(f"  [{n}/{total}] {what[:90]}")
-
-    return None, update
+    return None, every_tenth(info, lambda n, total, what: f"  [{n}/{total}] {what[:90]}")
 
 
 def register(app: typer.Typer) -> None:

@@ -159,14 +159,9 @@ def _accuracy_hook(source: str | Path) -> Callable[..., float] | None:
 
 def _pytorch_accuracy(source: str | Path) -> float | None:
     """The checkpoint's own held-out accuracy, for scale (needs the [reference] extra's torch)."""
-    try:
-        import torch  # noqa: F401
-        import transformers  # noqa: F401
-    except ImportError:
-        return None
-    from imp_gguf.tiny_imp.evaluate import pytorch_accuracy
+    from imp_gguf.tiny_imp.evaluate import pytorch_accuracy, pytorch_available
 
-    return pytorch_accuracy(source)
+    return pytorch_accuracy(source) if pytorch_available() else None
 
 
 def _row(result: dict[str, Any], fid: dict[str, Any], spd: dict[str, Any]) -> dict[str, Any]:

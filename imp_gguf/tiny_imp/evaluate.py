@@ -74,6 +74,13 @@ def model_accuracy(model: Any, codec: Any, items: Sequence[HeldoutItem], size: i
     return accuracy(preds, items)
 
 
+def pytorch_available() -> bool:
+    """The PyTorch side needs the [reference] extra (torch, transformers)."""
+    import importlib.util
+
+    return all(importlib.util.find_spec(m) is not None for m in ("torch", "transformers"))
+
+
 def pytorch_predictions(ckpt_dir: str | Path, items: Sequence[HeldoutItem], tick: Tick | None = None) -> list[str]:
     """Greedy answers of the checkpoint run by our own PyTorch rebuild of its modules (float32)."""
     import torch
