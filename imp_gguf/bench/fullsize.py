@@ -245,6 +245,7 @@ def make_fullsize(variant: str, dest: str | Path, *, seed: int = 0, force: bool 
         if variant not in FULL_VARIANTS:
             raise BadInput(f"no full-size spec for {variant!r}: choose one of {', '.join(FULL_VARIANTS)}")
         spec = FULL_VARIANTS[variant]
+    import tokenizers  # noqa: F401 - write_tokenizer needs it at the end: fail before writing ~6 GB
     dest = Path(dest)
     if dest.exists():
         if not force:

@@ -7,9 +7,10 @@ token embedding is a row lookup (one row read, not the matrix). So
     ceiling_tps   = measured bandwidth / bytes per token
     efficiency    = decode_tps * bytes per token / measured bandwidth
 
-The probe (bench/probe/bandwidth.c) is compiled with the toolchain of the target: the host C compiler
-(-march=native like the host llama.cpp build) or aarch64-linux-gnu-gcc -static (like the linux-arm64
-build), and cached next to the llama.cpp builds: ${cache}/build/probe-<target>-<hash>/bandwidth.
+The probe (imp_gguf/bench/probe/bandwidth.c, package data) is compiled with the toolchain of the
+target: the host C compiler (-march=native like the host llama.cpp build) or aarch64-linux-gnu-gcc
+-static (like the linux-arm64 build), and cached next to the llama.cpp builds:
+${cache}/build/probe-<target>-<hash>/bandwidth.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import os
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,8 @@ from imp_gguf.errors import BadInput, InternalError
 from imp_gguf.runtime.runner import LocalRunner, require_program
 from imp_gguf.runtime.source import cache_dir
 
-PROBE_SOURCE_REL = Path("bench") / "probe" / "bandwidth.c"
+# Package data next to this module (pyproject.toml), so a wheel carries it like an editable install.
+PROBE_SOURCE = Path(__file__).resolve().parent / "probe" / "bandwidth.c"
 
 COMPILERS: dict[str, list[str]] = {
     "host": ["cc", "-O2", "-march=native", "-pthread"],
@@ -34,17 +35,10 @@ COMPILERS: dict[str, list[str]] = {
 
 
 def probe_source() -> Path:
-    """bench/probe/bandwidth.c of the source tree (the file is part of the repo, next to the package)."""
-    here = Path(__file__).resolve().parents[2] / PROBE_SOURCE_REL
-    if here.is_file():
-        return here
-    try:  # an installed package may carry a copy
-        p = Path(str(resources.files("imp_gguf") / "data" / "bandwidth.c"))
-        if p.is_file():
-            return p
-    except (ModuleNotFoundError, FileNotFoundError):
-        pass
-    raise BadInput(f"bandwidth probe source not found ({here})")
+    """imp_gguf/bench/probe/bandwidth.c, shipped in the package (editable install or wheel alike)."""
+    if not PROBE_SOURCE.is_file():
+        raise InternalError(f"the bandwidth probe source is missing from {PROBE_SOURCE} (broken install?)")
+    return PROBE_SOURCE
 
 
 def build_probe(target: str, *, cache: Path | None = None, force: bool = False) -> Path:

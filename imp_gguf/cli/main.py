@@ -16,20 +16,35 @@ import sys
 import threading
 import traceback
 
-import click
 import typer
 
 from imp_gguf import __version__
 from imp_gguf.cli._common import STATE, err_console, typer_factory
-from imp_gguf.errors import ImpGgufError
+from imp_gguf.errors import ImpGgufError, ToolMissing
 
-try:  # typer >= 0.2x vendors its own click: its usage errors are not click's classes
-    from typer._click.exceptions import ClickException as _TyperClickException
-except ImportError:  # older typer uses click itself
-    _TyperClickException = click.ClickException
-USAGE_ERRORS = (click.ClickException, _TyperClickException)
-EXITS = (click.exceptions.Exit, typer.Exit)
-ABORTS = (click.Abort, typer.Abort)
+# typer >= 0.26 vendors its own click (typer._click) and no longer depends on click, so click is not
+# one of our dependencies: take the usage errors of the click typer runs on, whichever it is.
+try:
+    from typer._click.exceptions import ClickException
+except ImportError:  # older typer runs on click itself (and depends on it)
+    from click import ClickException
+USAGE_ERRORS = (ClickException,)
+EXITS = (typer.Exit,)  # click's own Exit and Abort in older typer, typer's in newer
+ABORTS = (typer.Abort,)
+
+# Modules that only the optional extras bring (pyproject.toml). A command reaching one without its
+# extra says, in one line, what to install, and exits 2 like any missing tool; not "internal error".
+EXTRA_MODULES = {"torch": "reference", "transformers": "reference", "safetensors": "reference",
+                 "tokenizers": "reference", "matplotlib": "plot"}
+
+
+def missing_extra(exc: ModuleNotFoundError) -> ToolMissing | None:
+    """ToolMissing naming the install command if `exc` is about a module of an extra, else None."""
+    extra = EXTRA_MODULES.get((exc.name or "").partition(".")[0])
+    if extra is None:
+        return None
+    return ToolMissing(f"{exc.name} is not installed (it comes with the {extra} extra): "
+                       f"pip install 'imp-gguf[{extra}]'")
 
 app = typer_factory(
     "Convert MILVLG Imp checkpoints to llama.cpp GGUF files (language model + mmproj), "
@@ -113,7 +128,13 @@ def _run(argv: list[str] | None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     STATE["verbose"] = "--verbose" in args or "-v" in args[:1]
     try:
-        rv = app(args=args, prog_name="imp-gguf", standalone_mode=False)
+        try:
+            rv = app(args=args, prog_name="imp-gguf", standalone_mode=False)
+        except ModuleNotFoundError as exc:
+            needed = missing_extra(exc)
+            if needed is None:
+                raise
+            raise needed from exc
         if rv == 130 and _signals["interrupted"]:
             raise KeyboardInterrupt()
         return rv if isinstance(rv, int) else 0

@@ -26,12 +26,18 @@ from typing import Any
 # 30x slower. Only effective when torch's OpenMP runtime starts after this line.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
+try:
+    import torch  # noqa: E402
+    import torch.nn.functional as F  # noqa: E402
 
-from imp_gguf.tiny_imp import data as D  # noqa: E402
-from imp_gguf.tiny_imp.model import (TextCodec, TinySpec, build, n_params, pixels, save_checkpoint,
-                                     write_tokenizer)
+    from imp_gguf.tiny_imp import data as D  # noqa: E402
+    from imp_gguf.tiny_imp.model import (TextCodec, TinySpec, build, n_params, pixels, save_checkpoint,
+                                         write_tokenizer)
+except ModuleNotFoundError as exc:  # torch/transformers: the reference extra, not a base dependency
+    if __name__ != "__main__":
+        raise
+    print(f"error: training needs {exc.name}: pip install 'imp-gguf[reference]'", file=sys.stderr)
+    raise SystemExit(2) from None
 
 # The committed checkpoint is these defaults with seed 0: about 13 min on one idle core.
 DEFAULTS = {"vision_steps": 800, "vision_lr": 3e-3, "vision_lr_scale": 0.1, "steps": 4000, "images_per_step": 10,
