@@ -79,7 +79,7 @@ def mmproj_q8(mm16: Path, name: str) -> Path:
 
 
 def bench(args: list[str], json_out: Path) -> list[dict]:
-    cmd = [sys.executable, "-m", "imp_gguf.cli.main", "bench", *args, "--json", str(json_out)]
+    cmd = [sys.executable, "-m", "imp_gguf.cli.main", "bench", *args, "--out", str(json_out)]
     log("$ " + " ".join(cmd))
     subprocess.run(cmd, check=True)
     return json.loads(json_out.read_text())

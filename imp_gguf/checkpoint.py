@@ -161,36 +161,70 @@ def check_config(config: dict[str, Any], where: str = "config.json") -> None:
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?$")
 
 
-def resolve_source(spec: str) -> Path:
-    """A local folder, or a hub repo id (org/name[@revision]) fetched through huggingface_hub."""
+# What a hub download fetches: everything the converter reads, or (metadata_only) all but the weights.
+HUB_METADATA = ["*.json", "tokenizer.model", "*.txt", "*.jinja"]
+HUB_WEIGHTS = ["*.safetensors"]
+
+
+def resolve_source(spec: str, *, metadata_only: bool = False) -> Path:
+    """A local folder, or a hub repo id (org/name[@revision]) fetched through huggingface_hub.
+
+    A string that could be a relative path is read as one first: if it names no folder, the error says
+    so (with the nearest name in its parent folder), and the hub reading is offered only as an
+    alternative. metadata_only fetches the config, index and tokenizer files, never the weights.
+    """
     path = Path(spec).expanduser()
     if path.is_dir():
         return path
     if path.exists():
         raise BadInput(f"{spec}: not a checkpoint folder")
-    if not HUB_ID.match(spec):
-        raise BadInput(f"{spec}: no such checkpoint folder")
+    missing = f"{spec}: no such checkpoint folder{_nearest(path)}"
+    if not HUB_ID.match(spec) or spec.startswith((".", "/", "~")):
+        raise BadInput(missing)
     try:
         from huggingface_hub import snapshot_download  # optional: only for hub ids
     except ImportError as exc:
-        raise ToolMissing(f"{spec} looks like a hub repo id: pip install huggingface_hub to download it") from exc
+        raise ToolMissing(f"{missing}; or, if you meant the hub repo {spec}: pip install huggingface_hub "
+                          "to download it") from exc
     repo, _, rev = spec.partition("@")
+    patterns = HUB_METADATA if metadata_only else HUB_METADATA + HUB_WEIGHTS
     try:
-        local = snapshot_download(repo, revision=rev or None,
-                                  allow_patterns=["*.json", "*.safetensors", "tokenizer.model", "*.txt", "*.jinja"])
+        local = snapshot_download(repo, revision=rev or None, allow_patterns=patterns)
     except Exception as exc:  # noqa: BLE001 - network/auth errors from the hub client vary widely
-        raise BadInput(f"{spec}: download failed: {str(exc).splitlines()[0]}") from exc
+        why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise BadInput(f"{missing}; or, if you meant the hub repo {spec}, check its name and the network "
+                       f"(download failed: {why})") from exc
     return Path(local)
 
 
-def open_checkpoint(spec: str | Path, *, allow_pickle: bool = False) -> Checkpoint:
-    root = resolve_source(str(spec))
+def _nearest(path: Path) -> str:
+    """ " (did you mean X?)" for a near miss among the folders next to `path`."""
+    from imp_gguf.names import closest
+
+    parent = path.parent if str(path.parent) else Path(".")
+    try:
+        siblings = [p.name for p in parent.iterdir() if p.is_dir()]
+    except OSError:
+        return ""
+    guess = closest(path.name, siblings)
+    return f" (did you mean {parent / guess}?)" if guess else ""
+
+
+def open_checkpoint(spec: str | Path, *, allow_pickle: bool = False, metadata_only: bool = False) -> Checkpoint:
+    """metadata_only (dry runs): a hub id is planned from its config, index, tokenizer and the safetensors
+    headers read online; its weights are never downloaded (the tensors cannot be loaded)."""
+    root = resolve_source(str(spec), metadata_only=metadata_only)
     cfg_path = safe_child(root, "config.json")  # before any stat: a link leaving the folder is refused
     if not cfg_path.is_file():
         raise BadInput(f"{root}: no config.json (is this an Imp checkpoint folder?)")
     config = _load_json(cfg_path)
     check_config(config)
-    tensors, files = _index_weights(root, allow_pickle)
+    if metadata_only and not Path(str(spec)).expanduser().is_dir():
+        from imp_gguf.hub import remote_tensors
+
+        tensors, files = remote_tensors(str(spec)), []
+    else:
+        tensors, files = _index_weights(root, allow_pickle)
     return Checkpoint(root=root, config=config, tensors=tensors, weight_files=files)
 
 

@@ -67,10 +67,12 @@ class ConversionPlan:
 
 def plan_conversion(source: str | Path, outdir: str | Path, *, outtype: str = "f16", force: bool = False,
                     model_name: str | None = None, allow_pickle: bool = False,
-                    lm_filename: str | None = None, mmproj_filename: str | None = None) -> ConversionPlan:
+                    lm_filename: str | None = None, mmproj_filename: str | None = None,
+                    metadata_only: bool = False) -> ConversionPlan:
+    """metadata_only: for a dry run (a hub id's weights are not downloaded; the plan cannot be run)."""
     if outtype not in OUTTYPES:
         raise BadInput(f"--outtype must be one of {', '.join(OUTTYPES)}, not {outtype!r}")
-    ckpt = open_checkpoint(source, allow_pickle=allow_pickle)
+    ckpt = open_checkpoint(source, allow_pickle=allow_pickle, metadata_only=metadata_only)
     family = detect_family(ckpt.config, set(ckpt.tensors))
     hp = family.hparams(ckpt.config, ckpt.tensors)
     lm_rows = family.plan(hp, ckpt.tensors)
@@ -122,6 +124,7 @@ def run_conversion(plan: ConversionPlan, *, force: bool = False,
                    progress: Callable[[int], None] | None = None) -> dict[str, Any]:
     """Write both files; returns the summary plus sizes, time and peak memory."""
     t0 = time.perf_counter()
+    outputs, _ = output_rows(plan, force=force)
     plan.lm_path.parent.mkdir(parents=True, exist_ok=True)
     sha = plan.ckpt.source_sha256()
     ftype = FILE_TYPES[plan.outtype]
@@ -148,8 +151,48 @@ def run_conversion(plan: ConversionPlan, *, force: bool = False,
         "seconds": round(time.perf_counter() - t0, 3),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "source_sha256": sha,
+        "outputs": [o | {"bytes": size, "exists": True} for o, size in zip(outputs, (lm_size, mm_size))],
+        "blocked": [],
     })
     return result
+
+def output_rows(plan: ConversionPlan, *, force: bool = False) -> tuple[list[dict[str, Any]], list[str]]:
+    """The two files a conversion writes (role, path, type, estimated bytes, exists, action) and what
+    would block writing them (an existing file without force)."""
+    rows, blocked = [], []
+    for role, path, nbytes in (("model", plan.lm_path, plan.lm_bytes), ("mmproj", plan.mmproj_path, plan.mmproj_bytes)):
+        exists = path.exists()
+        action = "write" if not exists else "overwrite" if force else "blocked"
+        if action == "blocked":
+            blocked.append(f"{path} exists; pass --force to overwrite it")
+        rows.append({"role": role, "path": str(path), "type": ENCODINGS[plan.outtype], "bytes": nbytes,
+                     "exists": exists, "action": action})
+    return rows, blocked
+
+
+def source_sha256_or_none(plan: ConversionPlan) -> str | None:
+    """The checkpoint identity, or None when its weight files are not at hand (a hub dry run)."""
+    try:
+        return plan.ckpt.source_sha256() if plan.ckpt.weight_files else None
+    except OSError:
+        return None
+
+
+def dry_run_result(plan: ConversionPlan, *, force: bool = False) -> dict[str, Any]:
+    """What run_conversion would return, before any work: the same keys, sizes estimated, what would
+    block the run under "blocked", and "dry_run": True."""
+    outputs, blocked = output_rows(plan, force=force)
+    return plan.summary() | {
+        "model_bytes": plan.lm_bytes,
+        "mmproj_bytes": plan.mmproj_bytes,
+        "seconds": None,
+        "peak_rss_mb": None,
+        "source_sha256": source_sha256_or_none(plan),
+        "outputs": outputs,
+        "blocked": blocked,
+        "dry_run": True,
+    }
+
 
 
 def convert(source: str | Path, outdir: str | Path, **kw: Any) -> dict[str, Any]:

@@ -21,24 +21,30 @@ def demo_questions() -> list[dict[str, Any]]:
 
 
 def run_demo(outdir: str | Path, *, quant: str | None = "q4_k", force: bool = False,
-             log: Callable[[str], None] = print) -> dict[str, Any]:
+             log: Callable[[str], None] = print, show: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """`log` gets progress, `show` the results (the files, each answer, the score; default: `log`).
+    quant is a recipe name (any spelling `convert --quant` takes), or None / "none" for F16."""
+    from imp_gguf.names import resolve_recipe
     from imp_gguf.runtime.bindings import Session
     from imp_gguf.tiny_imp.evaluate import is_correct
+
+    show = show or log
+    recipe = resolve_recipe(quant)
 
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     ckpt, items = default_checkpoint(), demo_questions()
     log(f"checkpoint: {ckpt}  (the bundled tiny Imp: Imp's architecture and layout A at toy size)")
-    if quant:
+    if recipe is not None:
         from imp_gguf.quant import convert_and_quantize
 
-        result = convert_and_quantize(ckpt, outdir, quant, force=force)
+        result = convert_and_quantize(ckpt, outdir, recipe, force=force)
     else:
         from imp_gguf.convert import convert
 
         result = convert(ckpt, outdir, outtype="f16", force=force)
-    log(f"model:  {result['model']}")
-    log(f"mmproj: {result['mmproj']}")
+    show(f"model:  {result['model']}")
+    show(f"mmproj: {result['mmproj']}")
     answers = []
     with Session(result["model"], result["mmproj"]) as s:
         for item in items:
@@ -46,9 +52,10 @@ def run_demo(outdir: str | Path, *, quant: str | None = "q4_k", force: bool = Fa
             ok = is_correct(answer, item["answer"])
             answers.append({"image": str(item["image"]), "question": item["question"], "answer": answer,
                             "expected": item["answer"], "correct": ok})
-            log(f"Q: {item['question']}  ({Path(item['image']).name})\nA: {answer}"
+            show(f"Q: {item['question']}  ({Path(item['image']).name})\nA: {answer}"
                 + ("  [correct]" if ok else f"  [expected: {item['answer']}]"))
     n_ok = sum(a["correct"] for a in answers)
-    log(f"{n_ok}/{len(answers)} correct through llama.cpp ({quant or 'f16'})")
-    return {"model": result["model"], "mmproj": result["mmproj"], "recipe": quant or "f16",
+    name = recipe.name if recipe is not None else "f16"
+    show(f"{n_ok}/{len(answers)} correct through llama.cpp ({name})")
+    return {"model": result["model"], "mmproj": result["mmproj"], "recipe": name,
             "answers": answers, "correct": n_ok}

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from gguf import GGML_QUANT_SIZES, GGUF_DEFAULT_ALIGNMENT, GGMLQuantizationType, GGUFReader, GGUFValueType
+from gguf import GGML_QUANT_SIZES, GGUF_DEFAULT_ALIGNMENT, GGMLQuantizationType, GGUFReader, GGUFValueType, LlamaFileType
 
 from imp_gguf.errors import BadInput
 
@@ -195,6 +195,15 @@ def tensor_table(path: str | Path, *, reader: GGUFReader | None = None) -> list[
              "n_elements": int(t.n_elements), "n_bytes": int(t.n_bytes)} for t in r.tensors]
 
 
+def file_type_name(value: Any) -> str | None:
+    """general.file_type as llama.cpp names it (15 -> "Q4_K_M", 0 -> "F32"), None if unknown."""
+    try:
+        name = LlamaFileType(int(value)).name
+    except (TypeError, ValueError):
+        return None
+    return name.removeprefix("MOSTLY_").removeprefix("ALL_")
+
+
 def summary(path: str | Path) -> dict[str, Any]:
     """Metadata, tensor-type histogram, parameter count and bits per weight of one file."""
     reader = open_reader(path)  # parsing is the slow part on large vocabularies: once
@@ -211,6 +220,7 @@ def summary(path: str | Path) -> dict[str, Any]:
         "path": str(path),
         "file_bytes": Path(path).stat().st_size,
         "architecture": meta.get("general.architecture"),
+        "file_type": file_type_name(meta.get("general.file_type")),
         "n_tensors": len(tensors),
         "n_params": n_el,
         "tensor_bytes": n_b,

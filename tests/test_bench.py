@@ -160,7 +160,7 @@ def test_bench_local_paper_protocol_cli(tiny, converted, host_tools, tmp_path, t
     f32 = converted(VARIANT, "f32")
     out = tmp_path / "rows.json"
     rc = main(["bench", "--model", str(tiny[0]), "--model", f32["model"], "--mmproj", str(tiny[1]),
-               "--image", str(test_image), "--runs", "2", "--threads", "1", "--json", str(out)])
+               "--image", str(test_image), "--runs", "2", "--threads", "1", "--out", str(out)])
     assert rc == 0
     rows = json.loads(out.read_text())
     assert len(rows) == 2 and (tmp_path / "rows.png").stat().st_size > 1000

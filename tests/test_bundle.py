@@ -17,7 +17,6 @@ from imp_gguf.pins import LLAMA_CPP_COMMIT
 from imp_gguf.runtime import build as rt
 from imp_gguf.runtime.bundle import make_bundle, run_script
 from imp_gguf.runtime.runner import LocalRunner, QemuRunner
-from tests.plugins.runtime_tools import write_tiny_llama
 
 # Names with a space and a quote: run.sh must quote what it embeds.
 MODEL_NAME = "imp tiny's-q4.gguf"
@@ -26,10 +25,13 @@ MMPROJ_NAME = "mmproj imp-f16.gguf"
 
 @pytest.fixture()
 def models(tmp_path: Path) -> tuple[Path, Path]:
-    d = tmp_path / "models"
-    d.mkdir()
-    # The mmproj only has to be a GGUF for the bundle; real ones come from the converter.
-    return write_tiny_llama(d / MODEL_NAME), write_tiny_llama(d / MMPROJ_NAME, seed=1)
+    """A real pair (the bundled tiny Imp, converted in well under a second): bundle checks they belong together."""
+    from imp_gguf.convert import convert
+    from imp_gguf.tiny_imp import default_checkpoint
+
+    r = convert(default_checkpoint(), tmp_path / "models", outtype="f16", lm_filename=MODEL_NAME,
+                mmproj_filename=MMPROJ_NAME)
+    return Path(r["model"]), Path(r["mmproj"])
 
 
 def _fake_tools(tmp_path: Path) -> dict[str, Path]:

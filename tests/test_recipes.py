@@ -279,7 +279,7 @@ def test_cli_list_and_show(capsys: pytest.CaptureFixture[str], f16_files) -> Non
     assert {r["name"] for r in rows} >= set(REQUIRED)
     assert all(r["description"] for r in rows)
     assert main(["recipes", "list"]) == 0
-    assert "q4_k" in capsys.readouterr().err
+    assert "q4_k" in capsys.readouterr().out
     assert main(["recipes", "show", "q4_k", "--json"]) == 0
     shown = json.loads(capsys.readouterr().out)
     assert shown["lm"]["ftype"] == "Q4_K_M" and shown["mmproj"]["type"] == "Q8_0" and shown["description"]
@@ -289,10 +289,10 @@ def test_cli_list_and_show(capsys: pytest.CaptureFixture[str], f16_files) -> Non
     assert released["SigLIP mmproj (all variants)"] == ["v.blk.*.ffn_down.weight x26: Q8_0 -> F16"]
     assert all(not v for k, v in released.items() if k.startswith("Phi"))
     assert main(["recipes", "show", "q4_k"]) == 0
-    assert "Q4_K -> Q5_0" in capsys.readouterr().err
+    assert "Q4_K -> Q5_0" in capsys.readouterr().out
     lm, _ = f16_files["Imp-v1.5-2B-Qwen1.5"]
     assert main(["recipes", "show", "q4_k", "--plan", str(lm)]) == 0
-    err = capsys.readouterr().err
-    assert "blk.1.ffn_down.weight" in err and "Q8_0" in err and "shape fallback" in err
+    out = capsys.readouterr().out
+    assert "blk.1.ffn_down.weight" in out and "Q8_0" in out and "shape fallback" in out
     assert main(["recipes", "show", "nope"]) == 2
     assert "unknown recipe" in capsys.readouterr().err

@@ -18,6 +18,8 @@ from imp_gguf.bench.device import Device, open_device
 from imp_gguf.bench.protocols import (DEFAULT_TARGET_TPS, PAPER_ROW, PROTOCOLS, BenchConfig, BenchSession, exit_code,
                                       model_facts)
 from imp_gguf.errors import BadInput
+from imp_gguf.names import unknown
+from imp_gguf.pair import check_pair
 
 __all__ = ["DEFAULT_TARGET_TPS", "PAPER_ROW", "PROTOCOLS", "BenchConfig", "BenchSession", "Device", "bench",
            "exit_code", "model_facts", "open_device"]
@@ -30,7 +32,7 @@ def bench(models: Sequence[str | Path], mmprojs: Sequence[str | Path], *, device
     """Bench each model (with its mmproj: one shared, or one per model) on `device`; returns the rows."""
     cfg = cfg or BenchConfig()
     if cfg.protocol not in PROTOCOLS:
-        raise BadInput(f"--protocol must be one of {', '.join(PROTOCOLS)}, not {cfg.protocol!r}")
+        raise unknown("--protocol", cfg.protocol, PROTOCOLS)
     if cfg.runs < 1:
         raise BadInput("--runs must be at least 1")
     if not models:
@@ -38,6 +40,8 @@ def bench(models: Sequence[str | Path], mmprojs: Sequence[str | Path], *, device
     if len(mmprojs) not in (1, len(models)):
         raise BadInput(f"give one --mmproj, or one per --model ({len(models)}), not {len(mmprojs)}")
     pairs = [(Path(m), Path(mmprojs[0] if len(mmprojs) == 1 else mmprojs[i])) for i, m in enumerate(models)]
+    for m, mm in pairs:  # each pair belongs together, before any work
+        check_pair(m, mm)
     facts = [model_facts(m, mm) for m, mm in pairs]  # validate every file before touching the device
     if cfg.image is not None and not Path(cfg.image).is_file():
         raise BadInput(f"--image {cfg.image} does not exist")

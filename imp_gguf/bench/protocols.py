@@ -68,9 +68,7 @@ class ModelFacts:
 
 
 def model_facts(model: Path, mmproj: Path) -> ModelFacts:
-    import gguf
-
-    from imp_gguf.gguf_info import read_gguf_meta
+    from imp_gguf.gguf_info import file_type_name, read_gguf_meta
 
     for p, what in ((model, "--model"), (mmproj, "--mmproj")):
         if not Path(p).is_file():
@@ -85,11 +83,7 @@ def model_facts(model: Path, mmproj: Path) -> ModelFacts:
     if not image_size:
         raise BadInput(f"--mmproj {mmproj} has no clip.vision.image_size")
     traffic = lm_traffic(model)
-    ft = meta.get("general.file_type")
-    try:
-        ft_name = gguf.LlamaFileType(int(ft)).name.removeprefix("MOSTLY_").removeprefix("ALL_") if ft is not None else "?"
-    except ValueError:
-        ft_name = str(ft)
+    ft_name = file_type_name(meta.get("general.file_type")) or str(meta.get("general.file_type", "?"))
     size_label = meta.get("general.size_label") or "?B"
     return ModelFacts(
         path=Path(model), mmproj=Path(mmproj), arch=arch, model_type=f"{arch} {size_label} {ft_name}",

@@ -11,7 +11,9 @@ from pathlib import Path
 
 import typer
 
-from imp_gguf.cli._common import err_console, info as _log
+from rich.console import Console
+
+from imp_gguf.cli._common import info as _log, print_json
 
 
 def register(app: typer.Typer) -> None:
@@ -26,9 +28,10 @@ def register(app: typer.Typer) -> None:
         runs: int = typer.Option(5, "--runs", "-r", help="Measured runs (after one discarded warm-up)."),
         target_tps: float = typer.Option(13.0, "--target-tps", help="Decode tokens/s a device must reach."),
         protocol: str = typer.Option("paper", "--protocol", help="paper (llama-mtmd-cli, Table 4) | llama-bench"),
-        json_file: Path = typer.Option(None, "--json", help="Write the rows (llama-bench JSON superset) here."),
+        out_file: Path = typer.Option(None, "--out", help="Write the rows (a llama-bench JSON superset) to this file."),
+        json_out: bool = typer.Option(False, "--json", help="Print the rows as JSON on stdout instead of the table."),
         chart: Path = typer.Option(None, "--chart",
-                                   help="PNG chart (default with 2+ models and --json: next to the JSON file)."),
+                                   help="PNG chart (default with 2+ models and --out: next to that file)."),
         ssh_option: list[str] = typer.Option([], "--ssh-option",
                                              help="Extra ssh/scp option, repeatable (e.g. -o Port=8022)."),
         ssh_key: Path = typer.Option(None, "--ssh-key", help="ssh identity file (ssh -i)."),
@@ -42,10 +45,12 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Benchmark models where they run: T_VE, prompt and decode tok/s, TTFT, peak RSS, bandwidth roofline.
 
-        [bold]--protocol paper[/] reproduces the Imp paper's Table 4 (41 text tokens + one image, 64 generated
-        tokens, greedy) with llama-mtmd-cli and compares with its Snapdragon 8 Gen 3 row;
-        [bold]--protocol llama-bench[/] runs llama-bench -p <text+image> -n 64 -d <image tokens>.
-        Several --model options are benched in one session and charted together.
+        --protocol paper reproduces the Imp paper's Table 4 (41 text tokens + one image, 64 generated tokens,
+        greedy) with llama-mtmd-cli and compares with its Snapdragon 8 Gen 3 row; --protocol llama-bench runs
+        llama-bench -p <text+image> -n 64 -d <image tokens>. Several --model options are benched in one
+        session and charted together.
+
+        The table (or, with --json, the rows) goes to stdout, progress to stderr.
         """
         from imp_gguf.bench import BenchConfig, bench, exit_code
         from imp_gguf.bench.plot import available, plot_rows
@@ -58,12 +63,15 @@ def register(app: typer.Typer) -> None:
                           n_text=n_text, n_gen=n_gen, image=image, bandwidth=not no_bandwidth)
         rows = bench(model, mmproj, device=device, cfg=cfg, ssh_options=opts, remote_target=remote_target,
                      remote_dir=remote_dir, log=_log)
-        print_table(rows, err_console)
-        if json_file is not None:
-            write_json(rows, json_file)
-            _log(f"wrote {json_file}")
-        if chart is None and json_file is not None and len(model) > 1:
-            chart = json_file.with_suffix(".png")
+        if json_out:
+            print_json(rows)
+        else:
+            print_table(rows, Console(highlight=False))
+        if out_file is not None:
+            write_json(rows, out_file)
+            _log(f"wrote {out_file}")
+        if chart is None and out_file is not None and len(model) > 1:
+            chart = out_file.with_suffix(".png")
         if chart is not None:
             if available():
                 plot_rows([r for r in rows if r.get("decode_tps") is not None] or rows, chart)

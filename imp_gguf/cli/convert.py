@@ -8,100 +8,126 @@ from typing import Optional
 import typer
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 
-from imp_gguf.cli._common import err_console, print_json
-from imp_gguf.convert import plan_conversion, run_conversion
+from imp_gguf.cli._common import echo, err_console, info, print_json
+from imp_gguf.convert import dry_run_result, plan_conversion, run_conversion
 
 HELP = """Convert an Imp checkpoint into two GGUF files that llama.cpp runs unchanged.
 
-CKPT is a local checkpoint folder (config.json, safetensors single or sharded, tokenizer files) or a
-hub repo id (MILVLG/Imp-v1.5-3B-196[@revision], needs huggingface_hub and network).
+CKPT is a local checkpoint folder (config.json, safetensors single or sharded, tokenizer files) or a hub repo id
+(MILVLG/Imp-v1.5-3B-196[@revision], needs huggingface_hub and network).
 
-Writes <Base>-<Size>-<ENC>.gguf (arch phi2/qwen2/phi3, tokenizer, Imp's chat template) and
-mmproj-<Base>-<Size>-<ENC>.gguf (SigLIP + projector, arch clip). Nothing is overwritten without --force;
-outputs appear only when complete.
+Writes <Base>-<Size>-<ENC>.gguf (arch phi2, qwen2 or phi3, with the tokenizer and Imp's chat template) and
+mmproj-<Base>-<Size>-<ENC>.gguf (SigLIP + projector, arch clip). With --quant, only the recipe's files are kept;
+an identical mmproj already in OUTDIR (same checkpoint and type) is reused, so recipes can be compared in one
+folder. Nothing is overwritten without --force; outputs appear only when complete.
+
+The paths written are printed on stdout (with --json, the whole result); progress goes to stderr.
 
 Examples:
 
-  imp-gguf convert ./Imp-v1.5-3B-196 --outdir out
-
-  imp-gguf convert ./Imp-v1.5-3B-196 --outdir out --quant q4_k
-
-  imp-gguf convert ./Imp-v1.5-2B-Qwen1.5 --dry-run --json
+\b
+  imp-gguf convert ./Imp-v1.5-3B-196 -o out
+  imp-gguf convert ./Imp-v1.5-3B-196 -o out --quant q4_k
+  imp-gguf convert ./Imp-v1.5-3B-196 -o out --quant q4_0 --dry-run
+  imp-gguf convert MILVLG/Imp-v1.5-2B-Qwen1.5 --dry-run --json
 """
 
 
 def convert_cmd(
-    ckpt: str = typer.Argument(..., help="Checkpoint folder or hub repo id."),
+    ckpt: str = typer.Argument(..., metavar="CKPT", help="Checkpoint folder or hub repo id."),
     outdir: Path = typer.Option(Path("."), "--outdir", "-o", help="Folder for the two GGUF files."),
-    outtype: str = typer.Option("f16", "--outtype", help="Conversion type: f32, f16, bf16 or q8_0."),
-    quant: Optional[str] = typer.Option(None, "--quant", "-q",
-                                        help="Quant recipe name (see `imp-gguf recipes list`) or a recipe .toml; "
-                                             "converts to F16 first, then runs llama.cpp's quantizer."),
+    outtype: Optional[str] = typer.Option(None, "--outtype",
+                                          help="Conversion type, any case: f32, f16 (default), bf16 or q8_0."),
+    quant: Optional[str] = typer.Option(None, "--quant",
+                                        help="Quant recipe (see `imp-gguf recipes list`; llama-quantize's names such "
+                                             "as Q4_K_M or Q4_K work too), a recipe .toml, or none. Converts to F16 "
+                                             "first, then runs llama.cpp's quantizer."),
     keep_intermediate: bool = typer.Option(False, "--keep-intermediate", help="With --quant: keep the F16 files."),
     force: bool = typer.Option(False, "--force", "-f", help="Overwrite existing outputs."),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan (variant, tensors, names, sizes); write nothing."),
-    json_out: bool = typer.Option(False, "--json", help="Print a JSON result on stdout."),
-    model_name: Optional[str] = typer.Option(None, "--model-name", help="Name for files and general.name (default: from CKPT)."),
+    dry_run: bool = typer.Option(False, "--dry-run",
+                                 help="Print the files the run would write (types, estimated sizes) and what would "
+                                      "block it; write nothing."),
+    json_out: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
+    model_name: Optional[str] = typer.Option(None, "--model-name",
+                                             help="Name for files and general.name (default: from CKPT)."),
     allow_pickle: bool = typer.Option(False, "--allow-pickle",
-                                      help="Load pytorch_model.bin with torch.load(weights_only=True) if no safetensors exist."),
-    quiet: bool = typer.Option(False, "--quiet", help="Print only the output paths."),
+                                      help="Load pytorch_model.bin with torch.load(weights_only=True) if no "
+                                           "safetensors exist."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the output paths."),
+    chat_template: Optional[str] = typer.Option(
+        None, "--chat-template", metavar="NAME|FILE",
+        help="Conversation template stored in the GGUF: imp_phi3 (default for the 4B, with a system turn, as "
+             "Imp's code has it since 2024-08) or imp_phi3_nosys (the 4B's template before that, when its "
+             "weights were published), or a .jinja file. The other models have one template each."),
 ) -> None:
-    if quant is not None:
-        from imp_gguf.quant import convert_and_quantize, load_recipe
+    from imp_gguf.names import resolve_convert_options
 
-        recipe = load_recipe(quant)
-        if dry_run:
-            plan = plan_conversion(ckpt, outdir, outtype="f16", force=True, model_name=model_name,
-                                   allow_pickle=allow_pickle)
-            summary = plan.summary() | {"recipe": recipe.name}
-            _show_plan(summary, json_out)
-            return
-        result = convert_and_quantize(ckpt, outdir, recipe, force=force, keep_intermediate=keep_intermediate,
-                                      model_name=model_name, allow_pickle=allow_pickle)
-        _show_result(result, json_out, quiet)
+    opts = resolve_convert_options(outtype=outtype, quant=quant, keep_intermediate=keep_intermediate)
+    if opts.recipe is not None:
+        from imp_gguf.quant import convert_and_quantize
+
+        log = (lambda m: None) if (json_out or quiet) else info
+        result = convert_and_quantize(ckpt, outdir, opts.recipe, force=force, keep_intermediate=keep_intermediate,
+                                      model_name=model_name, allow_pickle=allow_pickle, dry_run=dry_run,
+                                      chat_template=chat_template)
+        if not dry_run and result["mmproj_reused"]:
+            log(f"reused {result['mmproj']} (same checkpoint, same {opts.recipe.mmproj_encoding} mmproj)")
+        _show(result, json_out, quiet)
+        _refuse_if_blocked(result)
         return
-    plan = plan_conversion(ckpt, outdir, outtype=outtype, force=force or dry_run, model_name=model_name,
-                           allow_pickle=allow_pickle)
+    plan = plan_conversion(ckpt, outdir, outtype=opts.outtype, force=force or dry_run, model_name=model_name,
+                           allow_pickle=allow_pickle, metadata_only=dry_run, chat_template=chat_template)
     if dry_run:
-        _show_plan(plan.summary(), json_out)
+        result = dry_run_result(plan, force=force)
+        _show(result, json_out, quiet)
+        _refuse_if_blocked(result)
         return
     if not (json_out or quiet):
-        err_console.print(f"[bold]{plan.family.description}[/]: {plan.vh.image_size} px, "
-                          f"{plan.vh.n_patches} image tokens, {plan.vh.run_blocks} vision blocks")
+        info(f"{plan.family.description}: {plan.vh.image_size} px, {plan.vh.n_patches} image tokens, "
+             f"{plan.vh.run_blocks} vision blocks")
         for note in plan.notes:
-            err_console.print(f"  note: {note}", markup=False)
+            info(f"  note: {note}")
     total = plan.lm_bytes + plan.mmproj_bytes
     with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TimeRemainingColumn(),
                   console=err_console, disable=json_out or quiet, transient=True) as bar:
         task = bar.add_task("writing", total=total)
         result = run_conversion(plan, force=force, progress=lambda n: bar.advance(task, n))
-    _show_result(result, json_out, quiet)
+    _show(result, json_out, quiet)
 
 
-def _show_plan(summary: dict, json_out: bool) -> None:
-    if json_out:
-        print_json(summary | {"dry_run": True})
-        return
-    err_console.print(f"[dry-run] {summary['variant_description']}", markup=False)
-    for key in ("arch", "image_size", "image_tokens", "vision_blocks_run", "lm_tensors", "mmproj_tensors"):
-        err_console.print(f"  {key}: {summary[key]}", markup=False)
-    err_console.print(f"  would write {summary['model']} (~{summary['model_bytes_estimate'] / 1e6:.1f} MB)", markup=False)
-    err_console.print(f"  would write {summary['mmproj']} (~{summary['mmproj_bytes_estimate'] / 1e6:.1f} MB)", markup=False)
-    for note in summary["notes"]:
-        err_console.print(f"  note: {note}", markup=False)
-
-
-def _show_result(result: dict, json_out: bool, quiet: bool) -> None:
+def _show(result: dict, json_out: bool, quiet: bool) -> None:
+    """The result on stdout: JSON, the bare paths (--quiet), or one line per file; notes on stderr."""
     if json_out:
         print_json(result)
-    elif quiet:
-        print(result["model"])
-        print(result["mmproj"])
-    else:
-        for fb in result.get("fallbacks") or []:  # llama.cpp's shape fallbacks: shown, never silent
-            err_console.print(f"  note: {fb if isinstance(fb, str) else _fallback_text(fb)}", markup=False, soft_wrap=True)
-        err_console.print(f"wrote {result['model']}", markup=False)
-        err_console.print(f"wrote {result['mmproj']}", markup=False)
+        return
+    dry = result.get("dry_run", False)
+    if quiet:
+        for o in result["outputs"]:
+            echo(o["path"])
+        return
+    if dry:
+        info(f"dry run: {result['variant_description']}, {result['image_size']} px, {result['image_tokens']} "
+             f"image tokens, {result['lm_tensors']} + {result['mmproj_tensors']} tensors"
+             + (f", recipe {result['recipe']}" if "recipe" in result else ""))
+    for note in result.get("notes") or []:
+        info(f"  note: {note}")
+    for fb in result.get("fallbacks") or []:  # llama.cpp's shape fallbacks: shown, never silent
+        info(f"  note: {_fallback_text(fb)}")
+    verbs = {"write": "would write" if dry else "wrote", "overwrite": "would overwrite" if dry else "overwrote",
+             "reuse": "would reuse" if dry else "reused", "blocked": "blocked"}
+    for o in result["outputs"]:
+        size = f"{o['bytes'] / 1e6:.1f} MB" if o.get("bytes") is not None else "?"
+        echo(f"{verbs[o['action']]} {o['path']}  ({o['type']}, {'~' if dry else ''}{size})")
+    for why in result.get("blocked") or []:
+        echo(f"blocked: {why}")
+
+
+def _refuse_if_blocked(result: dict) -> None:
+    """A dry run that found what would stop the real run exits 2 as the real run would, after its plan."""
+    if result.get("blocked"):
+        from imp_gguf.errors import OutputExists
+
+        raise OutputExists(f"{result['blocked'][0]} (dry run)")
 
 
 def _fallback_text(fb: dict) -> str:

@@ -7,9 +7,10 @@ from pathlib import Path
 from typing import Callable, Optional
 
 import typer
+from rich.console import Console
 from rich.table import Table
 
-from imp_gguf.cli._common import err_console, info, print_json
+from imp_gguf.cli._common import echo, err_console, info, print_json
 from imp_gguf.errors import BadInput, OutputExists
 
 HELP = """Held-out accuracy of a tiny Imp (the bundled one by default) in PyTorch and, through llama.cpp,
@@ -56,7 +57,7 @@ def eval_cmd(
     n: int = typer.Option(200, "--questions", "-n", help="Held-out questions (balanced over the question kinds)."),
     seed: int = typer.Option(1, "--seed", help="Held-out stream (never used in training)."),
     pytorch: bool = typer.Option(True, "--pytorch/--no-pytorch",
-                                 help="Also answer in PyTorch (needs the \\[reference] extra: torch, transformers)."),
+                                 help="Also answer in PyTorch (needs the [reference] extra: torch, transformers)."),
     outdir: Optional[Path] = typer.Option(None, "--outdir", "-o", help="Keep the GGUFs here (default: a temporary folder)."),
     threads: int = typer.Option(1, "--threads", "-t", help="llama.cpp threads."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Write a PNG of accuracy by question kind."),
@@ -116,9 +117,9 @@ def _show(report: dict) -> None:
         same = report["agreement_with_pytorch"].get(rt)
         table.add_row(rt, f"{acc:.3f}", *[f"{report['by_kind'][rt][k]:.2f}" for k in kinds],
                       "-" if same is None else f"{same:.1%}", "-" if rt == "pytorch" else f"{size[rt] / 1e6:.2f}")
-    err_console.print(table)
+    Console(highlight=False).print(table)  # the result: stdout
     if report.get("plot"):
-        info(f"plot: {report['plot']}")
+        echo(f"plot: {report['plot']}")
 
 
 def register(app: typer.Typer) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import typer
 
-from imp_gguf.cli._common import every_tenth, info as _info, print_json, typer_factory
+from imp_gguf.cli._common import echo, every_tenth, info as _info, print_json, typer_factory
 
 
 def register(app: typer.Typer) -> None:
@@ -23,26 +23,27 @@ def register(app: typer.Typer) -> None:
         variant: str = typer.Argument(..., help="imp-v1-3b | Imp-v1.5-3B-196 | Imp-v1.5-3B-Phi2 | "
                                                 "Imp-v1.5-2B-Qwen1.5 | Imp-v1.5-4B-Phi3"),
         out: Path = typer.Argument(..., help="Folder to write."),
-        seed: int = typer.Option(0, "--seed"),
+        seed: int = typer.Option(0, "--seed", help="Random seed of the weights (same seed, same files)."),
         force: bool = typer.Option(False, "--force", help="Replace an existing OUT."),
     ) -> None:
         """A tiny checkpoint with the real names, nesting, configs and tokenizer files of a variant."""
-        from imp_gguf.errors import BadInput, OutputExists
+        from imp_gguf.errors import OutputExists
+        from imp_gguf.names import unknown
         from imp_gguf.reference.fixtures import VARIANTS, make_checkpoint
 
         if variant not in VARIANTS:
-            raise BadInput(f"unknown variant {variant!r}: choose one of {', '.join(VARIANTS)}")
+            raise unknown("variant", variant, VARIANTS)
         if out.exists() and not force:
             raise OutputExists(f"{out} exists: pass --force to replace it")
         path = make_checkpoint(variant, out, seed=seed, overwrite=True)
-        _info(f"wrote {path}")
+        echo(f"wrote {path}")
 
     @sub.command("full-size")
     def full_size_cmd(
         out: Path = typer.Argument(..., help="Folder to write (~6 GB for the 3B variants)."),
         variant: str = typer.Option("Imp-v1.5-3B-196", "--variant",
                                     help="Imp-v1.5-3B-196 (196 px) | imp-v1-3b (384 px, 729 image tokens)"),
-        seed: int = typer.Option(0, "--seed"),
+        seed: int = typer.Option(0, "--seed", help="Random seed of the weights (same seed, same files)."),
         force: bool = typer.Option(False, "--force", help="Replace an existing OUT."),
         json_out: bool = typer.Option(False, "--json", help="Print a summary as JSON on stdout."),
     ) -> None:
@@ -64,6 +65,6 @@ def register(app: typer.Typer) -> None:
         if json_out:
             print_json(summary)
         else:
-            _info(f"wrote {path} ({summary['n_params'] / 1e9:.2f} B parameters, bf16) in {summary['seconds']} s")
+            echo(f"wrote {path} ({summary['n_params'] / 1e9:.2f} B parameters, bf16) in {summary['seconds']} s")
 
     app.add_typer(sub, name="fixtures")

@@ -19,7 +19,7 @@ import traceback
 import typer
 
 from imp_gguf import __version__
-from imp_gguf.cli._common import STATE, err_console, typer_factory
+from imp_gguf.cli._common import STATE, err_console, hoist_verbose, typer_factory
 from imp_gguf.errors import ImpGgufError, ToolMissing
 
 # typer >= 0.26 vendors its own click (typer._click) and no longer depends on click, so click is not
@@ -125,8 +125,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(argv: list[str] | None) -> int:
-    args = list(sys.argv[1:] if argv is None else argv)
-    STATE["verbose"] = "--verbose" in args or "-v" in args[:1]
+    args = hoist_verbose(list(sys.argv[1:] if argv is None else argv), typer.main.get_command(app))
+    STATE["verbose"] = args[:1] == ["--verbose"]
     try:
         try:
             rv = app(args=args, prog_name="imp-gguf", standalone_mode=False)

@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from imp_gguf.cli._common import STATE, err_console, every_tenth, info, print_json, typer_factory
+from imp_gguf.cli._common import STATE, echo, err_console, every_tenth, info, print_json, typer_factory
 from imp_gguf.runtime import build as rt
 
 
@@ -35,7 +35,7 @@ def register(app: typer.Typer) -> None:
 
     @sub.command("build")
     def build_cmd(
-        target: str = typer.Option("host", "--target", "-t", help=TARGET_HELP),
+        target: str = typer.Option("host", "--target", help=TARGET_HELP),
         jobs: int = typer.Option(0, "--jobs", "-j", help="Parallel compile jobs (default: all cores)."),
         force: bool = typer.Option(False, "--force", help="Delete the cached build and rebuild from scratch."),
         json_out: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
@@ -67,11 +67,11 @@ def register(app: typer.Typer) -> None:
             print_json(result.to_json())
         else:
             how = "reused" if result.reused else f"built in {result.seconds / 60:.1f} min"
-            info(f"{target}: {how}: {result.bin_dir}")
+            echo(f"{target}: {how}: {result.bin_dir}")
 
     @sub.command("where")
     def where_cmd(
-        target: str = typer.Option("host", "--target", "-t", help=TARGET_HELP),
+        target: str = typer.Option("host", "--target", help=TARGET_HELP),
         json_out: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
     ) -> None:
         """Print the paths of the built tools (exit 2 if that target is not built yet)."""

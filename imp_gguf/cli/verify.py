@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from imp_gguf.cli._common import err_console, print_json
+from imp_gguf.cli._common import echo, print_json
 from imp_gguf.errors import ToolMissing
 
 
@@ -16,11 +16,17 @@ def verify_cmd(
     model: Path = typer.Argument(..., help="Language-model GGUF."),
     mmproj: Path = typer.Argument(..., help="mmproj GGUF."),
     image: Optional[Path] = typer.Option(None, "--image", help="Image to test with (default: a generated one)."),
-    threads: Optional[int] = typer.Option(None, "--threads", "-t"),
+    threads: Optional[int] = typer.Option(None, "--threads", "-t", help="CPU threads for llama.cpp (default: all cores)."),
     json_out: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
 ) -> None:
-    """Run MODEL+MMPROJ in llama.cpp and the checkpoint in PyTorch; report logits, image-embedding and
-    tokenizer parity. Exit 1 if parity fails. Needs: pip install 'imp-gguf[reference]'."""
+    """Run MODEL + MMPROJ in llama.cpp and the checkpoint in PyTorch; report logits, image-embedding and
+    tokenizer parity on stdout. Exit 1 if parity fails.
+
+    Needs the PyTorch side: pip install 'imp-gguf[reference]'.
+    """
+    from imp_gguf.pair import check_pair
+
+    check_pair(model, mmproj)
     try:
         from imp_gguf.reference.parity import verify
     except ImportError as exc:
@@ -30,8 +36,8 @@ def verify_cmd(
         print_json(report)
     else:
         for k, v in report.items():
-            err_console.print(f"{k:34s} {v}", markup=False)
-        err_console.print("parity OK" if report["ok"] else "parity FAILED", style="bold")
+            echo(f"{k:34s} {v}")
+        echo("parity OK" if report["ok"] else "parity FAILED")
     if not report["ok"]:
         raise typer.Exit(1)
 

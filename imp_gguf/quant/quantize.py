@@ -11,17 +11,21 @@ import ctypes
 import os
 import shutil
 import tempfile
+import time
+from collections import Counter
 from pathlib import Path
 from typing import Any, Callable
 
+from gguf import LlamaFileType
+
 from imp_gguf import __version__
-from imp_gguf.errors import BadInput, InternalError
+from imp_gguf.errors import BadInput, InternalError, OutputExists
 from imp_gguf.gguf_info import read_gguf_meta, summary, tensor_table
 from imp_gguf.naming import ModelIdentity
 from imp_gguf.native_log import quiet_native_stderr
 from imp_gguf.quant.recipes import QuantSpec, Recipe, ftype_id, ggml_type_id, load_recipe
-from imp_gguf.quant.rules import TypeChoice, expected_types, fallbacks
-from imp_gguf.writer import atomic_outputs, check_output
+from imp_gguf.quant.rules import TypeChoice, estimated_bytes, expected_types, fallbacks
+from imp_gguf.writer import atomic_outputs
 
 
 def quantize_file(src: Path, dst: Path, spec: QuantSpec, *, provenance: dict[str, str] | None = None,
@@ -123,7 +127,9 @@ def apply_recipe(recipe: Recipe | str | Path, f16_model: str | Path, f16_mmproj:
     """Quantize an F16 language model + mmproj by `recipe` into `outdir`, named with the recipe's encoding.
 
     keep_intermediate=False deletes the F16 inputs once both outputs are in place (a file that is
-    itself an output, as with the f16 recipe, is never deleted).
+    itself an output, as with the f16 recipe, is never deleted). Without force, an mmproj already in
+    `outdir` that this recipe would write identically (mmproj_reuse) is kept and reported, not an error:
+    recipes differ in the language model, most share the Q8_0 mmproj.
     """
     recipe = load_recipe(recipe)
     f16_model, f16_mmproj, out = Path(f16_model), Path(f16_mmproj), Path(outdir)
@@ -134,9 +140,12 @@ def apply_recipe(recipe: Recipe | str | Path, f16_model: str | Path, f16_mmproj:
     mm_out = out / ident.mmproj_filename(recipe.mmproj_encoding)
     provenance = {"imp_gguf.recipe": recipe.name, "imp_gguf.recipe_sha256": recipe.digest,
                   "imp_gguf.quantized_by": f"imp-gguf {__version__}"}
+    reused = not force and mmproj_reuse(mm_out, read_gguf_meta(f16_mmproj).get("imp_gguf.source_sha256"),
+                                        recipe.mmproj) == "reuse"
     jobs = [(src, dst, spec, exp) for src, dst, spec, exp in
             ((f16_model, lm_out, recipe.lm, plan["lm"]), (f16_mmproj, mm_out, recipe.mmproj, plan["mmproj"]))
-            if not (dst.exists() and dst.resolve() == src.resolve())]  # f16 recipe in place: nothing to do
+            if not (dst.exists() and dst.resolve() == src.resolve())  # f16 recipe in place: nothing to do
+            and not (reused and dst == mm_out)]
     with atomic_outputs([dst for _, dst, _, _ in jobs], force) as tmps:
         for (src, _, spec, exp), tmp in zip(jobs, tmps):
             _produce(src, tmp, spec, provenance)
@@ -160,35 +169,161 @@ def apply_recipe(recipe: Recipe | str | Path, f16_model: str | Path, f16_mmproj:
         "mmproj_tensor_types": mm_sum["tensor_types"],
         "fallbacks": fallback_rows("lm", plan["lm"]) + fallback_rows("mmproj", plan["mmproj"]),
         "overridden": [c.name for c in plan["lm"] if c.rule.startswith("override")],
+        "mmproj_reused": reused,
+    }
+
+
+def mmproj_reuse(path: Path, source_sha256: str | None, spec: QuantSpec) -> str:
+    """What to do about an mmproj file already at `path` that this run would write with `spec`:
+    "absent" (write it), "reuse" (the same file: same checkpoint by imp_gguf.source_sha256, same file
+    type, made the same way by this imp-gguf version) or "different" (another file under that name)."""
+    if not path.exists():
+        return "absent"
+    try:
+        meta = read_gguf_meta(path)
+    except BadInput:
+        return "different"
+    want_type = int(LlamaFileType.MOSTLY_F16) if spec.is_copy else ftype_id(spec.ftype)
+    same = (source_sha256 is not None and meta.get("imp_gguf.source_sha256") == source_sha256
+            and meta.get("general.file_type") == want_type
+            and meta.get("imp_gguf.version") == __version__
+            and meta.get("general.architecture") == "clip"
+            and ("imp_gguf.recipe" in meta) == (not spec.is_copy))  # quantizer output vs converter copy
+    return "reuse" if same else "different"
+
+
+def _estimate(choices: list[TypeChoice], tensors: list[dict[str, Any]]) -> tuple[int, int, dict[str, int]]:
+    """(bytes, parameters, type histogram) of a file whose tensors get `choices`."""
+    nbytes, n_params = estimated_bytes(choices, tensors)
+    return nbytes, n_params, dict(sorted(Counter(c.type for c in choices).items()))
+
+
+def _f16_tables(conv_plan: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """tensor_table-style rows (ggml order) of the F16 files a conversion plan would write."""
+    def rows(tensors: list[Any]) -> list[dict[str, Any]]:
+        return [{"name": t.dst, "type": t.gtype.name, "shape": list(reversed(t.shape))} for t in tensors]
+    return rows(conv_plan.lm_tensors), rows(conv_plan.mm_tensors)
+
+
+CONVERSION_KEYS_DROPPED = ("model", "mmproj", "model_bytes_estimate", "mmproj_bytes_estimate", "outtype",
+                           "model_bytes", "peak_rss_mb", "seconds", "outputs", "blocked")
+
+
+def plan_convert_and_quantize(conv_plan: Any, recipe: Recipe | str | Path, outdir: str | Path, *,
+                              force: bool = False, keep_intermediate: bool = False,
+                              source_sha256: str | None = None) -> dict[str, Any]:
+    """`convert --quant` before any work: the final files with their predicted types and sizes, and
+    what would block the run. The keys are those of convert_and_quantize's result (values estimated,
+    seconds None), so a dry run and a real run read the same."""
+    recipe = load_recipe(recipe)
+    out = Path(outdir)
+    ident = conv_plan.identity
+    lm_t, mm_t = _f16_tables(conv_plan)
+    lm_c = expected_types(recipe, lm_t, conv_plan.hp.n_layer, part="lm")
+    mm_c = expected_types(recipe, mm_t, 0, part="mmproj")
+    lm_bytes, lm_n, lm_types = _estimate(lm_c, lm_t)
+    mm_bytes, mm_n, mm_types = _estimate(mm_c, mm_t)
+    lm_out, mm_out = out / ident.lm_filename(recipe.encoding), out / ident.mmproj_filename(recipe.mmproj_encoding)
+    outputs = [{"role": "model", "path": str(lm_out), "type": recipe.encoding, "bytes": lm_bytes},
+               {"role": "mmproj", "path": str(mm_out), "type": recipe.mmproj_encoding, "bytes": mm_bytes}]
+    copy = recipe.lm.is_copy and recipe.mmproj.is_copy
+    if keep_intermediate and not copy:
+        outputs += [{"role": f"intermediate {role}", "path": str(out / p.name), "type": "F16", "bytes": b}
+                    for role, p, b in (("model", conv_plan.lm_path, conv_plan.lm_bytes),
+                                       ("mmproj", conv_plan.mmproj_path, conv_plan.mmproj_bytes))]
+    blocked = []
+    for o in outputs:
+        p = Path(o["path"])
+        o["exists"] = p.exists()
+        if not p.exists():
+            o["action"] = "write"
+        elif force:
+            o["action"] = "overwrite"
+        elif o["role"] == "mmproj" and mmproj_reuse(p, source_sha256, recipe.mmproj) == "reuse":
+            o["action"] = "reuse"
+        else:
+            o["action"] = "blocked"
+            blocked.append(f"{p} exists" + ("; it is another mmproj (other checkpoint, type or imp-gguf version)"
+                                            if o["role"] == "mmproj" else "") + "; pass --force to overwrite it")
+    if out.exists() and not out.is_dir():
+        blocked.insert(0, f"--outdir {out} is a file, not a folder")
+    conv = {k: v for k, v in conv_plan.summary().items() if k not in CONVERSION_KEYS_DROPPED}
+    return conv | {
+        "recipe": recipe.name,
+        "description": recipe.description,
+        "encoding": recipe.encoding,
+        "model": str(lm_out),
+        "mmproj": str(mm_out),
+        "lm_bytes": lm_bytes,
+        "mmproj_bytes": mm_bytes,
+        "bpw": round(8.0 * lm_bytes / lm_n, 4) if lm_n else 0.0,
+        "mmproj_bpw": round(8.0 * mm_bytes / mm_n, 4) if mm_n else 0.0,
+        "tensor_types": lm_types,
+        "mmproj_tensor_types": mm_types,
+        "fallbacks": fallback_rows("lm", lm_c) + fallback_rows("mmproj", mm_c),
+        "overridden": [c.name for c in lm_c if c.rule.startswith("override")],
+        "mmproj_reused": outputs[1]["action"] == "reuse",
+        "intermediate": ({"model": str(conv_plan.lm_path), "mmproj": str(conv_plan.mmproj_path)}
+                         if keep_intermediate and not copy else None),
+        "source_sha256": source_sha256,
+        "seconds": None,
+        "outputs": outputs,
+        "blocked": blocked,
     }
 
 
 def convert_and_quantize(source: str | Path, outdir: str | Path, recipe: Recipe | str | Path, *, force: bool = False,
                          keep_intermediate: bool = False, progress: Callable[[int], None] | None = None,
-                         model_name: str | None = None, allow_pickle: bool = False) -> dict[str, Any]:
+                         model_name: str | None = None, allow_pickle: bool = False,
+                         dry_run: bool = False, chat_template: str | None = None) -> dict[str, Any]:
     """Checkpoint -> F16 (in a temporary folder inside outdir unless keep_intermediate) -> recipe outputs.
 
-    Returns apply_recipe's result plus "conversion" (the converter's summary) and "intermediate"
-    (the kept F16 paths, or None).
+    Returns the final files only (plan_convert_and_quantize's keys, measured): the converter's summary,
+    the recipe's result, "intermediate" (the kept F16 paths, or None) and "outputs" (each final file with
+    its type, size and whether it was written, overwritten or reused). With dry_run, the same keys,
+    estimated, plus "dry_run": True, and nothing is written.
     """
-    from imp_gguf.convert import plan_conversion, run_conversion
+    from imp_gguf.convert import plan_conversion, run_conversion, source_sha256_or_none
 
+    t0 = time.perf_counter()
     recipe = load_recipe(recipe)
     out = Path(outdir)
-    out.mkdir(parents=True, exist_ok=True)
     direct = keep_intermediate or recipe.lm.is_copy and recipe.mmproj.is_copy  # F16 files written in outdir
+    if dry_run:
+        plan = plan_conversion(source, out, outtype="f16", force=True, model_name=model_name,
+                               allow_pickle=allow_pickle, metadata_only=True, chat_template=chat_template)
+        return plan_convert_and_quantize(plan, recipe, out, force=force, keep_intermediate=keep_intermediate,
+                                         source_sha256=source_sha256_or_none(plan)) | {"dry_run": True}
+    out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out, prefix=".imp-gguf-f16-") as tmp:
         work = out if direct else Path(tmp)
         plan = plan_conversion(source, work, outtype="f16", force=force, model_name=model_name,
-                               allow_pickle=allow_pickle)
-        # Refuse existing final outputs before the (long) conversion starts.
-        for p in (out / plan.identity.lm_filename(recipe.encoding), out / plan.identity.mmproj_filename(recipe.mmproj_encoding)):
-            if not (direct and p in (plan.lm_path, plan.mmproj_path)):
-                check_output(p, force)
-        conv = run_conversion(plan, force=force, progress=progress)
+                               allow_pickle=allow_pickle, chat_template=chat_template)
+        # Refuse existing final outputs before the (long) conversion starts; an identical mmproj is reused.
+        final = plan_convert_and_quantize(plan, recipe, out, force=force, keep_intermediate=False,
+                                          source_sha256=plan.ckpt.source_sha256())
+        for o in final["outputs"]:
+            if o["action"] == "blocked" and not (direct and Path(o["path"]) in (plan.lm_path, plan.mmproj_path)):
+                raise OutputExists(final["blocked"][0])
+        run_conversion(plan, force=force, progress=progress)
         result = apply_recipe(recipe, plan.lm_path, plan.mmproj_path, out, force=force,
                               keep_intermediate=direct, identity=plan.identity)
-    result["conversion"] = conv
-    result["intermediate"] = ({"model": str(plan.lm_path), "mmproj": str(plan.mmproj_path)}
-                              if keep_intermediate and not (recipe.lm.is_copy and recipe.mmproj.is_copy) else None)
-    return result
+    actions = {o["role"]: o["action"] for o in final["outputs"]}
+    outputs = [{"role": role, "path": result[role], "type": typ, "bytes": result[key], "exists": True,
+                "action": "reuse" if role == "mmproj" and result["mmproj_reused"] else
+                          "overwrite" if actions[role] == "overwrite" else "write"}
+               for role, typ, key in (("model", recipe.encoding, "lm_bytes"),
+                                      ("mmproj", recipe.mmproj_encoding, "mmproj_bytes"))]
+    kept = keep_intermediate and not (recipe.lm.is_copy and recipe.mmproj.is_copy)
+    if kept:
+        outputs += [{"role": f"intermediate {role}", "path": str(p), "type": "F16", "bytes": p.stat().st_size,
+                     "exists": True, "action": "write"} for role, p in (("model", plan.lm_path),
+                                                                      ("mmproj", plan.mmproj_path))]
+    conv = {k: v for k, v in final.items() if k not in result}
+    return conv | result | {
+        "intermediate": {"model": str(plan.lm_path), "mmproj": str(plan.mmproj_path)} if kept else None,
+        "seconds": round(time.perf_counter() - t0, 3),
+        "outputs": outputs,
+        "blocked": [],
+    }
+

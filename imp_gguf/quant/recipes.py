@@ -180,6 +180,9 @@ def parse_recipe(text: str, name: str, path: Path | None = None) -> Recipe:
     return Recipe(name, desc.strip(), encoding.upper(), spec, mm_spec, path, text)
 
 
+DEFAULT_RECIPE = "q4_k"  # the recommended one: llama.cpp's Q4_K_M, what most GGUF users expect
+
+
 def recipe_files() -> dict[str, Path]:
     return {p.stem: p for p in sorted(RECIPE_DIR.glob("*.toml"))}
 
@@ -189,14 +192,55 @@ def list_recipes() -> list[Recipe]:
     return [parse_recipe(p.read_text(encoding="utf-8"), name, p) for name, p in recipe_files().items()]
 
 
+def ftype_names() -> dict[str, str]:
+    """Every spelling llama-quantize accepts for the file types a recipe may use, lower-cased, mapped
+    to the canonical ftype: its names (Q4_K_M), its aliases (Q4_K) and its numeric ids (15)."""
+    names = {f.lower(): f for f in FTYPE_BASE}
+    names.update({a.lower(): f for a, f in FTYPE_ALIASES.items()})
+    names.update({str(ftype_id(f)): f for f in FTYPE_BASE})
+    return names
+
+
+def shipped_by_ftype() -> dict[str, str]:
+    """Canonical ftype -> the shipped recipe that writes exactly that llama.cpp file type."""
+    return {r.encoding: r.name for r in list_recipes() if r.encoding == r.lm.ftype}
+
+
+def accepted_names() -> dict[str, str]:
+    """Every name --quant accepts (any case) -> the recipe it loads: shipped recipe names, then
+    llama-quantize's names and aliases (a shipped recipe when one writes that file type, else that
+    ftype as llama.cpp's plain mixture with a Q8_0 mmproj)."""
+    shipped = shipped_by_ftype()
+    out = {name: name for name in recipe_files()}
+    for spelling, ftype in ftype_names().items():
+        if not spelling.isdigit():
+            out.setdefault(spelling, shipped.get(ftype, ftype.lower()))
+    return out
+
+
+def is_quant_name(spec: str) -> bool:
+    low = spec.strip().lower()
+    return low in recipe_files() or low in ftype_names()
+
+
+def _ftype_recipe(ftype: str) -> Recipe:
+    """llama.cpp's own mixture for a file type no shipped recipe writes (e.g. Q5_K_S, Q4_1)."""
+    mm = "F16" if not is_quantized(FTYPE_BASE[ftype]) else "Q8_0"
+    text = (f'description = "llama.cpp\'s {ftype} file type as llama-quantize writes it (no shipped recipe, '
+            f'no measured baseline)."\n[lm]\nftype = "{ftype}"\n[mmproj]\ntype = "{mm}"\n')
+    return parse_recipe(text, ftype.lower())
+
+
 def load_recipe(name_or_path: str | Path | Recipe) -> Recipe:
-    """A shipped recipe by name (`q4_k`), or a TOML file (`path/to/recipe.toml`)."""
+    """A recipe by name, any case: a shipped one (`q4_k`), llama-quantize's name or alias for a file
+    type (`Q4_K_M`, `Q4_K`, `15`), or a TOML file (`path/to/recipe.toml`)."""
     if isinstance(name_or_path, Recipe):
         return name_or_path
-    spec = str(name_or_path)
+    spec = str(name_or_path).strip()
     files = recipe_files()
-    if spec in files:
-        return parse_recipe(files[spec].read_text(encoding="utf-8"), spec, files[spec])
+    low = spec.lower()
+    if low in files:
+        return parse_recipe(files[low].read_text(encoding="utf-8"), low, files[low])
     path = Path(spec)
     if path.suffix == ".toml" or path.exists():
         if not path.is_file():
@@ -206,8 +250,15 @@ def load_recipe(name_or_path: str | Path | Recipe) -> Recipe:
         except (OSError, UnicodeDecodeError) as exc:
             raise BadInput(f"recipe file {path}: cannot read it ({exc})") from exc
         return parse_recipe(text, path.stem, path)
-    # llama.cpp's names work too (Q4_K_M -> q4_k) when exactly one shipped recipe writes that encoding.
-    by_encoding = [r for r in list_recipes() if r.encoding.lower() == spec.lower()]
+    ftype = ftype_names().get(low)
+    if ftype is not None:
+        shipped = shipped_by_ftype().get(ftype)
+        return load_recipe(shipped) if shipped else _ftype_recipe(ftype)
+    # llama.cpp-style tags of shipped recipes (Q4_K_M-IQ4_NL, Q4_0-PURE) work too.
+    by_encoding = [r for r in list_recipes() if r.encoding.lower() == low]
     if len(by_encoding) == 1:
         return by_encoding[0]
-    raise BadInput(f"unknown recipe {spec!r}; known: {', '.join(files)} (or a path to a .toml file)")
+    from imp_gguf.names import unknown
+
+    raise unknown("recipe", spec, [*files, *sorted(n for n in accepted_names() if n not in files)],
+                  also=", or a path to a .toml file")

@@ -8,7 +8,7 @@ from collections import Counter
 from typing import Any
 
 from imp_gguf.quant.recipes import Recipe
-from imp_gguf.quant.rules import expected_types, fallbacks
+from imp_gguf.quant.rules import estimated_bytes, expected_types, fallbacks
 
 # name: (n_embd, n_ff, n_layer, n_vocab, fused_qkv)  -- from the checkpoints' configs
 LANGUAGE_MODELS: dict[str, tuple[int, int, int, int, bool]] = {
@@ -58,3 +58,13 @@ def released_fallbacks(recipe: Recipe) -> dict[str, list[str]]:
     counts = Counter((_role(c.name), c.wanted, c.type) for c in mm)
     out["SigLIP mmproj (all variants)"] = [f"{role} x{n}: {a} -> {b}" for (role, a, b), n in counts.items()]
     return out
+
+
+
+def released_size(recipe: Recipe, model: str = "Phi-2 (imp-v1-3b, Imp-v1.5-3B-196, Imp-v1.5-3B-Phi2)") -> tuple[float, int]:
+    """(bits per weight, tensor bytes) of a released language model quantized by `recipe`, predicted by
+    llama.cpp's rules (shape fallbacks included): exact for the tensor data, no file needed."""
+    n_embd, n_ff, n_layer, n_vocab, fused = LANGUAGE_MODELS[model]
+    tensors = lm_tensors(n_embd, n_ff, n_layer, n_vocab, fused)
+    nbytes, n_params = estimated_bytes(expected_types(recipe, tensors, n_layer), tensors)
+    return 8.0 * nbytes / n_params, nbytes

@@ -10,9 +10,12 @@ quantizer's order (layer, then name), which is why the list is sorted the same w
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import asdict, dataclass
 from typing import Any, Iterable
+
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
 from imp_gguf.quant.recipes import QuantSpec, Recipe, block_size, is_quantized
 
@@ -195,3 +198,14 @@ def expected_types(recipe: Recipe | QuantSpec, tensors: list[dict[str, Any]], n_
 
 def fallbacks(choices: list[TypeChoice]) -> list[TypeChoice]:
     return [c for c in choices if c.fallback]
+
+
+def estimated_bytes(choices: list[TypeChoice], tensors: list[dict[str, Any]]) -> tuple[int, int]:
+    """(tensor bytes, parameters) of a file whose `tensors` (tensor_table rows) get `choices`: exact for
+    the tensor data, without writing anything."""
+    n_el = {t["name"]: math.prod(int(x) for x in t["shape"]) for t in tensors}
+    nbytes = 0
+    for c in choices:
+        block, size = GGML_QUANT_SIZES[GGMLQuantizationType[c.type]]
+        nbytes += n_el[c.name] // block * size
+    return nbytes, sum(n_el.values())

@@ -168,7 +168,9 @@ class BuildFailed(InternalError):
 
 def _check_target(target: str) -> None:
     if target not in TARGETS:
-        raise BadInput(f"unknown target {target!r}: choose one of {', '.join(TARGETS)}")
+        from imp_gguf.names import unknown
+
+        raise unknown("target", target, TARGETS)
     if target == "termux":
         raise BadInput("termux builds run on the phone: `imp-gguf runtime build --target termux` prints the steps")
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from imp_gguf.errors import BadInput, OutputExists
+from imp_gguf.pair import check_pair
 from imp_gguf.pins import LLAMA_CPP_COMMIT, LLAMA_CPP_PYTHON_VERSION
 from imp_gguf.runtime.build import where
 from imp_gguf.runtime.source import file_sha256
@@ -85,15 +86,6 @@ def run_script(model_name: str, mmproj_name: str, target: str = "linux-arm64") -
     )
 
 
-def _check_gguf(path: Path, what: str) -> Path:
-    if not path.is_file():
-        raise BadInput(f"{what} {path} does not exist")
-    with open(path, "rb") as fh:
-        if fh.read(4) != b"GGUF":
-            raise BadInput(f"{what} {path} is not a GGUF file")
-    return path
-
-
 def tarball_path(out: Path) -> Path:
     return out.with_name(out.name + ".tar.gz")
 
@@ -111,7 +103,8 @@ def make_bundle(
 ) -> BundleResult:
     """Write OUT/ and OUT.tar.gz. `binaries` defaults to the finished build for `target`."""
     out = Path(out)
-    model, mmproj = _check_gguf(Path(model), "model"), _check_gguf(Path(mmproj), "mmproj")
+    model, mmproj = Path(model), Path(mmproj)
+    check_pair(model, mmproj)  # a swapped or mismatched pair would only fail on the phone
     if model.name == mmproj.name:
         raise BadInput(f"model and mmproj have the same file name {model.name}: rename one")
     tar_out = tarball_path(out)

@@ -31,8 +31,11 @@ def mtmd_cli_argv(binary: Path, model: Path, mmproj: Path, image: Path, prompt: 
 
 
 def run_mtmd_cli(binary: Path, model: Path, mmproj: Path, image: Path, prompt: str, *, max_tokens: int = 64,
-                 threads: int = 2, runner: Runner | None = None, on_text: Callable[[str], None] | None = None) -> str:
-    """Greedy answer from llama-mtmd-cli (its chat template wraps the prompt, as for the Python backend)."""
+                 threads: int = 2, runner: Runner | None = None, on_text: Callable[[str], None] | None = None,
+                 timings: dict | None = None) -> str:
+    """Greedy answer from llama-mtmd-cli (its chat template wraps the prompt, as for the Python backend).
+
+    `timings`, if given, is filled with the tool's own figures (runtime.timings keys)."""
     runner = runner or LocalRunner()
     with tempfile.TemporaryDirectory() as td:
         img = prepare_image(image, mmproj, Path(td))
@@ -42,6 +45,10 @@ def run_mtmd_cli(binary: Path, model: Path, mmproj: Path, image: Path, prompt: s
         tail = (proc.stderr or "").strip().splitlines()[-1:] or ["no output"]
         raise InternalError(f"llama-mtmd-cli exited {proc.returncode}: {tail[0]}")
     text = proc.stdout.strip()
+    if timings is not None:
+        from imp_gguf.runtime.timings import from_mtmd_log
+
+        timings.update(from_mtmd_log(proc.stdout, proc.stderr or ""))
     if on_text:
         on_text(text)
     return text

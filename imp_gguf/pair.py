@@ -1,0 +1,60 @@
+"""A language model and an mmproj that belong together, checked from their headers before any work.
+
+Every command that takes both files (run, bench, bundle, verify) calls check_pair first: a swapped
+pair, two language models, a projector for another width or files from two different checkpoints are
+refused with one line, instead of a 30 MB bundle that fails on the phone ("CLIP cannot be used as
+main model") or a crash deep inside llama.cpp.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from imp_gguf.errors import BadInput
+from imp_gguf.gguf_info import check_gguf
+
+
+@dataclass(frozen=True)
+class Pair:
+    model: Path
+    mmproj: Path
+    arch: str
+    n_embd: int
+    image_size: int
+
+
+def check_pair(model: str | Path, mmproj: str | Path) -> Pair:
+    """Both files are GGUFs (header walked, so damage is caught too), MODEL is a language model,
+    MMPROJ is an mmproj whose projector output width is the model's width, and, when both carry
+    imp-gguf provenance, they were converted from the same checkpoint."""
+    model, mmproj = Path(model), Path(mmproj)
+    lm, mm = _header(model, "--model"), _header(mmproj, "--mmproj")
+    lm_arch, mm_arch = lm.get("general.architecture"), mm.get("general.architecture")
+    if lm_arch == "clip" and mm_arch != "clip":
+        raise BadInput(f"--model and --mmproj are swapped: {model.name} is the mmproj (arch clip) and "
+                       f"{mmproj.name} the language model (arch {mm_arch})")
+    if lm_arch == "clip":
+        raise BadInput(f"--model {model.name} is an mmproj (arch clip), not a language model")
+    if mm_arch != "clip":
+        raise BadInput(f"--mmproj {mmproj.name} is not an mmproj: its arch is {mm_arch}, not clip "
+                       "(a language model given twice?)")
+    n_embd = lm.get(f"{lm_arch}.embedding_length")
+    width = mm.get("clip.vision.projection_dim")
+    if isinstance(n_embd, int) and isinstance(width, int) and n_embd != width:
+        raise BadInput(f"{mmproj.name} projects to width {width} but {model.name} is {n_embd} wide: "
+                       "they are from different models")
+    a, b = lm.get("imp_gguf.source_sha256"), mm.get("imp_gguf.source_sha256")
+    if a and b and a != b:
+        raise BadInput(f"{model.name} and {mmproj.name} were converted from different checkpoints "
+                       f"(imp_gguf.source_sha256 {a[:12]} vs {b[:12]})")
+    return Pair(model, mmproj, str(lm_arch), int(n_embd or 0), int(mm.get("clip.vision.image_size") or 0))
+
+
+def _header(path: Path, flag: str) -> dict[str, Any]:
+    if not path.exists():
+        raise BadInput(f"{flag} {path} does not exist")
+    if path.is_dir():
+        raise BadInput(f"{flag} {path} is a folder, not a GGUF file")
+    return check_gguf(path)

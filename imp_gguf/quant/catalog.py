@@ -1,0 +1,107 @@
+"""What `imp-gguf recipes list` shows to help choose: each recipe's bits per weight and size on the
+released 3B language model (predicted exactly by llama.cpp's rules), its measured size, KL divergence,
+accuracy and speed on the bundled tiny Imp (from the shipped baseline, where measured), the recommended
+default, and every name --quant accepts."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from imp_gguf.quant.recipes import DEFAULT_RECIPE, accepted_names, ftype_names, list_recipes
+from imp_gguf.quant.released import released_size
+
+BENCH = Path(__file__).resolve().parents[2] / "bench"
+BASELINE = BENCH / "baselines" / "recipes-tiny-imp.json"
+SPEED = BENCH / "results" / "fullsize-196.json"  # imp-gguf bench on the full-size 3B (196 px), this repo's VM
+MEASURED = ("lm_bytes", "kl_mean", "accuracy")
+
+
+def _read(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None  # an installed wheel has no bench/ folder: no measured columns
+
+
+def _speeds(path: Path) -> dict[str, float]:
+    """file-name encoding (Q4_K_M) -> decode tok/s of the full-size 3B in the shipped bench results."""
+    rows = _read(path)
+    out = {}
+    for row in rows if isinstance(rows, list) else []:
+        name, tps = str(row.get("model_filename", "")), row.get("decode_tps")
+        if name.endswith(".gguf") and isinstance(tps, (int, float)):
+            out[name[:-5].rsplit("-", 1)[-1]] = float(tps)
+    return out
+
+
+def catalog(baseline: Path | None = None, speed: Path | None = None) -> list[dict[str, Any]]:
+    """One row per shipped recipe; "tiny_imp" holds the baseline's measurements and "decode_tps_3b" the
+    full-size bench's (None where not measured)."""
+    measured = ((_read(baseline or BASELINE) or {}).get("recipes") or {})
+    speeds = _speeds(speed or SPEED)
+    rows = []
+    for r in list_recipes():
+        bpw, nbytes = released_size(r)
+        base = measured.get(r.name, {})
+        rows.append({"name": r.name, "default": r.name == DEFAULT_RECIPE, "ftype": r.lm.ftype,
+                     "encoding": r.encoding, "mmproj": r.mmproj.ftype, "pure": r.lm.pure,
+                     "overrides": {p: t for p, t in r.lm.overrides}, "output": r.lm.output,
+                     "token_embd": r.lm.token_embd, "description": r.description,
+                     "bpw_3b": round(bpw, 2), "lm_bytes_3b": nbytes, "decode_tps_3b": speeds.get(r.encoding),
+                     "tiny_imp": {k: base.get(k) for k in MEASURED}})
+    return rows
+
+
+def aliases() -> dict[str, list[str]]:
+    """recipe (or llama.cpp file type without a shipped recipe) -> llama-quantize's names and aliases
+    that --quant accepts for it."""
+    out: dict[str, list[str]] = defaultdict(list)
+    accepted = accepted_names()
+    for spelling in ftype_names():
+        if not spelling.isdigit():
+            out[accepted[spelling]].append(spelling.upper())
+    return dict(out)
+
+
+def _fmt(x: Any, width: int, prec: int, scale: float = 1.0) -> str:
+    return f"{'-':>{width}}" if x is None else f"{x * scale:>{width}.{prec}f}"
+
+
+def render(rows: list[dict[str, Any]], width: int = 80) -> list[str]:
+    """The table as plain lines no longer than `width`: one line of figures per recipe, its trade-off
+    wrapped under it, then what the columns mean and which names are accepted."""
+    head = f"  {'recipe':<11} {'LM':<7} {'mmproj':<6} {'bpw':>5} {'3B GB':>6} {'tok/s':>5}  {'tiny MB':>7} " \
+           f"{'KL':>7} {'acc':>5}"
+    lines = [head]
+    wrap = textwrap.TextWrapper(width=width, initial_indent=" " * 4, subsequent_indent=" " * 4,
+                                break_long_words=False, break_on_hyphens=False)
+    for r in rows:
+        t = r["tiny_imp"]
+        lines.append(f"{'*' if r['default'] else ' '} {r['name']:<11} {r['ftype']:<7} {r['mmproj']:<6} "
+                     f"{r['bpw_3b']:>5.2f} {r['lm_bytes_3b'] / 1e9:>6.2f} {_fmt(r['decode_tps_3b'], 5, 1)}  "
+                     f"{_fmt(t['lm_bytes'], 7, 2, 1e-6)} {_fmt(t['kl_mean'], 7, 4)} {_fmt(t['accuracy'], 5, 3)}")
+        lines += wrap.wrap(r["description"])
+    default = next((r["name"] for r in rows if r["default"]), DEFAULT_RECIPE)
+    notes = [
+        f"* recommended ({default}).",
+        "bpw, 3B GB: the Phi-2 language model of Imp-v1.5-3B-196 (and imp-v1-3b) under the recipe, predicted "
+        "by llama.cpp's rules (shape fallbacks included); tok/s: its decode speed measured by imp-gguf bench "
+        "on a 2-core x86_64 VM (bench/results/fullsize-196.json).",
+        "tiny MB, KL (mean KL divergence from F16, nats), acc (held-out accuracy): measured on the bundled "
+        "tiny Imp (bench/baselines/recipes-tiny-imp.json). -: not measured.",
+    ]
+    al = aliases()
+    names = "; ".join(f"{' or '.join(sorted(al[r['name']], reverse=True))} = {r['name']}"
+                      for r in rows if al.get(r["name"]))
+    extra = sorted(k.upper() for k in al if k not in {r["name"] for r in rows})
+    notes.append(f"--quant takes any case, and llama-quantize's names: {names}"
+                 + (f"; {', '.join(extra)} give llama.cpp's own mixture for that file type (no shipped "
+                    "recipe)." if extra else "."))
+    lines.append("")
+    for n in notes:
+        lines += textwrap.wrap(n, width=width, break_long_words=False, break_on_hyphens=False)
+    return lines
