@@ -40,6 +40,8 @@ def run_mtmd_cli(binary: Path, model: Path, mmproj: Path, image: Path, prompt: s
     with tempfile.TemporaryDirectory() as td:
         img = prepare_image(image, mmproj, Path(td))
         argv = mtmd_cli_argv(binary, model, mmproj, img, prompt, max_tokens=max_tokens, threads=threads)
+        if timings is not None:
+            argv += ["-lv", "4"]  # its timing lines (stderr) are printed from this log level on
         proc = runner.run(argv, timeout=1800)
     if proc.returncode != 0:
         tail = (proc.stderr or "").strip().splitlines()[-1:] or ["no output"]
