@@ -52,8 +52,10 @@ IMP_QWEN2 = (
     "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}{%- endif -%}"
 )
 
-# conv_phi3 (imp@8f1784c): "<s><|system|>\nS<|end|>\n<|user|>\nq<|end|>\n<|assistant|>\n".
+# conv_phi3 (imp@8f1784c "fix imp-4b bug", 2024-08-14): "<s><|system|>\nS<|end|>\n<|user|>\nq<|end|>\n<|assistant|>\n".
 # BOS comes from tokenizer.ggml.add_bos_token, not from the template (no double <s>).
+# The default for the 4B: the maintainers' current code, whose fix names the 4B. The weights (May 2024)
+# predate it; `--chat-template imp_phi3_nosys` gives the form the code had then.
 IMP_PHI3 = (
     "{%- if messages[0]['role'] != 'system' -%}"
     "{{- '<|system|>\\n' + " + _SYS + " + '<|end|>\\n' -}}{%- endif -%}"
@@ -63,7 +65,43 @@ IMP_PHI3 = (
     "{%- if add_generation_prompt -%}{{- '<|assistant|>\\n' -}}{%- endif -%}"
 )
 
-TEMPLATES = {"imp_phi2": IMP_PHI2, "imp_qwen2": IMP_QWEN2, "imp_phi3": IMP_PHI3}
+# conv_phi3 before 8f1784c: no system turn, "<s><|user|>\nq<|end|>\n<|assistant|>\n" (a system message given
+# by the caller is still honoured).
+IMP_PHI3_NOSYS = (
+    "{%- for m in messages -%}" + _content("m") +
+    "{{- '<|' + m['role'] + '|>\\n' + c + '<|end|>\\n' -}}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{- '<|assistant|>\\n' -}}{%- endif -%}"
+)
+
+TEMPLATES = {"imp_phi2": IMP_PHI2, "imp_qwen2": IMP_QWEN2, "imp_phi3": IMP_PHI3, "imp_phi3_nosys": IMP_PHI3_NOSYS}
+# The templates each language model may be given (the first is its default).
+FAMILY_TEMPLATES = {"imp_phi2": ("imp_phi2",), "imp_qwen2": ("imp_qwen2",), "imp_phi3": ("imp_phi3", "imp_phi3_nosys")}
+
+
+def resolve_template(choice: str | None, default: str) -> tuple[str, str]:
+    """(name, Jinja text) for --chat-template: None (the family's default), a template name, or a .jinja file."""
+    from pathlib import Path
+
+    from imp_gguf.errors import BadInput
+
+    if choice is None:
+        return default, TEMPLATES[default]
+    if choice in TEMPLATES:
+        if choice not in FAMILY_TEMPLATES.get(default, (default,)):
+            raise BadInput(f"--chat-template {choice} is not a template of this model (choose "
+                           f"{' or '.join(FAMILY_TEMPLATES.get(default, (default,)))}, or a .jinja file)")
+        return choice, TEMPLATES[choice]
+    path = Path(choice)
+    if not path.is_file():
+        raise BadInput(f"--chat-template {choice!r}: neither a template name ({', '.join(TEMPLATES)}) nor a file")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BadInput(f"--chat-template {choice}: cannot read it as UTF-8 text") from exc
+    if not text.strip():
+        raise BadInput(f"--chat-template {choice} is empty")
+    return path.name, text
 
 
 def render(template: str, messages: list[dict], add_generation_prompt: bool = True) -> str:

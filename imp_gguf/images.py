@@ -1,7 +1,10 @@
-"""Images prepared the way Imp was trained: RGB, squash-resized (bicubic) to the encoder's size.
+"""Images prepared the way Imp was trained: RGB, padded to a centred grey square when the checkpoint
+says `image_aspect_ratio: "pad"` (mm_utils.expand2square), then squash-resized (bicubic) to the
+encoder's size (ImpImageProcessor).
 
-clip.cpp would otherwise letterbox with a grey pad; handing it an image already at its target size
-makes it copy pixels unchanged, so llama.cpp sees exactly what the PyTorch model sees.
+clip.cpp would otherwise letterbox with its own colour (122, 116, 104), which matches neither; handing
+it an image already at its target size makes it copy pixels unchanged, so llama.cpp sees exactly
+what the PyTorch model sees. The mmproj records size and aspect (see `mmproj_image_spec`).
 """
 
 from __future__ import annotations
@@ -16,14 +19,40 @@ from PIL import Image, ImageSequence, UnidentifiedImageError
 from imp_gguf.errors import BadInput
 
 MAX_PIXELS = 64_000_000  # ~8k x 8k; larger is treated as a decompression bomb
+ASPECTS = ("square", "pad")
+PAD_COLOR = (127, 127, 127)  # expand2square's int(0.5 * 255): SigLIP's mean on every channel
+ASPECT_KEY = "imp_gguf.image_aspect_ratio"  # written by the converter into the mmproj
 
 # Pillow logs some damaged-file errors before raising; without a handler Python would print them on
 # stderr next to our own one-line error. Applications that configure logging still receive them.
 logging.getLogger("PIL").addHandler(logging.NullHandler())
 
 
-def load_image(path: str | Path, size: int) -> Image.Image:
-    """Open any PNG/JPEG/WebP/... of any mode and return an RGB image of size x size."""
+def mmproj_image_spec(meta: dict, name: str = "mmproj") -> tuple[int, str]:
+    """(image size, aspect) an mmproj's metadata asks for; mmprojs from before the aspect key squash."""
+    size = int(meta.get("clip.vision.image_size") or 0)
+    if size <= 0:
+        raise BadInput(f"{name} has no clip.vision.image_size: is it an mmproj?")
+    aspect = str(meta.get(ASPECT_KEY) or "square")
+    if aspect not in ASPECTS:
+        raise BadInput(f"{name}: {ASPECT_KEY} is {aspect!r}, expected one of {', '.join(ASPECTS)}")
+    return size, aspect
+
+
+def expand_to_square(img: Image.Image, color: tuple[int, int, int] = PAD_COLOR) -> Image.Image:
+    """Imp's expand2square: the image centred on a square of `color` (offset rounded down)."""
+    w, h = img.size
+    if w == h:
+        return img
+    side = max(w, h)
+    out = Image.new(img.mode, (side, side), color)
+    out.paste(img, ((side - w) // 2, (side - h) // 2))
+    return out
+
+
+def load_image(path: str | Path, size: int, aspect: str = "square") -> Image.Image:
+    """Open any PNG/JPEG/WebP/... of any mode and return an RGB image of size x size, padded to a
+    square first when aspect is "pad"."""
     path = Path(path)
     if not path.exists():
         raise BadInput(f"image {path} does not exist")
@@ -54,6 +83,10 @@ def load_image(path: str | Path, size: int) -> Image.Image:
         Image.MAX_IMAGE_PIXELS = old
     if rgb.width == 0 or rgb.height == 0:
         raise BadInput(f"image {path.name} has no pixels")
+    if aspect == "pad":
+        rgb = expand_to_square(rgb)
+    elif aspect != "square":
+        raise ValueError(f"aspect must be one of {ASPECTS}, not {aspect!r}")
     return rgb if rgb.size == (size, size) else rgb.resize((size, size), Image.BICUBIC)
 
 

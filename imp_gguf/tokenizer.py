@@ -59,7 +59,8 @@ def _looks_special(text: str) -> bool:
     return (text.startswith("<|") and text.endswith("|>")) or text in ("<s>", "</s>", "<unk>", "<pad>")
 
 
-def load_vocab(ckpt: Checkpoint, family: Any, n_rows: int) -> Vocab:
+def load_vocab(ckpt: Checkpoint, family: Any, n_rows: int, chat_template: str | None = None) -> Vocab:
+    """The GGUF vocabulary; chat_template: Jinja text replacing the family's default template."""
     if family.tokenizer_kind == "gpt2":
         vocab = _bpe_vocab(ckpt, n_rows)
     elif family.tokenizer_kind == "llama":
@@ -68,7 +69,7 @@ def load_vocab(ckpt: Checkpoint, family: Any, n_rows: int) -> Vocab:
         raise ValueError(family.tokenizer_kind)
     vocab.pre = family.tokenizer_pre
     vocab.add_bos = family.add_bos
-    vocab.chat_template = TEMPLATES[family.chat_template]
+    vocab.chat_template = chat_template or TEMPLATES[family.chat_template]
     _set_special_ids(ckpt, vocab, family)
     return vocab
 

@@ -12,7 +12,7 @@ import pytest
 from tests.plugins.checkpoints import VARIANT_NAMES
 
 EXPECT = {  # variant -> (arch, image size, image tokens, LM tensor count for 2 layers)
-    "imp-v1-3b": ("phi2", 112, 64, 3 + 2 * 10 + 2),
+    "imp-v1-3b": ("phi2", 50, 9, 3 + 2 * 14 + 2),  # transformers-Phi layout, 50 px: a 3 x 3 grid
     "Imp-v1.5-3B-196": ("phi2", 56, 16, 25),
     "Imp-v1.5-3B-Phi2": ("phi2", 112, 64, 3 + 2 * 14 + 2),
     "Imp-v1.5-2B-Qwen1.5": ("qwen2", 112, 64, 3 + 2 * 12),
@@ -116,3 +116,41 @@ def test_conversion_streams_tensors(tmp_path):
     grown = (peak_kb - base_kb) * 1024
     assert grown < 0.25 * f32_bytes, f"conversion grew RSS by {grown / 1e6:.0f} MB for a {f32_bytes / 1e6:.0f} MB model"
     assert grown < 8 * largest + 64e6
+
+
+def test_inspect_and_dry_run_name_the_defaults(converted, tiny_checkpoints, tmp_path, capsys):
+    """What config.json left out is said, with the class it comes from, before and after converting."""
+    from imp_gguf.cli.main import main
+
+    r = converted("Imp-v1.5-3B-196", "f16")
+    assert main(["inspect", r["model"]]) == 0
+    out = capsys.readouterr().out
+    line = next(ln for ln in out.splitlines() if "imp_gguf.config_defaults" in ln)
+    assert "Imp's ImpConfig (Phi-2 values): rotary_dim=32, n_ctx=2048" in line
+    assert main(["convert", str(tiny_checkpoints["Imp-v1.5-3B-196"]), "-o", str(tmp_path), "--dry-run", "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["defaults"]["rotary_dim"] == {"value": 32, "from": "Imp's ImpConfig (Phi-2 values)"}
+    assert "n_head" not in plan["defaults"]  # the tiny config keeps it: ImpConfig's 32 heads cannot fit
+
+
+def test_phi3_chat_template_choice(tiny_checkpoints, tmp_path, capsys):
+    """Both forms Imp's code has had for the 4B; the system-turn one is the default."""
+    from imp_gguf.chat_templates import IMP_PHI3, IMP_PHI3_NOSYS, imp_prompt
+    from imp_gguf.cli.main import main
+    from imp_gguf.gguf_info import read_gguf_meta
+
+    ck = str(tiny_checkpoints["Imp-v1.5-4B-Phi3"])
+    assert main(["convert", ck, "-o", str(tmp_path / "a"), "-q"]) == 0
+    assert main(["convert", ck, "-o", str(tmp_path / "b"), "-q", "--chat-template", "imp_phi3_nosys"]) == 0
+    a = read_gguf_meta(next((tmp_path / "a").glob("Imp*.gguf")))["tokenizer.chat_template"]
+    b = read_gguf_meta(next((tmp_path / "b").glob("Imp*.gguf")))["tokenizer.chat_template"]
+    assert (a, b) == (IMP_PHI3, IMP_PHI3_NOSYS)
+    assert imp_prompt(b, "q") == "<|user|>\n<__media__>\nq<|end|>\n<|assistant|>\n"
+    assert imp_prompt(a, "q").startswith("<|system|>\nA chat between")
+    capsys.readouterr()
+    assert main(["convert", ck, "-o", str(tmp_path / "c"), "--chat-template", "imp_phi2"]) == 2
+    assert "not a template of this model" in capsys.readouterr().err
+    custom = tmp_path / "t.jinja"
+    custom.write_text("{{ messages[0]['content'] }}")
+    assert main(["convert", ck, "-o", str(tmp_path / "d"), "-q", "--chat-template", str(custom)]) == 0
+    assert read_gguf_meta(next((tmp_path / "d").glob("Imp*.gguf")))["tokenizer.chat_template"] == custom.read_text()

@@ -170,8 +170,30 @@ def test_nested_vision_config_value_of_wrong_type(capsys, ckpt, tmp_path):
 
 
 def test_config_layer_count_disagrees_with_tensors(capsys, ckpt, tmp_path):
-    edit_json(ckpt / "config.json", lambda c: c | {"n_layer": c["n_layer"] + 1})
-    assert_refused(capsys, ckpt, tmp_path, "missing tensor", "transformer.h.2.")
+    edit_json(ckpt / "config.json", lambda c: c | {"n_layer": 3})  # the fixture stores 2 blocks
+    assert_refused(capsys, ckpt, tmp_path, "n_layer is 3 but the weights have 2 blocks")
+
+
+@pytest.mark.parametrize("key, value, needle", [
+    ("n_embd", 512, "n_embd is 512 but the weights have 256 as embedding width"),
+    ("n_inner", 2048, "n_inner is 2048 but the weights have 1024 as FFN width"),
+    ("vocab_size", 51200, "vocab_size is 51200 but the weights have"),
+    ("n_head", 3, "256 is not a multiple of 3"),
+    ("rotary_dim", 128, "128 rotary dimensions do not fit heads of 64"),
+])
+def test_config_contradicts_weights(capsys, ckpt, tmp_path, key, value, needle):
+    """Sizes come from the weights; a config that names another value is a contradiction, not a default."""
+    edit_json(ckpt / "config.json", lambda c: c | {key: value})
+    assert_refused(capsys, ckpt, tmp_path, needle)
+
+
+def test_vision_image_size_contradicts_position_embeddings(capsys, ckpt, tmp_path):
+    def edit(c):
+        c["vision_tower_config"]["image_size"] = 84  # 6 x 6 patches; the weights hold 4 x 4
+        return c
+
+    edit_json(ckpt / "config.json", edit)
+    assert_refused(capsys, ckpt, tmp_path, "image_size 84 makes a 6x6 grid", "16 position embeddings (4x4)")
 
 
 # ---------------------------------------------------------------- tensors

@@ -133,3 +133,38 @@ def test_lower_precision_within_documented_bounds(variant, outtype, bound, conve
     feats = ref.image_features(test_image)
     cos = (emb * feats).sum(-1) / (np.linalg.norm(emb, axis=-1) * np.linalg.norm(feats, axis=-1))
     assert cos.min() >= (0.99 if outtype == "q8_0" else 0.995)
+
+
+def test_pad_is_what_llama_cpp_is_fed(converted, reference, test_image):
+    """The 4B pads a non-square image to a grey square before squashing; squashing alone gives other
+    embeddings. llama.cpp (through imp-gguf's image preparation) must match the padded reference."""
+    import torch
+
+    ref, _ = reference("Imp-v1.5-4B-Phi3")
+    assert ref.config["image_aspect_ratio"] == "pad"
+    with _session(converted("Imp-v1.5-4B-Phi3", "f32")) as s:
+        got = s.image_embeddings(test_image)
+    padded = ref.image_features(test_image)
+    squashed_cfg = dict(ref.config, image_aspect_ratio="square")
+    from imp_gguf.reference.preprocess import imp_pixel_values
+
+    px = torch.from_numpy(imp_pixel_values(test_image, squashed_cfg))[None]
+    squashed = ref.projector(ref.vision(pixel_values=px, output_hidden_states=True).hidden_states[-1][0]).numpy()
+
+    def cos(a, b):
+        return (a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1))
+
+    assert cos(got, padded).min() >= 0.999
+    assert cos(got, squashed).min() < 0.99, "the test image does not tell padding from squashing"
+
+
+def test_image_size_not_a_multiple_of_the_patch(converted, reference, test_image):
+    """imp-v1-3b's tiny twin: 50 px with 14-px patches is a 3 x 3 grid that never reads the last 8 px,
+    as 384 px never reads 6. The mmproj says 50, and the reference resizes to 50, not 42."""
+    from imp_gguf.gguf_info import read_gguf_meta
+
+    ref, _ = reference("imp-v1-3b")
+    assert tuple(ref.pixel_values(test_image).shape) == (1, 3, 50, 50)  # Imp's preprocessing, not the converter's
+    mm = read_gguf_meta(converted("imp-v1-3b", "f32")["mmproj"])
+    assert (mm["clip.vision.image_size"], mm["clip.vision.patch_size"]) == (50, 14)
+    assert ref.vision.config.image_size == 50 and ref.vh.n_patches == 9

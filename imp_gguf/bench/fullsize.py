@@ -109,7 +109,8 @@ def to_bf16(x: np.ndarray) -> np.ndarray:
     return ((u + np.uint32(0x7FFF) + ((u >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16)).astype(np.uint16)
 
 
-def _chunks(rng: np.random.Generator, shape: tuple[int, ...], kind: str) -> Iterator[np.ndarray]:
+def _chunks(rng: np.random.Generator, shape: tuple[int, ...], kind: str, dtype: str = "BF16") -> Iterator[np.ndarray]:
+    """Seeded noise for one tensor, in bounded chunks, as BF16 bits or F16."""
     n = math.prod(shape)
     if kind == "w":
         fan_in = math.prod(shape[1:]) if len(shape) > 1 else 1
@@ -125,7 +126,7 @@ def _chunks(rng: np.random.Generator, shape: tuple[int, ...], kind: str) -> Iter
         x *= np.float32(scale)
         if offset:
             x += np.float32(offset)
-        yield to_bf16(x)
+        yield to_bf16(x) if dtype == "BF16" else x.astype(np.float16)
         done += m
 
 
@@ -142,12 +143,12 @@ def _shards(table: list[tuple[str, tuple[int, ...], str]], max_bytes: int) -> li
     return shards
 
 
-def _header(rows: list[tuple[str, tuple[int, ...], str]]) -> bytes:
+def _header(rows: list[tuple[str, tuple[int, ...], str]], dtype: str = "BF16") -> bytes:
     meta: dict = {"__metadata__": {"format": "pt"}}
     off = 0
     for name, shape, _ in rows:
         nb = 2 * math.prod(shape)
-        meta[name] = {"dtype": "BF16", "shape": list(shape), "data_offsets": [off, off + nb]}
+        meta[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [off, off + nb]}
         off += nb
     raw = json.dumps(meta, separators=(",", ":")).encode()
     raw += b" " * (-len(raw) % 8)

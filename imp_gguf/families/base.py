@@ -27,6 +27,9 @@ class LMHparams:
     rope_theta: float
     norm_eps: float
     extra: dict[str, Any] = field(default_factory=dict)
+    # hyper-parameter -> value taken from the model type's config-class defaults (config.json omitted it)
+    defaults: dict[str, Any] = field(default_factory=dict)
+    defaults_from: str = ""
 
     @property
     def head_dim(self) -> int:
@@ -51,16 +54,6 @@ class TensorRule:
         return [(self.src.format(bid=b), self.dst.format(bid=b), self.shape(hp)) for b in range(hp.n_layer)]
 
 
-def find(config: dict[str, Any], keys: tuple[str, ...], default: Any = None, *, what: str | None = None) -> Any:
-    """The first present key among aliases (phi-msft and transformers name the same thing differently)."""
-    for k in keys:
-        if config.get(k) is not None:
-            return config[k]
-    if default is not None:
-        return default
-    raise BadInput(f"config.json: missing {what or keys[0]} (looked for {', '.join(keys)})")
-
-
 def rope_param(config: dict[str, Any], key: str, default: Any) -> Any:
     """A RoPE setting, top-level (older configs) or under rope_parameters/rope_scaling (transformers 5)."""
     if config.get(key) is not None:
@@ -70,6 +63,75 @@ def rope_param(config: dict[str, Any], key: str, default: Any) -> Any:
         if isinstance(sub, dict) and sub.get(key) is not None:
             return sub[key]
     return default
+
+
+@dataclass(frozen=True)
+class ConfigDefaults:
+    """The defaults of the config class that wrote a model type's config.json.
+
+    transformers saves only the keys that differ from the class defaults (`to_diff_dict`), so a
+    missing key means "the class default": these values, never one guessed from a checkpoint.
+    """
+
+    source: str  # the class, for reports: "transformers Qwen2Config", ...
+    values: dict[str, Any]
+
+
+class HparamReader:
+    """Reads hyper-parameters: sizes from tensor shapes (checked against the config when it names
+    them), the rest from the config, else from the model type's class defaults (recorded)."""
+
+    def __init__(self, config: dict[str, Any], defaults: ConfigDefaults):
+        self.config = config
+        self.defaults = defaults
+        self.used: dict[str, Any] = {}
+
+    def size(self, what: str, from_weights: int, keys: tuple[str, ...]) -> int:
+        for k in keys:
+            if self.config.get(k) is not None and int(self.config[k]) != from_weights:
+                raise BadInput(f"config.json: {k} is {self.config[k]} but the weights have {from_weights} {what}")
+        return from_weights
+
+    def value(self, param: str, keys: tuple[str, ...] = (), *, rope: bool = False) -> Any:
+        """The first present key, top-level or (rope=True) under rope_parameters/rope_scaling;
+        else the class default, remembered in `used`."""
+        for k in keys:
+            v = rope_param(self.config, k, None) if rope else self.config.get(k)
+            if v is not None:
+                return v
+        if param not in self.defaults.values:
+            raise BadInput(f"config.json: missing {param} (looked for {', '.join(keys)}) and "
+                           f"{self.defaults.source} has no default for it")
+        self.used[param] = self.defaults.values[param]
+        return self.defaults.values[param]
+
+    def present(self, *keys: str, rope: bool = False) -> bool:
+        return any((rope_param(self.config, k, None) if rope else self.config.get(k)) is not None for k in keys)
+
+
+def tensor_shape(tensors: dict[str, Any], name: str, ndim: int, what: str) -> tuple[int, ...]:
+    ref = tensors.get(name)
+    if ref is None:
+        raise BadInput(f"missing tensor {name!r} ({what})")
+    if len(ref.shape) != ndim:
+        raise BadInput(f"tensor {name!r} has shape {list(ref.shape)}, expected {ndim} dimensions")
+    return tuple(int(d) for d in ref.shape)
+
+
+def count_blocks(tensors: dict[str, Any], pattern: str) -> int:
+    """Blocks in the checkpoint: distinct indices matching `pattern` (with `{bid}`), e.g.
+    'model.layers.{bid}.input_layernorm.weight'. Gaps are reported by `plan` as missing tensors."""
+    rx = re.compile("^" + re.escape(pattern).replace(re.escape("{bid}"), r"(\d+)") + "$")
+    ids = {int(m.group(1)) for n in tensors if (m := rx.match(n))}
+    if not ids:
+        raise BadInput(f"no language-model blocks found (looked for {pattern.format(bid=0)})")
+    return max(ids) + 1
+
+
+def divide(total: int, part: int, what: str) -> int:
+    if part <= 0 or total % part:
+        raise BadInput(f"{what}: {total} is not a multiple of {part}")
+    return total // part
 
 
 class LMFamily:
@@ -82,6 +144,8 @@ class LMFamily:
     description: ClassVar[str]
     prefix: ClassVar[str]  # prefix of the vision tower and projector: "transformer." or "model."
     marker: ClassVar[str]  # a tensor name that identifies this layout
+    block_marker: ClassVar[str]  # a per-block tensor ({bid}) whose indices count the blocks
+    config_defaults: ClassVar[dict[str, ConfigDefaults]]  # model_type -> its config class's defaults
     tokenizer_kind: ClassVar[str]  # "gpt2" (byte-level BPE) or "llama" (SentencePiece)
     tokenizer_pre: ClassVar[str]  # llama.cpp pre-tokenizer: the family decides, no hash lottery
     chat_template: ClassVar[str]  # key in imp_gguf.chat_templates
@@ -97,6 +161,14 @@ class LMFamily:
     @classmethod
     def hparams(cls, config: dict[str, Any], tensors: dict[str, Any]) -> LMHparams:
         raise NotImplementedError
+
+    @classmethod
+    def reader(cls, config: dict[str, Any]) -> HparamReader:
+        return HparamReader(config, cls.config_defaults[config.get("model_type") or cls.model_types[0]])
+
+    @classmethod
+    def n_layer(cls, rd: HparamReader, tensors: dict[str, Any]) -> int:
+        return rd.size("blocks", count_blocks(tensors, cls.block_marker), ("n_layer", "num_hidden_layers"))
 
     @classmethod
     def add_arch_kv(cls, writer: Any, hp: LMHparams) -> None:

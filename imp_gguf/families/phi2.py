@@ -1,17 +1,34 @@
 """Phi-2 (Imp-3B): both tensor layouts of the published checkpoints.
 
-Layout A, phi-msft names under `transformer.` (imp-v1-3b, Imp-v1.5-3B-196), and layout B,
-transformers-Phi names under `model.` (Imp-v1.5-3B-Phi2). Same maths: a parallel attention+MLP
-block off one LayerNorm, partial NeoX RoPE, GELU (tanh), biased lm_head.
+Layout A, phi-msft names under `transformer.` (Imp-v1.5-3B-196, and imp-v1-3b before its "update
+phi-2 version"), and layout B, transformers-Phi names under `model.` (imp-v1-3b and Imp-v1.5-3B-Phi2
+on their main revisions). Both come with model_type "imp": only the tensor names tell them apart.
+Same maths: a parallel attention+MLP block off one LayerNorm, partial NeoX RoPE, GELU (tanh),
+biased lm_head.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 from imp_gguf.errors import BadInput
 from imp_gguf.families import register
-from imp_gguf.families.base import LMFamily, LMHparams, TensorRule as R, embd, ffn_down, ffn_up, find, rope_param, square, vec
+from imp_gguf.families.base import (ConfigDefaults, LMFamily, LMHparams, TensorRule as R, divide, embd, ffn_down, ffn_up,
+                                    square, tensor_shape, vec)
+
+# What each config class that writes these configs fills in for a key it left out.
+PHI2_DEFAULTS = {
+    # The hub repos' ImpConfig carries Phi-2's values as its defaults: the published imp-v1-3b config
+    # omits every one of them (MILVLG/imp-v1-3b, "update phi-2 version").
+    "imp": ConfigDefaults("Imp's ImpConfig (Phi-2 values)",
+                          {"n_head": 32, "rotary_dim": 32, "norm_eps": 1e-5, "n_ctx": 2048, "rope_theta": 10000.0}),
+    "phi": ConfigDefaults("transformers PhiConfig",
+                          {"n_head": 32, "partial_rotary_factor": 0.5, "norm_eps": 1e-5, "n_ctx": 2048,
+                           "rope_theta": 10000.0}),
+    # microsoft/phi-2's remote phi-msft class, as vendored by MILVLG/imp (configuration_phi.py @1a800c0)
+    "phi-msft": ConfigDefaults("phi-msft PhiConfig",
+                               {"n_head": 16, "rotary_dim": 32, "norm_eps": 1e-5, "n_ctx": 2048, "rope_theta": 10000.0}),
+}
 
 
 def _qkv(h: LMHparams) -> tuple[int, ...]:
@@ -48,29 +65,35 @@ class _Phi2Common(LMFamily):
     tokenizer_pre = "phi-2"
     chat_template = "imp_phi2"
     stop_token = "</s>"
+    config_defaults = PHI2_DEFAULTS
     embedding_name: str
+
+    fc1_name: ClassVar[str]
 
     @classmethod
     def hparams(cls, config: dict[str, Any], tensors: dict[str, Any]) -> LMHparams:
-        n_embd = int(find(config, ("n_embd", "hidden_size"), what="hidden size"))
-        n_head = int(find(config, ("n_head", "num_attention_heads"), what="head count"))
-        n_layer = int(find(config, ("n_layer", "num_hidden_layers"), what="layer count"))
-        if n_head <= 0 or n_embd % n_head:
-            raise BadInput(f"config.json: hidden size {n_embd} is not divisible by {n_head} heads")
-        head_dim = n_embd // n_head
-        if config.get("rotary_dim") is not None:  # phi-msft keys
+        rd = cls.reader(config)
+        n_vocab, n_embd = tensor_shape(tensors, cls.embedding_name, 2, "token embedding")
+        rd.size("embedding rows", n_vocab, ("vocab_size",))
+        rd.size("as embedding width", n_embd, ("n_embd", "hidden_size"))
+        n_ff = rd.size("as FFN width", tensor_shape(tensors, cls.fc1_name, 2, "first MLP")[0], ("n_inner", "intermediate_size"))
+        n_head = int(rd.value("n_head", ("n_head", "num_attention_heads")))
+        head_dim = divide(n_embd, n_head, f"embedding width over {n_head} heads")
+        if rd.present("rotary_dim"):  # phi-msft keys
             rope_dims = int(config["rotary_dim"])
+        elif rd.present("partial_rotary_factor", rope=True) or "rotary_dim" not in rd.defaults.values:
+            rope_dims = int(float(rd.value("partial_rotary_factor", ("partial_rotary_factor",), rope=True)) * head_dim)
         else:
-            rope_dims = int(float(rope_param(config, "partial_rotary_factor", 0.4)) * head_dim)
-        n_ff = config.get("n_inner") or config.get("intermediate_size") or 4 * n_embd
-        emb = tensors.get(cls.embedding_name)
-        n_vocab = int(emb.shape[0]) if emb is not None else int(find(config, ("vocab_size",)))
+            rope_dims = int(rd.value("rotary_dim"))
+        if not 0 < rope_dims <= head_dim or rope_dims % 2:
+            raise BadInput(f"config.json: {rope_dims} rotary dimensions do not fit heads of {head_dim}")
         return LMHparams(
-            arch=cls.arch, n_vocab=n_vocab, n_embd=n_embd, n_ff=int(n_ff), n_layer=n_layer,
+            arch=cls.arch, n_vocab=n_vocab, n_embd=n_embd, n_ff=n_ff, n_layer=cls.n_layer(rd, tensors),
             n_head=n_head, n_head_kv=n_head,
-            n_ctx=int(find(config, ("n_positions", "max_position_embeddings"), 2048)),
-            rope_dims=rope_dims, rope_theta=float(rope_param(config, "rope_theta", 10000.0)),
-            norm_eps=float(find(config, ("layer_norm_epsilon", "layer_norm_eps"), 1e-5)),
+            n_ctx=int(rd.value("n_ctx", ("n_positions", "max_position_embeddings"))),
+            rope_dims=rope_dims, rope_theta=float(rd.value("rope_theta", ("rope_theta",), rope=True)),
+            norm_eps=float(rd.value("norm_eps", ("layer_norm_epsilon", "layer_norm_eps"))),
+            defaults=rd.used, defaults_from=rd.defaults.source,
         )
 
     @classmethod
@@ -95,10 +118,12 @@ class _Phi2Common(LMFamily):
 @register
 class Phi2Msft(_Phi2Common):
     name = "phi2_msft"
-    description = "Phi-2, phi-msft layout (imp-v1-3b, Imp-v1.5-3B-196)"
+    description = "Phi-2, phi-msft layout (Imp-v1.5-3B-196, early imp-v1-3b revisions)"
     prefix = "transformer."
     marker = "transformer.embd.wte.weight"
+    block_marker = "transformer.h.{bid}.ln.weight"
     embedding_name = "transformer.embd.wte.weight"
+    fc1_name = "transformer.h.0.mlp.fc1.weight"
     rules = [
         R("transformer.embd.wte.weight", "token_embd.weight", embd),
         R("transformer.h.{bid}.ln.weight", "blk.{bid}.attn_norm.weight", vec),
@@ -118,10 +143,12 @@ class Phi2Msft(_Phi2Common):
 @register
 class Phi2(_Phi2Common):
     name = "phi2"
-    description = "Phi-2, transformers layout (Imp-v1.5-3B-Phi2)"
+    description = "Phi-2, transformers layout (imp-v1-3b, Imp-v1.5-3B-Phi2)"
     prefix = "model."
     marker = "model.final_layernorm.weight"
+    block_marker = "model.layers.{bid}.input_layernorm.weight"
     embedding_name = "model.embed_tokens.weight"
+    fc1_name = "model.layers.0.mlp.fc1.weight"
     rules = [
         R("model.embed_tokens.weight", "token_embd.weight", embd),
         R("model.layers.{bid}.input_layernorm.weight", "blk.{bid}.attn_norm.weight", vec),

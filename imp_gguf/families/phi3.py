@@ -5,7 +5,16 @@ from __future__ import annotations
 from typing import Any
 
 from imp_gguf.families import register
-from imp_gguf.families.base import LMFamily, LMHparams, TensorRule as R, embd, ffn_down, find, rope_param, square, vec
+from imp_gguf.families.base import (ConfigDefaults, LMFamily, LMHparams, TensorRule as R, divide, embd, ffn_down, square,
+                                    tensor_shape, vec)
+
+# transformers' Phi3Config (MILVLG/imp vendors the same defaults; ImpPhi3Config extends it unchanged).
+_PHI3 = {"n_head": 32, "n_ctx": 4096, "orig_ctx": 4096, "rope_theta": 10000.0, "norm_eps": 1e-5,
+         "partial_rotary_factor": 1.0}
+PHI3_DEFAULTS = {
+    "imp_phi3": ConfigDefaults("Imp's ImpPhi3Config (= Phi3Config)", _PHI3),
+    "phi3": ConfigDefaults("transformers Phi3Config", _PHI3),
+}
 
 
 def _qkv(h: LMHparams) -> tuple[int, ...]:
@@ -25,6 +34,8 @@ class Phi3(LMFamily):
     description = "Phi-3-mini (Imp-v1.5-4B-Phi3)"
     prefix = "model."
     marker = "model.layers.0.self_attn.qkv_proj.weight"
+    block_marker = "model.layers.{bid}.input_layernorm.weight"
+    config_defaults = PHI3_DEFAULTS
     tokenizer_kind = "llama"
     tokenizer_pre = "default"
     chat_template = "imp_phi3"
@@ -45,24 +56,30 @@ class Phi3(LMFamily):
 
     @classmethod
     def hparams(cls, config: dict[str, Any], tensors: dict[str, Any]) -> LMHparams:
-        n_embd = int(find(config, ("hidden_size",)))
-        n_head = int(find(config, ("num_attention_heads",)))
-        n_ctx = int(find(config, ("max_position_embeddings",), 4096))
-        prf = float(rope_param(config, "partial_rotary_factor", 1.0))
-        emb = tensors.get("model.embed_tokens.weight")
+        rd = cls.reader(config)
+        n_vocab, n_embd = tensor_shape(tensors, "model.embed_tokens.weight", 2, "token embedding")
+        rd.size("embedding rows", n_vocab, ("vocab_size",))
+        rd.size("as embedding width", n_embd, ("hidden_size",))
+        gate_up = tensor_shape(tensors, "model.layers.0.mlp.gate_up_proj.weight", 2, "fused FFN gate+up")[0]
+        n_ff = rd.size("as FFN width", divide(gate_up, 2, "fused gate+up rows"), ("intermediate_size",))
+        n_head = int(rd.value("n_head", ("num_attention_heads",)))
+        head_dim = divide(n_embd, n_head, f"embedding width over {n_head} heads")
+        qkv_heads = divide(tensor_shape(tensors, "model.layers.0.self_attn.qkv_proj.weight", 2, "fused qkv")[0],
+                           head_dim, f"fused qkv rows over heads of {head_dim}")
+        n_head_kv = rd.size("key/value heads", divide(qkv_heads - n_head, 2, "fused qkv heads beyond the queries"),
+                            ("num_key_value_heads",))
+        n_ctx = int(rd.value("n_ctx", ("max_position_embeddings",)))
+        prf = float(rd.value("partial_rotary_factor", ("partial_rotary_factor",), rope=True))
+        orig_ctx = int(rd.value("orig_ctx", ("original_max_position_embeddings",), rope=True))
+        sliding = config.get("sliding_window")  # Phi3Config's default is None: no window
         return LMHparams(
-            arch=cls.arch,
-            n_vocab=int(emb.shape[0]) if emb is not None else int(find(config, ("vocab_size",))),
-            n_embd=n_embd, n_ff=int(find(config, ("intermediate_size",))),
-            n_layer=int(find(config, ("num_hidden_layers",))), n_head=n_head,
-            n_head_kv=int(config.get("num_key_value_heads") or n_head), n_ctx=n_ctx,
+            arch=cls.arch, n_vocab=n_vocab, n_embd=n_embd, n_ff=n_ff, n_layer=cls.n_layer(rd, tensors),
+            n_head=n_head, n_head_kv=n_head_kv, n_ctx=n_ctx,
             rope_dims=int(prf * n_embd) // n_head,
-            rope_theta=float(rope_param(config, "rope_theta", 10000.0)),
-            norm_eps=float(find(config, ("rms_norm_eps",), 1e-5)),
-            extra={
-                "orig_ctx": int(rope_param(config, "original_max_position_embeddings", n_ctx)),
-                "sliding_window": int(config.get("sliding_window") or 0),
-            },
+            rope_theta=float(rd.value("rope_theta", ("rope_theta",), rope=True)),
+            norm_eps=float(rd.value("norm_eps", ("rms_norm_eps",))),
+            extra={"orig_ctx": orig_ctx, "sliding_window": int(sliding or 0)},
+            defaults=rd.used, defaults_from=rd.defaults.source,
         )
 
     @classmethod

@@ -5,7 +5,16 @@ from __future__ import annotations
 from typing import Any
 
 from imp_gguf.families import register
-from imp_gguf.families.base import LMFamily, LMHparams, TensorRule as R, embd, ffn_down, ffn_up, find, rope_param, square, vec
+from imp_gguf.families.base import (ConfigDefaults, LMFamily, LMHparams, TensorRule as R, divide, embd, ffn_down, ffn_up,
+                                    square, tensor_shape, vec)
+
+# transformers' Qwen2Config (and MILVLG/imp's vendored copy, which ImpQwen2Config extends unchanged).
+# rope_theta defaults to 10000 there: Qwen1.5's 1e6 must come from the config, never from here.
+_QWEN2 = {"n_head": 32, "n_ctx": 32768, "rope_theta": 10000.0, "norm_eps": 1e-6}
+QWEN2_DEFAULTS = {
+    "imp_qwen2": ConfigDefaults("Imp's ImpQwen2Config (= Qwen2Config)", _QWEN2),
+    "qwen2": ConfigDefaults("transformers Qwen2Config", _QWEN2),
+}
 
 
 def _kv(h: LMHparams) -> tuple[int, ...]:
@@ -25,6 +34,8 @@ class Qwen2(LMFamily):
     description = "Qwen1.5 (Imp-v1.5-2B-Qwen1.5)"
     prefix = "model."
     marker = "model.layers.0.mlp.gate_proj.weight"
+    block_marker = "model.layers.{bid}.input_layernorm.weight"
+    config_defaults = QWEN2_DEFAULTS
     tokenizer_kind = "gpt2"
     tokenizer_pre = "qwen2"
     chat_template = "imp_qwen2"
@@ -50,18 +61,25 @@ class Qwen2(LMFamily):
 
     @classmethod
     def hparams(cls, config: dict[str, Any], tensors: dict[str, Any]) -> LMHparams:
-        n_head = int(find(config, ("num_attention_heads",)))
-        emb = tensors.get("model.embed_tokens.weight")
+        rd = cls.reader(config)
+        n_vocab, n_embd = tensor_shape(tensors, "model.embed_tokens.weight", 2, "token embedding")
+        rd.size("embedding rows", n_vocab, ("vocab_size",))
+        rd.size("as embedding width", n_embd, ("hidden_size",))
+        n_ff = rd.size("as FFN width", tensor_shape(tensors, "model.layers.0.mlp.gate_proj.weight", 2, "FFN gate")[0],
+                       ("intermediate_size",))
+        n_head = int(rd.value("n_head", ("num_attention_heads",)))
+        head_dim = divide(n_embd, n_head, f"embedding width over {n_head} heads")
+        kv_rows = tensor_shape(tensors, "model.layers.0.self_attn.k_proj.weight", 2, "attention key")[0]
+        n_head_kv = rd.size("key/value heads", divide(kv_rows, head_dim, f"key rows over heads of {head_dim}"),
+                            ("num_key_value_heads",))
         return LMHparams(
-            arch=cls.arch,
-            n_vocab=int(emb.shape[0]) if emb is not None else int(find(config, ("vocab_size",))),
-            n_embd=int(find(config, ("hidden_size",))), n_ff=int(find(config, ("intermediate_size",))),
-            n_layer=int(find(config, ("num_hidden_layers",))), n_head=n_head,
-            n_head_kv=int(config.get("num_key_value_heads") or n_head),
-            n_ctx=int(find(config, ("max_position_embeddings",), 32768)),
-            rope_dims=int(find(config, ("hidden_size",))) // n_head,
-            rope_theta=float(rope_param(config, "rope_theta", 1e6)),
-            norm_eps=float(find(config, ("rms_norm_eps",), 1e-6)),
+            arch=cls.arch, n_vocab=n_vocab, n_embd=n_embd, n_ff=n_ff, n_layer=cls.n_layer(rd, tensors),
+            n_head=n_head, n_head_kv=n_head_kv,
+            n_ctx=int(rd.value("n_ctx", ("max_position_embeddings",))),
+            rope_dims=head_dim,
+            rope_theta=float(rd.value("rope_theta", ("rope_theta",), rope=True)),
+            norm_eps=float(rd.value("norm_eps", ("rms_norm_eps",))),
+            defaults=rd.used, defaults_from=rd.defaults.source,
         )
 
     @classmethod

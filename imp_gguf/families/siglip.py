@@ -13,10 +13,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from imp_gguf.errors import BadInput
+from imp_gguf.images import ASPECT_KEY
 
-# SigLIP-SO400M/14 defaults, used when the checkpoint has no vision_tower_config.
+# google/siglip-so400m-patch14-384's own vision config: what Imp loads when the checkpoint carries no
+# vision_tower_config (Imp-v1.5-2B-Qwen1.5), and what a config that omits a key means.
 SO400M = {"hidden_size": 1152, "intermediate_size": 4304, "num_attention_heads": 16,
-          "num_hidden_layers": 27, "patch_size": 14, "layer_norm_eps": 1e-6}
+          "num_hidden_layers": 27, "patch_size": 14, "layer_norm_eps": 1e-6, "image_size": 384}
 VISION = "vision_tower.vision_tower.vision_model."
 IMAGE_MEAN = (0.5, 0.5, 0.5)
 IMAGE_STD = (0.5, 0.5, 0.5)
@@ -41,7 +43,13 @@ class VisionHparams:
     stored_blocks: int
     run_blocks: int
     projection_dim: int  # LLM width the projector maps to
+    aspect: str = "square"  # Imp's image_aspect_ratio: "pad" (to a centred grey square) or "square" (squash)
     notes: list[str] = field(default_factory=list)
+    defaults: dict[str, Any] = field(default_factory=dict)  # taken from SigLIP-SO400M's config
+
+    @property
+    def grid(self) -> int:
+        return self.image_size // self.patch_size
 
 
 def vision_hparams(config: dict[str, Any], tensors: dict[str, Any], prefix: str, lm_width: int) -> VisionHparams:
@@ -61,17 +69,27 @@ def vision_hparams(config: dict[str, Any], tensors: dict[str, Any], prefix: str,
     grid = math.isqrt(n_patches)
     if grid * grid != n_patches or tuple(pos.shape) != (n_patches, n_embd):
         raise BadInput(f"position embedding shape {list(pos.shape)} is not a square grid of width {n_embd}")
-    image_size = grid * patch
-    if vtc.get("image_size") and int(vtc["image_size"]) != image_size:
-        notes.append(f"vision_tower_config.image_size {vtc['image_size']} disagrees with {n_patches} position "
-                     f"embeddings; using {image_size} px (from the weights)")
+    defaults: dict[str, Any] = {}
 
     def get(key: str) -> Any:
         if key in vtc:
             return vtc[key]
-        if n_embd != SO400M["hidden_size"] and key in ("num_attention_heads", "num_hidden_layers"):
-            return None
+        if n_embd != SO400M["hidden_size"] and key in ("num_attention_heads", "num_hidden_layers", "image_size"):
+            return None  # not SO400M: its defaults say nothing
+        defaults["vision." + key] = SO400M[key]
         return SO400M[key]
+
+    if "image_size" in vtc:
+        image_size = _image_size(vtc["image_size"], patch, grid, n_patches)
+    elif n_embd == SO400M["hidden_size"] and SO400M["image_size"] // patch == grid:
+        image_size = defaults["vision.image_size"] = SO400M["image_size"]
+    else:
+        image_size = grid * patch
+        notes.append(f"image size not in the config: assuming {image_size} px ({grid}x{grid} patches of {patch} px)")
+    aspect = config.get("image_aspect_ratio") or "square"
+    if aspect not in ("pad", "square"):
+        notes.append(f"image_aspect_ratio {aspect!r}: Imp squashes every image that is not 'pad'")
+        aspect = "square"
 
     stored = _stored_blocks(tensors, vp)
     fc1 = tensors.get(vp + "encoder.layers.0.mlp.fc1.weight")
@@ -104,7 +122,19 @@ def vision_hparams(config: dict[str, Any], tensors: dict[str, Any], prefix: str,
             notes.append(f"ignoring {extra.split('.')[0]} (Imp takes features before it)")
     return VisionHparams(n_embd=n_embd, n_ff=n_ff, n_head=int(n_head), patch_size=patch, image_size=image_size,
                          n_patches=n_patches, eps=float(get("layer_norm_eps")), original_blocks=int(original),
-                         stored_blocks=stored, run_blocks=run, projection_dim=lm_width, notes=notes)
+                         stored_blocks=stored, run_blocks=run, projection_dim=lm_width, aspect=aspect, notes=notes,
+                         defaults=defaults)
+
+
+def _image_size(configured: Any, patch: int, grid: int, n_patches: int) -> int:
+    """The size Imp resizes images to. The stride-`patch` conv reads only the first grid*patch pixels
+    (27 x 14 = 378 of 384), so the weights alone cannot tell 384 from 378: the config (or SigLIP's
+    default) names it, and the grid checks it."""
+    size = int(configured)
+    if size // patch != grid:
+        raise BadInput(f"vision_tower_config: image_size {size} makes a {size // patch}x{size // patch} grid of "
+                       f"{patch}-px patches, but the weights hold {n_patches} position embeddings ({grid}x{grid})")
+    return size
 
 
 def _stored_blocks(tensors: dict[str, Any], vp: str) -> int:
@@ -170,3 +200,4 @@ def add_mmproj_kv(writer: Any, vh: VisionHparams) -> None:
     # SigLIP's gelu_pytorch_tanh; without this key clip.cpp falls back to gelu_quick.
     writer.add_bool("clip.use_gelu", True)
     writer.add_array("clip.vision.feature_layer", [vh.run_blocks])
+    writer.add_string(ASPECT_KEY, vh.aspect)

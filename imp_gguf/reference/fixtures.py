@@ -1,7 +1,13 @@
 """Tiny Imp checkpoints with the real names, nesting, configs, fused layouts and tokenizer files.
 
 Built with transformers' own model classes (seeded random weights, scaled so logits are not flat),
-saved in bf16 as sharded safetensors with an index, in the layout of each released variant.
+saved in bf16 as sharded safetensors with an index, in the layout of each released variant, with the
+file sets and config forms of the published repos (../shared/reference/published-checkpoints.md):
+the Phi-2 configs omit every LM size and default (only the head count stays: Phi-2's 32 heads cannot
+fit a 256-wide model), imp-v1-3b is transformers-Phi under `model.` with a 50-px image (a 3 x 3 grid
+of 14-px patches that never reads the last 8 px, as 384 px never reads 6), the 2B has no `<image>`
+token and no tokenizer.json, the 4B ships stray Phi-2 BPE files next to its SentencePiece model.
+The tiny towers keep a vision_tower_config: SigLIP-SO400M's defaults do not fit them.
 Widths keep llama.cpp's edge cases: LLM rows of 256 (K-quants apply), Qwen's FFN not a multiple of
 256 (like 5504), a SigLIP FFN not divisible by 32 (like 4304), vision FFN != vision width.
 """
@@ -50,14 +56,21 @@ class Variant:
     keep_post_ln_and_head: bool = False  # robustness: tensors Imp never runs are present
     keep_last_block: bool = False  # robustness: the 27th SigLIP block is present
     image_aspect_ratio: str = "pad"
+    published_form: bool = False  # config.json as the Phi-2 repos publish it: no LM sizes or defaults
+    # "json": tokenizer.json; "vocab": vocab.json + merges.txt + added_tokens.json only; "both": all of
+    # them; "spm": tokenizer.model + tokenizer.json + stray Phi-2 vocab.json/merges.txt (the 4B)
+    tokenizer_files: str = "json"
+    image_token: bool = True
 
 
 VARIANTS: dict[str, Variant] = {v.name: v for v in [
-    Variant("imp-v1-3b", "phi2_msft", 112, "imp", keep_post_ln_and_head=True, image_aspect_ratio="square"),
-    Variant("Imp-v1.5-3B-196", "phi2_msft", 56, "imp"),
-    Variant("Imp-v1.5-3B-Phi2", "phi2", 112, "imp"),
-    Variant("Imp-v1.5-2B-Qwen1.5", "qwen2", 112, "imp_qwen2", keep_last_block=True),
-    Variant("Imp-v1.5-4B-Phi3", "phi3", 112, "imp_phi3"),
+    Variant("imp-v1-3b", "phi2", 50, "imp", keep_post_ln_and_head=True, image_aspect_ratio="square",
+            published_form=True, tokenizer_files="both"),
+    Variant("Imp-v1.5-3B-196", "phi2_msft", 56, "imp", published_form=True),
+    Variant("Imp-v1.5-3B-Phi2", "phi2", 112, "imp", published_form=True, tokenizer_files="vocab"),
+    Variant("Imp-v1.5-2B-Qwen1.5", "qwen2", 112, "imp_qwen2", keep_last_block=True, image_aspect_ratio="square",
+            tokenizer_files="vocab", image_token=False),
+    Variant("Imp-v1.5-4B-Phi3", "phi3", 112, "imp_phi3", tokenizer_files="spm"),
 ]}
 
 SYSTEM_TOKENS_PHI3 = ["<|endoftext|>", "<|assistant|>", "<|placeholder1|>", "<|placeholder2|>", "<|placeholder3|>",
@@ -91,18 +104,24 @@ def _bpe_tokenizer(kind: str, vocab_size: int) -> Any:
     return tok
 
 
-def _write_bpe(dest: Path, kind: str, dims: Dims) -> tuple[int, dict[str, int]]:
+def _write_bpe(dest: Path, kind: str, dims: Dims, files: str = "json",
+               image_token: bool = True) -> tuple[int, dict[str, int]]:
     """Returns (tokenizer size, special token ids)."""
     from tokenizers import AddedToken
 
     tok = _bpe_tokenizer(kind, dims.bpe_vocab)
     if kind == "qwen2":
-        specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<image>"]
+        specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
     else:  # Phi-2 ends its base vocab with <|endoftext|>; Imp's training adds </s> then <image>
-        specials = ["<|endoftext|>", "</s>", "<image>"]
+        specials = ["<|endoftext|>", "</s>"]
+    specials += ["<image>"] if image_token else []
     tok.add_special_tokens([AddedToken(s, special=True, normalized=False) for s in specials])
-    tok.save(str(dest / "tokenizer.json"))
     ids = {s: tok.token_to_id(s) for s in specials}
+    if files in ("json", "both"):
+        tok.save(str(dest / "tokenizer.json"))
+    if files in ("vocab", "both"):  # the slow-tokenizer files the Phi-2 and Qwen repos ship
+        tok.model.save(str(dest))
+        (dest / "added_tokens.json").write_text(json.dumps(ids, indent=2))
     decoder = {str(i): {"content": s, "lstrip": False, "normalized": False, "rstrip": False,
                         "single_word": False, "special": True} for s, i in ids.items()}
     if kind == "qwen2":
@@ -151,7 +170,11 @@ def _write_spm(dest: Path, dims: Dims) -> tuple[int, dict[str, int]]:
         {"type": "Replace", "pattern": {"String": "\u2581"}, "content": " "},
         {"type": "ByteFallback"}, {"type": "Fuse"}, {"type": "Strip", "content": " ", "start": 1, "stop": 0}]}
     tj_path.write_text(json.dumps(tj, ensure_ascii=False, indent=2))
+    # The 4B repo still carries Phi-2's vocab.json and merges.txt, which do not belong to its model.
+    _bpe_tokenizer("gpt2", 300).model.save(str(dest))
     ids = {s: tok.convert_tokens_to_ids(s) for s in SYSTEM_TOKENS_PHI3 + ["<image>", "<s>", "</s>", "<unk>"]}
+    added = {s: ids[s] for s in SYSTEM_TOKENS_PHI3 + ["<image>"]}
+    (dest / "added_tokens.json").write_text(json.dumps(added, indent=2))  # as the 4B repo ships it
     return len(tok), ids
 
 
@@ -215,6 +238,14 @@ def _imp_config(v: Variant, dims: Dims, lm_cfg: Any, vcfg: Any, ids: dict[str, i
                "vocab_size": lm_cfg.vocab_size, "activation_function": "gelu_new", "flash_attn": False,
                "resid_pdrop": 0.0, "embd_pdrop": 0.0, "tie_word_embeddings": False}
         assert dims.rotary_dim < head_dim
+    if v.published_form:  # as the hub's ImpConfig wrote it: every value equal to its default left out
+        theta = (getattr(lm_cfg, "rope_parameters", None) or {}).get("rope_theta", getattr(lm_cfg, "rope_theta", None))
+        assert (dims.rotary_dim, lm_cfg.layer_norm_eps, theta) == (32, 1e-5, 10000.0), "ImpConfig's defaults must fit"
+        cfg = {"activation_function": "gelu_new", "attn_pdrop": 0.0, "embd_pdrop": 0.0, "resid_pdrop": 0.1,
+               "img_processor": None, "tie_word_embeddings": False, "use_cache": True,
+               "eos_token_id": ids["</s>"], "pad_token_id": ids["<|endoftext|>"],
+               # kept: ImpConfig's 32 heads cannot fit a 256-wide tiny model
+               ("n_head" if v.family == "phi2_msft" else "num_attention_heads"): dims.n_head}
     arch = {"phi2_msft": "ImpForCausalLM", "phi2": "ImpForCausalLM", "qwen2": "ImpQwen2ForCausalLM",
             "phi3": "ImpPhi3ForCausalLM"}[v.family]
     module = {"phi2_msft": "modeling_imp", "phi2": "modeling_imp", "qwen2": "modeling_imp_qwen2",
@@ -239,7 +270,7 @@ def _imp_config(v: Variant, dims: Dims, lm_cfg: Any, vcfg: Any, ids: dict[str, i
         "tokenizer_model_max_length": 3072,
         "tokenizer_padding_side": "right",
         "image_token": "<image>",
-        "image_token_index": ids["<image>"],
+        "image_token_index": ids.get("<image>", max(ids.values()) + 1),  # the 2B's tokenizer lacks it
         "vision_tower_config": vdict,
         "torch_dtype": "bfloat16",
     })
@@ -308,7 +339,8 @@ def make_checkpoint(variant: str, dest: str | Path, *, dims: Dims = Dims(), seed
     if v.family == "phi3":
         n_tok, ids = _write_spm(tmp, dims)
     else:
-        n_tok, ids = _write_bpe(tmp, "qwen2" if v.family == "qwen2" else "gpt2", dims)
+        n_tok, ids = _write_bpe(tmp, "qwen2" if v.family == "qwen2" else "gpt2", dims, v.tokenizer_files,
+                                v.image_token)
     n_rows = _round_up(n_tok, 64)  # embeddings padded past the tokenizer, as in the real models
     lm_cfg = lm_config(v.family, dims, n_rows, ids)
     vcfg = vision_config(v, dims)

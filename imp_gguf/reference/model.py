@@ -14,8 +14,8 @@ from torch import nn
 from imp_gguf.checkpoint import open_checkpoint
 from imp_gguf.families import detect_family
 from imp_gguf.families.siglip import vision_hparams
-from imp_gguf.images import load_image, pixel_values
 from imp_gguf.reference.layouts import lm_from_checkpoint, projector_prefix, vision_prefix
+from imp_gguf.reference.preprocess import imp_image_size, imp_pixel_values
 
 
 class ImpReference:
@@ -23,49 +23,66 @@ class ImpReference:
         from transformers import AutoConfig, AutoModelForCausalLM, SiglipVisionConfig, SiglipVisionModel
 
         ckpt = open_checkpoint(ckpt_dir)
+        self.config = ckpt.config
         self.family = detect_family(ckpt.config, set(ckpt.tensors))
         self.hp = self.family.hparams(ckpt.config, ckpt.tensors)
         self.vh = vision_hparams(ckpt.config, ckpt.tensors, self.family.prefix, self.hp.n_embd)
-        state = {k: torch.from_numpy(ref.load()) for k, ref in ckpt.tensors.items()}
-
         cfg_dict = self.family.reference_config(self.hp)
         model_type = cfg_dict.pop("model_type")
         cfg = AutoConfig.for_model(model_type, **cfg_dict)
         self.lm = AutoModelForCausalLM.from_config(cfg, attn_implementation="eager").float().eval()
-        lm_state = lm_from_checkpoint(self.family.name, state, self.hp.n_embd)
-        missing, unexpected = self.lm.load_state_dict(lm_state, strict=False)
-        if unexpected or [m for m in missing if "rotary" not in m]:
-            raise RuntimeError(f"reference LLM load mismatch: missing={missing} unexpected={unexpected}")
-
         vh = self.vh
         vcfg = SiglipVisionConfig(hidden_size=vh.n_embd, intermediate_size=vh.n_ff, num_attention_heads=vh.n_head,
-                                  num_hidden_layers=vh.run_blocks, image_size=vh.image_size, patch_size=vh.patch_size,
-                                  hidden_act="gelu_pytorch_tanh", layer_norm_eps=vh.eps)
+                                  num_hidden_layers=vh.run_blocks, image_size=imp_image_size(ckpt.config),
+                                  patch_size=vh.patch_size, hidden_act="gelu_pytorch_tanh", layer_norm_eps=vh.eps)
         self.vision = SiglipVisionModel(vcfg).float().eval()
-        vp = vision_prefix(self.family.name)
-        want = self.vision.state_dict()
-        v_state = {}
-        for k, t in state.items():
-            if not k.startswith(vp):
-                continue
-            short = k[len(vp):]
-            key = short if short in want else "vision_model." + short
-            if key in want:
-                v_state[key] = t
-        missing, _ = self.vision.load_state_dict(v_state, strict=False)
-        if [m for m in missing if not m.startswith(("post_layernorm.", "head.")) and "position_ids" not in m]:
-            raise RuntimeError(f"reference vision load mismatch: missing={missing}")
-
-        pp = projector_prefix(self.family.name)
-        self.projector = nn.Sequential(nn.Linear(vh.n_embd, self.hp.n_embd), nn.GELU(), nn.Linear(self.hp.n_embd, self.hp.n_embd))
-        self.projector.load_state_dict({k[len(pp):]: t for k, t in state.items() if k.startswith(pp)})
-        self.projector.float().eval()
+        self.projector = nn.Sequential(nn.Linear(vh.n_embd, self.hp.n_embd), nn.GELU(),
+                                       nn.Linear(self.hp.n_embd, self.hp.n_embd)).float().eval()
+        self._load(ckpt)
         # Inference only: frozen parameters build no autograd graph (without touching torch's global grad mode).
         for module in (self.lm, self.vision, self.projector):
             module.requires_grad_(False)
 
+    def _load(self, ckpt) -> None:
+        """Copy the checkpoint into the three modules one tensor at a time: peak memory is the model plus
+        one tensor (a full-size 3B in float32 is 13 GB; a second copy as a state dict would not fit)."""
+        vp, pp = vision_prefix(self.family.name), projector_prefix(self.family.name)
+        lm_params, v_params, p_params = self.lm.state_dict(), self.vision.state_dict(), self.projector.state_dict()
+        loaded: set[tuple[str, str]] = set()
+        with torch.no_grad():
+            for name, ref in ckpt.tensors.items():
+                if name.startswith(vp):
+                    short = name[len(vp):]
+                    key = short if short in v_params else "vision_model." + short
+                    if key not in v_params:
+                        continue  # blocks, post-LN and head Imp does not run
+                    pairs = [("vision", key, v_params)]
+                elif name.startswith(pp):
+                    pairs = [("projector", name[len(pp):], p_params)]
+                else:
+                    pairs = None
+                tensor = torch.from_numpy(ref.load())
+                if pairs is None:
+                    renamed = lm_from_checkpoint(self.family.name, {name: tensor}, self.hp.n_embd)
+                    pairs = [("lm", k, lm_params) for k in renamed]
+                    parts = renamed
+                else:
+                    parts = {pairs[0][1]: tensor}
+                for where, key, params in pairs:
+                    if key not in params:
+                        raise RuntimeError(f"reference {where} has no parameter {key} (from {name})")
+                    params[key].copy_(parts[key])
+                    loaded.add((where, key))
+        for where, params in (("lm", lm_params), ("vision", v_params), ("projector", p_params)):
+            missing = [k for k in params if (where, k) not in loaded and "rotary" not in k and "position_ids" not in k
+                       and not k.startswith(("post_layernorm.", "head.", "vision_model.post_layernorm.",
+                                             "vision_model.head."))]
+            if missing:
+                raise RuntimeError(f"reference {where} load mismatch: missing={missing[:5]}")
+
     def pixel_values(self, image: str | Path) -> torch.Tensor:
-        return torch.from_numpy(pixel_values(load_image(image, self.vh.image_size)))[None]
+        """What Imp's own preprocessing makes of the image (not the converter's idea of it)."""
+        return torch.from_numpy(imp_pixel_values(image, self.config))[None]
 
     def image_features(self, image: str | Path) -> np.ndarray:
         """[P, H]: SigLIP hidden_states[-1] (no post-LN) through Linear, GELU, Linear."""
@@ -96,7 +113,18 @@ class ImpReference:
 
 
 def hf_tokenizer(ckpt_dir: str | Path):
-    """The checkpoint's own HF fast tokenizer (from tokenizer.json; no remote code)."""
-    from transformers import PreTrainedTokenizerFast
+    """The checkpoint's own HF tokenizer: tokenizer.json when it has one, else the transformers class its
+    tokenizer_config.json names, from vocab.json + merges.txt + added_tokens.json (never remote code)."""
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-    return PreTrainedTokenizerFast(tokenizer_file=str(Path(ckpt_dir) / "tokenizer.json"))
+    from transformers.utils import logging as hf_logging
+
+    tj = Path(ckpt_dir) / "tokenizer.json"
+    if tj.is_file():
+        return PreTrainedTokenizerFast(tokenizer_file=str(tj))
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # it warns that model_type "imp" is not a transformers model
+    try:
+        return AutoTokenizer.from_pretrained(str(ckpt_dir), trust_remote_code=False)
+    finally:
+        hf_logging.set_verbosity(level)

@@ -39,7 +39,7 @@ def stage_plain_checkpoint(ckpt_dir: str | Path, dest: str | Path) -> Path:
     save_file(state, str(dest / "model.safetensors"))
     (dest / "config.json").write_text(json.dumps(family.reference_config(hp), indent=2))
     for name in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "special_tokens_map.json",
-                 "added_tokens.json"):
+                 "added_tokens.json", "vocab.json", "merges.txt"):
         if (ckpt.root / name).is_file():
             shutil.copy(ckpt.root / name, dest / name)
     return dest
