@@ -125,7 +125,7 @@ _COUNT_KEYS = ("n_embd", "hidden_size", "n_layer", "num_hidden_layers", "n_head"
                "original_max_position_embeddings", "vocab_size", "mm_hidden_size", "image_size", "patch_size")
 _INT_KEYS = ("rotary_dim", "sliding_window", "mm_vision_select_layer", "image_token_index")
 _FLOAT_KEYS = ("partial_rotary_factor", "rope_theta", "layer_norm_epsilon", "layer_norm_eps", "rms_norm_eps")
-_STR_KEYS = ("model_type", "mm_projector_type")
+_STR_KEYS = ("model_type", "mm_projector_type", "image_aspect_ratio")
 _NESTED = ("vision_tower_config", "vision_config", "rope_parameters", "rope_scaling")
 
 

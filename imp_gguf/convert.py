@@ -18,8 +18,11 @@ from imp_gguf.families.base import LMFamily, LMHparams
 from imp_gguf.families.siglip import VisionHparams, add_mmproj_kv, plan as plan_vision, vision_hparams
 from imp_gguf.naming import ENCODINGS, ModelIdentity, add_general
 from imp_gguf.policy import FILE_TYPES, OUTTYPES, tensor_type
+from imp_gguf.chat_templates import resolve_template
 from imp_gguf.tokenizer import Vocab, load_vocab
 from imp_gguf.writer import PlannedTensor, atomic_outputs, check_output, kv_adder, write_gguf
+
+DEFAULTS_KEY = "imp_gguf.config_defaults"  # ["Imp's ImpConfig (Phi-2 values): n_head=32, rotary_dim=32", ...]
 
 
 @dataclass
@@ -36,6 +39,7 @@ class ConversionPlan:
     lm_path: Path
     mmproj_path: Path
     notes: list[str] = field(default_factory=list)
+    chat_template: str = ""  # the name of the template written (or the .jinja file's name)
 
     @property
     def lm_bytes(self) -> int:
@@ -54,6 +58,8 @@ class ConversionPlan:
             "outtype": self.outtype,
             "image_size": self.vh.image_size,
             "image_tokens": self.vh.n_patches,
+            "image_aspect_ratio": self.vh.aspect,
+            "chat_template": self.chat_template,
             "vision_blocks_run": self.vh.run_blocks,
             "lm_tensors": len(self.lm_tensors),
             "mmproj_tensors": len(self.mm_tensors),
@@ -61,14 +67,28 @@ class ConversionPlan:
             "mmproj": str(self.mmproj_path),
             "model_bytes_estimate": self.lm_bytes,
             "mmproj_bytes_estimate": self.mmproj_bytes,
+            "hparams": {"n_embd": self.hp.n_embd, "n_layer": self.hp.n_layer, "n_ff": self.hp.n_ff,
+                        "n_head": self.hp.n_head, "n_head_kv": self.hp.n_head_kv, "n_vocab": self.hp.n_vocab,
+                        "n_ctx": self.hp.n_ctx, "rope_dims": self.hp.rope_dims, "rope_theta": self.hp.rope_theta,
+                        "norm_eps": self.hp.norm_eps, "vision_n_embd": self.vh.n_embd,
+                        "vision_blocks": self.vh.run_blocks, "vision_head_count": self.vh.n_head,
+                        "patch_size": self.vh.patch_size},
+            "defaults": self.defaults,
             "notes": self.notes,
         }
+
+    @property
+    def defaults(self) -> dict[str, dict[str, Any]]:
+        """Values config.json left out, taken from the defaults of the class that wrote it."""
+        out = {k: {"value": v, "from": self.hp.defaults_from} for k, v in self.hp.defaults.items()}
+        out.update({k: {"value": v, "from": "SigLIP-SO400M/14-384 config"} for k, v in self.vh.defaults.items()})
+        return out
 
 
 def plan_conversion(source: str | Path, outdir: str | Path, *, outtype: str = "f16", force: bool = False,
                     model_name: str | None = None, allow_pickle: bool = False,
                     lm_filename: str | None = None, mmproj_filename: str | None = None,
-                    metadata_only: bool = False) -> ConversionPlan:
+                    metadata_only: bool = False, chat_template: str | None = None) -> ConversionPlan:
     """metadata_only: for a dry run (a hub id's weights are not downloaded; the plan cannot be run)."""
     if outtype not in OUTTYPES:
         raise BadInput(f"--outtype must be one of {', '.join(OUTTYPES)}, not {outtype!r}")
@@ -78,7 +98,8 @@ def plan_conversion(source: str | Path, outdir: str | Path, *, outtype: str = "f
     lm_rows = family.plan(hp, ckpt.tensors)
     vh = vision_hparams(ckpt.config, ckpt.tensors, family.prefix, hp.n_embd)
     mm_rows = plan_vision(vh, ckpt.tensors, family.prefix)
-    vocab = load_vocab(ckpt, family, hp.n_vocab)
+    template_name, template = resolve_template(chat_template, family.chat_template)
+    vocab = load_vocab(ckpt, family, hp.n_vocab, template)
     notes = list(vh.notes)
 
     def planned(rows: list[tuple[str, str, tuple[int, ...]]]) -> list[PlannedTensor]:
@@ -103,7 +124,7 @@ def plan_conversion(source: str | Path, outdir: str | Path, *, outtype: str = "f
         for p in (lm_path, mm_path):
             check_output(p, force)
     return ConversionPlan(ckpt, family, hp, vh, vocab, identity, outtype, lm_tensors, mm_tensors,
-                          lm_path, mm_path, notes)
+                          lm_path, mm_path, notes, chat_template=template_name)
 
 
 def _model_id(spec: str, ckpt: Checkpoint, override: str | None) -> str:
@@ -139,10 +160,23 @@ def run_conversion(plan: ConversionPlan, *, force: bool = False,
                     description=f"Imp vision tower (SigLIP, {vh.run_blocks} blocks, {vh.image_size} px) "
                                 "+ mlp2x_gelu projector, converted by imp-gguf")
 
+    def defaults_kv(kind: str) -> Callable[[Any], None]:
+        """What the config left out, one "source: k=v, ..." line per config class, for `inspect`."""
+        def add(w: Any) -> None:
+            groups: dict[str, list[str]] = {}
+            for k, d in plan.defaults.items():
+                if k.startswith("vision.") == (kind == "mmproj"):
+                    groups.setdefault(d["from"], []).append(f"{k}={d['value']}")
+            if groups:
+                w.add_array(DEFAULTS_KEY, [f"{src}: {', '.join(items)}" for src, items in groups.items()])
+        return add
+
     with atomic_outputs([plan.lm_path, plan.mmproj_path], force) as (lm_tmp, mm_tmp):
         lm_size = write_gguf(lm_tmp, fam.arch, kv_adder(lm_general, lambda w: fam.add_arch_kv(w, hp),
-                                                        plan.vocab.add_to), plan.lm_tensors, progress=progress)
-        mm_size = write_gguf(mm_tmp, "clip", kv_adder(mm_general, lambda w: add_mmproj_kv(w, vh)),
+                                                        plan.vocab.add_to, defaults_kv("model")), plan.lm_tensors,
+                             progress=progress)
+        mm_size = write_gguf(mm_tmp, "clip",
+                             kv_adder(mm_general, lambda w: add_mmproj_kv(w, vh), defaults_kv("mmproj")),
                              plan.mm_tensors, progress=progress)
     result = plan.summary()
     result.update({
@@ -155,6 +189,7 @@ def run_conversion(plan: ConversionPlan, *, force: bool = False,
         "blocked": [],
     })
     return result
+
 
 def output_rows(plan: ConversionPlan, *, force: bool = False) -> tuple[list[dict[str, Any]], list[str]]:
     """The two files a conversion writes (role, path, type, estimated bytes, exists, action) and what
@@ -192,7 +227,6 @@ def dry_run_result(plan: ConversionPlan, *, force: bool = False) -> dict[str, An
         "blocked": blocked,
         "dry_run": True,
     }
-
 
 
 def convert(source: str | Path, outdir: str | Path, **kw: Any) -> dict[str, Any]:

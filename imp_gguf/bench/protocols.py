@@ -65,10 +65,12 @@ class ModelFacts:
     image_size: int
     n_image_tokens: int
     traffic: LmTraffic
+    image_aspect: str = "square"
 
 
 def model_facts(model: Path, mmproj: Path) -> ModelFacts:
     from imp_gguf.gguf_info import file_type_name, read_gguf_meta
+    from imp_gguf.images import mmproj_image_spec
 
     for p, what in ((model, "--model"), (mmproj, "--mmproj")):
         if not Path(p).is_file():
@@ -78,10 +80,8 @@ def model_facts(model: Path, mmproj: Path) -> ModelFacts:
     arch = str(meta.get("general.architecture", "?"))
     if mm.get("general.architecture") != "clip":
         raise BadInput(f"--mmproj {mmproj} is not an mmproj (clip) GGUF")
-    image_size = int(mm.get("clip.vision.image_size", 0))
+    image_size, image_aspect = mmproj_image_spec(mm, f"--mmproj {mmproj}")
     patch = int(mm.get("clip.vision.patch_size", 0) or 1)
-    if not image_size:
-        raise BadInput(f"--mmproj {mmproj} has no clip.vision.image_size")
     traffic = lm_traffic(model)
     ft_name = file_type_name(meta.get("general.file_type")) or str(meta.get("general.file_type", "?"))
     size_label = meta.get("general.size_label") or "?B"
@@ -90,7 +90,7 @@ def model_facts(model: Path, mmproj: Path) -> ModelFacts:
         model_size=Path(model).stat().st_size, mmproj_size=Path(mmproj).stat().st_size,
         n_params=traffic.n_params, chat_template=meta.get("tokenizer.chat_template"),
         add_bos=bool(meta.get("tokenizer.ggml.add_bos_token", False)), image_size=image_size,
-        n_image_tokens=(image_size // patch) ** 2, traffic=traffic,
+        n_image_tokens=(image_size // patch) ** 2, traffic=traffic, image_aspect=image_aspect,
     )
 
 
@@ -269,7 +269,8 @@ class BenchSession:
         cfg, dev = self.cfg, self.dev
         src_img = cfg.image or default_image(self.tmp / "default-image.png")
         prepared = self.tmp / f"image-{facts.image_size}.png"
-        load_image(src_img, facts.image_size).save(prepared)  # squash-resized: clip.cpp will not pad
+        # as Imp prepares it (padded if the mmproj says so, squash-resized): clip.cpp copies it unchanged
+        load_image(src_img, facts.image_size, facts.image_aspect).save(prepared)
         counter = TextCounter(facts)
         question, n_text = fit_question(counter, cfg.n_text)
         model_dev, mmproj_dev, image_dev = dev.stage(facts.path), dev.stage(facts.mmproj), dev.stage(prepared, "images", always=True)

@@ -1,6 +1,8 @@
-"""`imp-gguf fixtures tiny|full-size`: checkpoints for tests and for speed figures (wiring only).
+"""`imp-gguf fixtures tiny|published|full-size`: checkpoints for tests and for speed figures (wiring only).
 
 tiny       a tiny Imp checkpoint of any released layout (imp_gguf.reference.fixtures; needs torch).
+published  a release at full size in its published form: config, names, shapes, dtype, shards, tokenizer
+           files (imp_gguf.reference.published; needs torch for the names; sparse zeros by default).
 full-size  a random-weight checkpoint in the exact shape of a real variant (imp_gguf.bench.fullsize;
            numpy only, streamed tensor by tensor: ~6 GB written, a few hundred MB of RAM).
 """
@@ -36,6 +38,25 @@ def register(app: typer.Typer) -> None:
         if out.exists() and not force:
             raise OutputExists(f"{out} exists: pass --force to replace it")
         path = make_checkpoint(variant, out, seed=seed, overwrite=True)
+        echo(f"wrote {path}")
+
+    @sub.command("published")
+    def published_cmd(
+        variant: str = typer.Argument(..., help="imp-v1-3b | Imp-v1.5-3B-Phi2 | Imp-v1.5-3B-196 | "
+                                                "Imp-v1.5-2B-Qwen1.5 | Imp-v1.5-4B-Phi3"),
+        out: Path = typer.Argument(..., help="Folder to write."),
+        data: str = typer.Option("zeros", "--data",
+                                 help="zeros: sparse files, seconds and no disk; random: seeded noise that gives "
+                                      "non-flat logits (writes the full size, minutes)."),
+        seed: int = typer.Option(0, "--seed", help="Random seed of the weights, with --data random."),
+        force: bool = typer.Option(False, "--force", help="Replace an existing OUT."),
+    ) -> None:
+        """A released checkpoint as published, at full size: what `convert` must accept without a download."""
+        from imp_gguf.reference.published import make_published
+
+        tenths = every_tenth(_info, lambda done, total, name: f"  {done / 1e9:5.2f} / {total / 1e9:.2f} GB  {name}")
+        path = make_published(variant, out, data=data, seed=seed, force=force,
+                              progress=lambda name, done, total: tenths(done, total, name))
         echo(f"wrote {path}")
 
     @sub.command("full-size")

@@ -18,7 +18,7 @@ import numpy as np
 from imp_gguf.chat_templates import MEDIA_MARKER, render
 from imp_gguf.errors import BadInput
 from imp_gguf.gguf_info import check_gguf, read_gguf_meta
-from imp_gguf.images import load_image
+from imp_gguf.images import load_image, mmproj_image_spec
 
 
 class Session:
@@ -47,7 +47,7 @@ class Session:
         self.chat_template = self.llm.metadata.get("tokenizer.chat_template") or ""
         self.vocab = self.llm._model.vocab
         self.mtmd_ctx = None
-        self.image_size = 0
+        self.image_size, self.image_aspect = 0, "square"
         if mmproj is not None:
             try:
                 self._load_mmproj(mmproj, verbose)
@@ -61,7 +61,7 @@ class Session:
         mm_meta = read_gguf_meta(mmproj)
         if mm_meta.get("general.architecture") != "clip":
             raise BadInput(f"{Path(mmproj).name} is not an mmproj (arch {mm_meta.get('general.architecture')})")
-        self.image_size = int(mm_meta.get("clip.vision.image_size", 0))
+        self.image_size, self.image_aspect = mmproj_image_spec(mm_meta, Path(mmproj).name)
         width = int(mm_meta.get("clip.vision.projection_dim", 0))
         if width and width != self.llm.n_embd():
             raise BadInput(f"mmproj output width {width} does not match the model's width {self.llm.n_embd()}")
@@ -109,7 +109,7 @@ class Session:
     def _bitmap(self, image: str | Path):
         if not self.mtmd_ctx:
             raise BadInput("this session has no mmproj")
-        img = load_image(image, self.image_size)
+        img = load_image(image, self.image_size, self.image_aspect)
         data = np.ascontiguousarray(np.asarray(img, dtype=np.uint8))
         buf = (ctypes.c_uint8 * data.nbytes).from_buffer_copy(data.tobytes())
         bmp = self._mtmd.mtmd_bitmap_init(img.width, img.height, buf)

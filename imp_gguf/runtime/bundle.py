@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from imp_gguf.errors import BadInput, OutputExists
+from imp_gguf.gguf_info import read_gguf_meta
+from imp_gguf.images import mmproj_image_spec
 from imp_gguf.pair import check_pair
 from imp_gguf.pins import LLAMA_CPP_COMMIT, LLAMA_CPP_PYTHON_VERSION
 from imp_gguf.runtime.build import where
@@ -63,10 +65,14 @@ Android over adb:
 Termux (copy {name}.tar.gz to the phone first; binaries cannot run from /sdcard):
   tar xzf {name}.tar.gz -C ~ && sh ~/{name}/run.sh ~/photo.jpg "What is in the image?"
 Benchmark: ./bin/llama-bench -m models/{model} -p 512 -n 128 -t 4,5,6
-Images: Imp was trained on squash-resized squares; resize photos to the mmproj's image size first
-(clip.vision.image_size: 196 or 384), e.g. `convert photo.jpg -resize 196x196! photo.png`, or clip.cpp
-letterboxes them with a grey border.
+Images: prepare photos as Imp does, or clip.cpp letterboxes them with its own colour. This mmproj
+wants {image_size} x {image_size} px, "{aspect}": {aspect_how}
 """
+ASPECT_HOW = {
+    "square": "squash-resize, e.g. `convert photo.jpg -resize '{size}x{size}!' photo.png`.",
+    "pad": "centre on a grey (127,127,127) square, then resize, e.g. `convert photo.jpg -background "
+           "'rgb(127,127,127)' -gravity center -extent WxW -resize '{size}x{size}!' photo.png` (W = the longer side).",
+}
 
 
 @dataclass
@@ -131,8 +137,10 @@ def make_bundle(
             shutil.copyfile(src, tmp / "models" / src.name)
         (tmp / "run.sh").write_text(run_script(model.name, mmproj.name, target))
         os.chmod(tmp / "run.sh", 0o755)
+        size, aspect = mmproj_image_spec(read_gguf_meta(mmproj), mmproj.name)
         (tmp / "README.txt").write_text(
-            README.format(commit=LLAMA_CPP_COMMIT, target=target, name=out.name, model=model.name)
+            README.format(commit=LLAMA_CPP_COMMIT, target=target, name=out.name, model=model.name,
+                          image_size=size, aspect=aspect, aspect_how=ASPECT_HOW[aspect].format(size=size))
         )
         files = sorted(p for p in tmp.rglob("*") if p.is_file())
         manifest = {

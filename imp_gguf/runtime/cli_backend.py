@@ -8,17 +8,16 @@ from typing import Callable
 
 from imp_gguf.errors import BadInput, InternalError
 from imp_gguf.gguf_info import read_gguf_meta
-from imp_gguf.images import load_image
+from imp_gguf.images import load_image, mmproj_image_spec
 from imp_gguf.runtime.runner import LocalRunner, Runner
 
 
 def prepare_image(image: str | Path, mmproj: str | Path, dest_dir: Path) -> Path:
-    """Squash-resize to the mmproj's image size and save as PNG, so clip.cpp copies it unchanged."""
-    size = int(read_gguf_meta(mmproj).get("clip.vision.image_size") or 0)
-    if size <= 0:
-        raise BadInput(f"{Path(mmproj).name} has no clip.vision.image_size: is it an mmproj?")
+    """Pad (if the mmproj says so) and squash-resize to its image size, saved as PNG, so clip.cpp copies
+    it unchanged."""
+    size, aspect = mmproj_image_spec(read_gguf_meta(mmproj), Path(mmproj).name)
     out = dest_dir / "image.png"
-    load_image(image, size).save(out)
+    load_image(image, size, aspect).save(out)
     return out
 
 
