@@ -424,6 +424,11 @@ def test_every_help_text_reads(columns, monkeypatch, capsys):
             for p in cmd.params:
                 if getattr(p, "opts", None) and not getattr(p, "hidden", False) and p.param_type_name == "option":
                     assert p.help, f"{where}: {p.opts} has no help"
+            # every bracket written in a help text is printed (no markup swallows "[reference]")
+            flat = " ".join(text.split())
+            sources = [cmd.help or ""] + [p.help or "" for p in cmd.params if not getattr(p, "hidden", False)]
+            for bracket in re.findall(r"\[[^\]\s]*\]", " ".join(" ".join(src.split()) for src in sources)):
+                assert bracket in flat, f"{where}: {bracket} lost"
     assert main(["verify", "--help"]) == 0
     assert "pip install 'imp-gguf[reference]'" in " ".join(capsys.readouterr().out.split())
     assert main(["eval", "--help"]) == 0

@@ -209,7 +209,7 @@ def test_inspect_metadata_with_markup(capsys, tmp_path):
     w.write_tensors_to_file()
     w.close()
     assert main(["inspect", str(tmp_path / "m.gguf")]) == 0
-    assert "[/oops]" in capsys.readouterr().err
+    assert "[/oops] [bold]x" in capsys.readouterr().out  # the result: stdout, printed verbatim
 
 
 # ---------------------------------------------------------------- llama.cpp sessions
