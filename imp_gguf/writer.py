@@ -1,6 +1,9 @@
 """The one GGUF writer: streams tensors one at a time into a temporary file, renames at the end.
 
-Peak memory stays near the largest tensor (plus its converted copy). An existing output is never
+A tensor written in its stored type (fp16 -> F16, bf16 -> BF16, f32 -> F32) is copied from the
+safetensors file to the GGUF between file descriptors (copy_file_range, else sendfile, else a chunked
+pread/pwrite), after a scan of its raw bits for NaN/Inf; every other tensor is converted in chunks of
+CHUNK_ELEMENTS. Peak memory is one chunk, whatever the model size. An existing output is never
 replaced without force; on any failure (bad tensor, full disk, Ctrl-C, SIGTERM) the temporary file
 is removed and nothing is left under the final name.
 """
@@ -15,13 +18,19 @@ import signal
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Optional
 
 import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as T, GGUFWriter
 from gguf.quants import quantize
 
 from imp_gguf.errors import BadInput, OutputExists
+from imp_gguf.policy import copies_verbatim
+
+CHUNK_ELEMENTS = 1 << 22  # a conversion holds 4 Mi elements at a time (16 MB as float32)
+COPY_BYTES = 64 << 20  # bytes per copy call, so Ctrl-C is seen between calls
+_NO_KERNEL_COPY = {errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EBADF,
+                   errno.EPERM}  # the kernel cannot copy between these two files: try the next way
 
 
 @dataclass
@@ -31,6 +40,7 @@ class PlannedTensor:
     shape: tuple[int, ...]
     gtype: T
     load: Callable[[], np.ndarray]
+    source: Optional[Any] = None  # a safetensors TensorRef: enables the verbatim copy and chunked reads
 
     @property
     def nbytes(self) -> int:
@@ -48,6 +58,19 @@ def check_output(path: Path, force: bool) -> None:
         raise BadInput(f"output folder {parent} does not exist")
     if not os.access(parent, os.W_OK):
         raise BadInput(f"output folder {parent} is not writable")
+
+
+def staging_folder(dest: Path, force: bool) -> Path:
+    """A fresh DEST.tmp beside DEST for a folder output (checkpoint fixtures): refuses an existing DEST
+    without force; the caller fills it and renames it onto DEST when complete."""
+    if dest.exists():
+        if not force:
+            raise OutputExists(f"{dest} exists: pass --force to replace it")
+        shutil.rmtree(dest)
+    tmp = dest.with_name(dest.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    return tmp
 
 
 def temp_name(path: Path) -> Path:
@@ -100,10 +123,13 @@ def _signals_held() -> Iterator[None]:
             signal.raise_signal(s)
 
 
+def nonfinite(name: str, bad: int) -> BadInput:
+    return BadInput(f"tensor {name!r} has {bad} NaN/Inf values")
+
+
 def encode(arr: np.ndarray, gtype: T, name: str) -> np.ndarray:
     if not np.isfinite(arr).all():
-        bad = int((~np.isfinite(arr)).sum())
-        raise BadInput(f"tensor {name!r} has {bad} NaN/Inf values")
+        raise nonfinite(name, int((~np.isfinite(arr)).sum()))
     if gtype == T.F32:
         return np.ascontiguousarray(arr, dtype=np.float32)
     if gtype == T.F16:
@@ -150,26 +176,114 @@ def _write_gguf(tmp: Path, arch: str, add_kv: Callable[[GGUFWriter], None], tens
         w.write_header_to_file(tmp)
         w.write_kv_data_to_file()
         w.write_ti_data_to_file()
+        assert w.fout is not None and len(w.fout) == 1
+        fout = w.fout[0]
+        fout.flush()  # from here on, tensor data goes to the descriptor at explicit offsets
+        fd, pos = fout.fileno(), fout.tell()
         for t in tensors:
-            try:
-                arr = t.load()
-            except OSError as exc:  # a read error of the checkpoint, not of the output
-                raise BadInput(f"cannot read tensor {t.src!r}: {exc.strerror or exc}") from exc
-            data = encode(arr, t.gtype, t.src)
-            del arr
-            if data.nbytes != t.nbytes:
-                raise BadInput(f"tensor {t.src!r}: {data.nbytes} bytes after conversion, expected {t.nbytes}")
-            w.write_tensor_data(data)
+            pos = _pad(fd, pos, w.data_alignment)
+            pos += _write_tensor(fd, pos, t)
             if progress:
-                progress(data.nbytes)
-            del data
-        for f in w.fout or []:
-            f.flush()
-            os.fsync(f.fileno())
+                progress(t.nbytes)
+        _pad(fd, pos, w.data_alignment)
+        os.fsync(fd)
     finally:
         w.close()
     size = tmp.stat().st_size
     return size
+
+
+def _pad(fd: int, pos: int, align: int) -> int:
+    """Zeros up to the next multiple of align (as GGUFWriter pads); returns the aligned offset."""
+    end = GGUFWriter.ggml_pad(pos, align)
+    if end > pos:
+        _pwrite_all(fd, bytes(end - pos), pos)
+    return end
+
+
+def _pwrite_all(fd: int, data: Any, pos: int) -> None:
+    view = memoryview(data).cast("B")
+    while view:
+        n = os.pwrite(fd, view, pos)
+        view, pos = view[n:], pos + n
+
+
+def _write_tensor(fd: int, pos: int, t: PlannedTensor) -> int:
+    """One tensor's bytes at offset pos: copied verbatim if its stored type is its GGUF type, else
+    converted chunk by chunk. Returns the bytes written (checked against the plan)."""
+    ref = t.source
+    if ref is not None and hasattr(ref, "path") and copies_verbatim(ref.dtype, t.gtype):
+        bad = ref.count_nonfinite()
+        if bad:
+            raise nonfinite(t.src, bad)
+        _copy_range(ref, fd, pos)
+        written = ref.nbytes
+    else:
+        written = 0
+        for arr in _chunks(t):
+            data = encode(arr, t.gtype, t.src)
+            del arr
+            _pwrite_all(fd, data, pos + written)
+            written += data.nbytes
+    if written != t.nbytes:
+        raise BadInput(f"tensor {t.src!r}: {written} bytes after conversion, expected {t.nbytes}")
+    return written
+
+
+def _chunks(t: PlannedTensor) -> Iterator[np.ndarray]:
+    """The tensor flattened, CHUNK_ELEMENTS at a time (a multiple of the type's block: every GGML block
+    lies within one row, as the policy guarantees rows divisible by the block)."""
+    block = GGML_QUANT_SIZES[t.gtype][0]
+    step = max(block, CHUNK_ELEMENTS // block * block)
+    try:
+        if t.source is not None and hasattr(t.source, "chunks"):
+            yield from t.source.chunks(step)
+            return
+        flat = t.load().reshape(-1)
+    except OSError as exc:  # a read error of the checkpoint, not of the output
+        raise BadInput(f"cannot read tensor {t.src!r}: {exc.strerror or exc}") from exc
+    for start in range(0, flat.size, step):
+        yield flat[start:start + step]
+
+
+def _copy_range(ref: Any, out_fd: int, pos: int) -> None:
+    """ref's bytes to out_fd at pos without passing through Python: copy_file_range, or sendfile when
+    the kernel cannot (another file system), or pread/pwrite of COPY_BYTES when neither works."""
+    try:
+        src = open(ref.path, "rb", buffering=0)
+    except OSError as exc:
+        raise BadInput(f"cannot read tensor {ref.name!r}: {exc.strerror or exc}") from exc
+    with src:
+        done = 0
+        while done < ref.nbytes:
+            n = _copy_once(src.fileno(), ref.offset + done, out_fd, pos + done, min(COPY_BYTES, ref.nbytes - done))
+            if n == 0:  # the source ended early
+                raise ref._changed()
+            done += n
+
+
+_copy_way = {"way": "copy_file_range"}  # the first way that worked; later tensors start there
+
+
+def _copy_once(in_fd: int, in_pos: int, out_fd: int, out_pos: int, count: int) -> int:
+    if _copy_way["way"] == "copy_file_range":
+        try:
+            return os.copy_file_range(in_fd, out_fd, count, in_pos, out_pos)
+        except OSError as exc:
+            if exc.errno not in _NO_KERNEL_COPY:
+                raise
+            _copy_way["way"] = "sendfile"
+    if _copy_way["way"] == "sendfile":
+        try:
+            os.lseek(out_fd, out_pos, os.SEEK_SET)
+            return os.sendfile(out_fd, in_fd, in_pos, count)
+        except OSError as exc:
+            if exc.errno not in _NO_KERNEL_COPY:
+                raise
+            _copy_way["way"] = "pread"
+    data = os.pread(in_fd, count, in_pos)
+    _pwrite_all(out_fd, data, out_pos)
+    return len(data)
 
 
 def kv_adder(*parts: Callable[[Any], None]) -> Callable[[GGUFWriter], None]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -20,7 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from imp_gguf.errors import BadInput, OutputExists
+from imp_gguf.errors import BadInput
+from imp_gguf.writer import staging_folder
 
 VISION = "transformer.vision_tower.vision_tower.vision_model."
 PROJ = "transformer.mm_projector."
@@ -248,13 +248,7 @@ def make_fullsize(variant: str, dest: str | Path, *, seed: int = 0, force: bool 
         spec = FULL_VARIANTS[variant]
     import tokenizers  # noqa: F401 - write_tokenizer needs it at the end: fail before writing ~6 GB
     dest = Path(dest)
-    if dest.exists():
-        if not force:
-            raise OutputExists(f"{dest} exists: pass --force to replace it")
-        shutil.rmtree(dest)
-    tmp = dest.with_name(dest.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    tmp = staging_folder(dest, force)
     table = tensor_table(spec)
     total = sum(2 * math.prod(s) for _, s, _ in table)
     rng = np.random.default_rng(seed)

@@ -28,7 +28,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from imp_gguf.errors import BadInput, OutputExists
+from imp_gguf.errors import BadInput
+from imp_gguf.writer import staging_folder
 
 # Phi-2's sizes (microsoft/phi-2 config.json), which the Imp-3B configs leave to ImpConfig's defaults.
 PHI2_SIZES = {"vocab_size": 51200, "hidden_size": 2560, "intermediate_size": 10240, "num_hidden_layers": 32,
@@ -252,13 +253,7 @@ def make_published(variant: str, dest: str | Path, *, data: str = "zeros", seed:
         raise BadInput(f"unknown release {variant!r}: choose one of {', '.join(RELEASES)}")
     release = RELEASES[variant]
     dest = Path(dest)
-    if dest.exists():
-        if not force:
-            raise OutputExists(f"{dest} exists: pass --force to replace it")
-        shutil.rmtree(dest)
-    tmp = dest.with_name(dest.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    tmp = staging_folder(dest, force)
     try:
         cfg = published_config(release)
         write_shards(tmp, tensor_table(release), n_shards=release.shards, dtype=release.dtype, data=data, seed=seed,
