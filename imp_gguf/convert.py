@@ -13,9 +13,9 @@ from typing import Any, Callable
 
 from imp_gguf.checkpoint import Checkpoint, HUB_ID, open_checkpoint
 from imp_gguf.errors import BadInput
-from imp_gguf.families import detect_family
-from imp_gguf.families.base import LMFamily, LMHparams
-from imp_gguf.families.siglip import VisionHparams, add_mmproj_kv, plan as plan_vision, vision_hparams
+from imp_gguf.converters import detect_family
+from imp_gguf.converters.base import LMFamily, LMHparams
+from imp_gguf.converters.siglip import VisionHparams, add_mmproj_kv, plan as plan_vision, vision_hparams
 from imp_gguf.naming import ENCODINGS, ModelIdentity, add_general
 from imp_gguf.policy import FILE_TYPES, OUTTYPES, tensor_type
 from imp_gguf.chat_templates import resolve_template

@@ -11,11 +11,11 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from gguf import TokenType
+
 from imp_gguf.chat_templates import TEMPLATES
 from imp_gguf.checkpoint import Checkpoint
 from imp_gguf.errors import BadInput
-
-NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
 
 
 @dataclass
@@ -65,7 +65,7 @@ def load_vocab(ckpt: Checkpoint, family: Any, n_rows: int, chat_template: str | 
         vocab = _bpe_vocab(ckpt, n_rows)
     elif family.tokenizer_kind == "llama":
         vocab = _spm_vocab(ckpt, n_rows)
-    else:  # pragma: no cover - families are ours
+    else:  # pragma: no cover - the converters are ours
         raise ValueError(family.tokenizer_kind)
     vocab.pre = family.tokenizer_pre
     vocab.add_bos = family.add_bos
@@ -79,7 +79,7 @@ def _pad(tokens: dict[int, tuple[str, int]], n_real: int, n_rows: int) -> tuple[
         raise BadInput(f"tokenizer has {n_real} tokens but the embedding has only {n_rows} rows")
     out_t, out_ty = [], []
     for i in range(n_rows):
-        text, ty = tokens.get(i, (f"[PAD{i}]", UNUSED))
+        text, ty = tokens.get(i, (f"[PAD{i}]", TokenType.UNUSED))
         out_t.append(text)
         out_ty.append(ty)
     return out_t, out_ty
@@ -161,9 +161,9 @@ def _bpe_vocab(ckpt: Checkpoint, n_rows: int) -> Vocab:
     for text, tid in base.items():
         if not isinstance(tid, int) or isinstance(tid, bool) or tid < 0:
             raise BadInput(f"tokenizer: bad id for token {text!r}")
-        table[tid] = (text, NORMAL)
+        table[tid] = (text, TokenType.NORMAL)
     for tid, text, special in added:
-        table[tid] = (text, CONTROL if special else USER_DEFINED)
+        table[tid] = (text, TokenType.CONTROL if special else TokenType.USER_DEFINED)
     n_real = max(table) + 1 if table else 0
     tokens, types = _pad(table, n_real, n_rows)
     return Vocab(model="gpt2", pre="", tokens=tokens, types=types, merges=merges, n_real=n_real)
@@ -183,20 +183,20 @@ def _spm_vocab(ckpt: Checkpoint, n_rows: int) -> Vocab:
     table: dict[int, tuple[str, int]] = {}
     scores: dict[int, float] = {}
     for i in range(sp.vocab_size()):
-        ty = NORMAL
+        ty = TokenType.NORMAL
         if sp.IsUnknown(i):
-            ty = UNKNOWN
+            ty = TokenType.UNKNOWN
         elif sp.IsControl(i):
-            ty = CONTROL
+            ty = TokenType.CONTROL
         elif sp.IsUnused(i):
-            ty = UNUSED
+            ty = TokenType.UNUSED
         elif sp.IsByte(i):
-            ty = BYTE
+            ty = TokenType.BYTE
         table[i] = (sp.IdToPiece(i), ty)
         scores[i] = sp.GetScore(i)
     extra = _added_tokens(ckpt, ("added_tokens.json", "tokenizer_config.json", "tokenizer.json"))
     for tid, text, special in extra:
-        table[tid] = (text, CONTROL if special else USER_DEFINED)
+        table[tid] = (text, TokenType.CONTROL if special else TokenType.USER_DEFINED)
         scores[tid] = -1000.0
     n_real = max(table) + 1
     tokens, types = _pad(table, n_real, n_rows)

@@ -180,9 +180,9 @@ def test_defaults_tables_match_transformers_config_classes():
     """A default is the default of the class that wrote the config, read here from transformers itself."""
     from transformers import Phi3Config, PhiConfig, Qwen2Config
 
-    from imp_gguf.families.phi2 import PHI2_DEFAULTS as phi
-    from imp_gguf.families.phi3 import PHI3_DEFAULTS as phi3
-    from imp_gguf.families.qwen2 import QWEN2_DEFAULTS as qwen
+    from imp_gguf.converters.phi2 import PHI2_DEFAULTS as phi
+    from imp_gguf.converters.phi3 import PHI3_DEFAULTS as phi3
+    from imp_gguf.converters.qwen2 import QWEN2_DEFAULTS as qwen
 
     def rope(c, key):
         return (getattr(c, "rope_parameters", None) or {}).get(key, getattr(c, key, None))

@@ -1,4 +1,5 @@
-"""Registry of language-model families, and layout detection for a checkpoint.
+"""The converters, one file per source layout (phi2_msft, phi2, qwen2, phi3 for the language model;
+siglip for the mmproj), listed by name, and layout detection for a checkpoint.
 
 Detection trusts tensor names first (the two Phi-2 layouts share one model_type) and then checks
 that config.json's model_type agrees.
@@ -6,24 +7,19 @@ that config.json's model_type agrees.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from imp_gguf.converters.base import LMFamily
+from imp_gguf.converters.phi2 import Phi2
+from imp_gguf.converters.phi2_msft import Phi2Msft
+from imp_gguf.converters.phi3 import Phi3
+from imp_gguf.converters.qwen2 import Qwen2
 from imp_gguf.errors import BadInput
 
-if TYPE_CHECKING:
-    from imp_gguf.families.base import LMFamily
-
-FAMILIES: dict[str, type["LMFamily"]] = {}
+FAMILIES: dict[str, type[LMFamily]] = {f.name: f for f in (Phi2Msft, Phi2, Phi3, Qwen2)}
 
 
-def register(cls: type["LMFamily"]) -> type["LMFamily"]:
-    if cls.name in FAMILIES:
-        raise RuntimeError(f"family {cls.name} registered twice")
-    FAMILIES[cls.name] = cls
-    return cls
-
-
-def detect_family(config: dict[str, Any], names: set[str]) -> type["LMFamily"]:
+def detect_family(config: dict[str, Any], names: set[str]) -> type[LMFamily]:
     model_type = config.get("model_type")
     if not model_type:
         raise BadInput("config.json has no model_type")
@@ -41,6 +37,3 @@ def detect_family(config: dict[str, Any], names: set[str]) -> type["LMFamily"]:
         raise BadInput(f"model_type {model_type!r} does not match the tensors, which are {fam.description}")
     return fam
 
-
-# Importing the family modules registers them.
-from imp_gguf.families import phi2, phi3, qwen2  # noqa: E402,F401

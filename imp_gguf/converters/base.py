@@ -1,7 +1,7 @@
-"""What every language-model family declares: a tensor table, hyper-parameters, tokenizer kind.
+"""What every language-model converter declares: a tensor table, hyper-parameters, tokenizer kind.
 
-A family is data first: a list of TensorRule rows (source name -> GGUF name, expected shape) plus
-a few small hooks. Adding Imp-on-a-new-LLM means a new file in this package, not edits elsewhere.
+A converter is data first: a list of TensorRule rows (source name -> gguf-py tensor, expected shape)
+plus a few small hooks. Adding Imp-on-a-new-LLM means a new file in this package, not edits elsewhere.
 """
 
 from __future__ import annotations
@@ -10,7 +10,14 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar
 
+from gguf import MODEL_TENSOR as T, TENSOR_NAMES
+
 from imp_gguf.errors import BadInput
+
+
+def gguf_name(tensor: T, kind: str = "weight") -> str:
+    """The GGUF name of a tensor kind as gguf-py spells it, e.g. 'blk.{bid}.attn_qkv.weight'."""
+    return f"{TENSOR_NAMES[tensor]}.{kind}"
 
 
 @dataclass(frozen=True)
@@ -41,17 +48,23 @@ ShapeFn = Callable[[LMHparams], tuple[int, ...]]
 
 @dataclass(frozen=True)
 class TensorRule:
-    """One row of a family table: `{bid}` in both names stands for the block index."""
+    """One row of a converter table: `{bid}` in the source name stands for the block index; the GGUF
+    tensor is gguf-py's kind, with the source's `.weight`/`.bias` suffix."""
 
     src: str
-    dst: str
+    tensor: T
     shape: ShapeFn
     optional: bool = False
+
+    @property
+    def dst(self) -> str:
+        return gguf_name(self.tensor, self.src.rsplit(".", 1)[1])
 
     def expand(self, hp: LMHparams) -> list[tuple[str, str, tuple[int, ...]]]:
         if "{bid}" not in self.src:
             return [(self.src, self.dst, self.shape(hp))]
-        return [(self.src.format(bid=b), self.dst.format(bid=b), self.shape(hp)) for b in range(hp.n_layer)]
+        dst = self.dst
+        return [(self.src.format(bid=b), dst.format(bid=b), self.shape(hp)) for b in range(hp.n_layer)]
 
 
 def rope_param(config: dict[str, Any], key: str, default: Any) -> Any:
@@ -135,7 +148,7 @@ def divide(total: int, part: int, what: str) -> int:
 
 
 class LMFamily:
-    """Base class; subclasses are registered by name in imp_gguf.families."""
+    """Base class; subclasses are listed by name in imp_gguf.converters.FAMILIES."""
 
     name: ClassVar[str]
     arch: ClassVar[str]  # GGUF architecture
@@ -172,7 +185,7 @@ class LMFamily:
 
     @classmethod
     def add_arch_kv(cls, writer: Any, hp: LMHparams) -> None:
-        """Write `{arch}.*` keys, the way llama.cpp's own converter does; families add their extras."""
+        """Write `{arch}.*` keys, the way llama.cpp's own converter does; converters add their extras."""
         writer.add_block_count(hp.n_layer)
         writer.add_context_length(hp.n_ctx)
         writer.add_embedding_length(hp.n_embd)

@@ -1,20 +1,17 @@
-"""Phi-2 (Imp-3B): both tensor layouts of the published checkpoints.
+"""Phi-2 (Imp-3B), transformers-Phi names under `model.` (layout B: imp-v1-3b and Imp-v1.5-3B-Phi2
+on their main revisions), and what both Phi-2 layouts share (layout A, phi-msft: phi2_msft.py).
 
-Layout A, phi-msft names under `transformer.` (Imp-v1.5-3B-196, and imp-v1-3b before its "update
-phi-2 version"), and layout B, transformers-Phi names under `model.` (imp-v1-3b and Imp-v1.5-3B-Phi2
-on their main revisions). Both come with model_type "imp": only the tensor names tell them apart.
-Same maths: a parallel attention+MLP block off one LayerNorm, partial NeoX RoPE, GELU (tanh),
-biased lm_head.
+Both come with model_type "imp": only the tensor names tell them apart. Same maths: a parallel
+attention+MLP block off one LayerNorm, partial NeoX RoPE, GELU (tanh), biased lm_head.
 """
 
 from __future__ import annotations
 
 from typing import Any, ClassVar
 
+from imp_gguf.converters.base import (ConfigDefaults, LMFamily, LMHparams, T, TensorRule as R, divide, embd, ffn_down,
+                                      ffn_up, square, tensor_shape, vec)
 from imp_gguf.errors import BadInput
-from imp_gguf.families import register
-from imp_gguf.families.base import (ConfigDefaults, LMFamily, LMHparams, TensorRule as R, divide, embd, ffn_down, ffn_up,
-                                    square, tensor_shape, vec)
 
 # What each config class that writes these configs fills in for a key it left out.
 PHI2_DEFAULTS = {
@@ -31,33 +28,25 @@ PHI2_DEFAULTS = {
 }
 
 
-def _qkv(h: LMHparams) -> tuple[int, ...]:
-    return (3 * h.n_embd, h.n_embd)
-
-
-def _qkv_b(h: LMHparams) -> tuple[int, ...]:
-    return (3 * h.n_embd,)
-
-
 def _up_b(h: LMHparams) -> tuple[int, ...]:
     return (h.n_ff,)
 
 
-def _vocab_b(h: LMHparams) -> tuple[int, ...]:
+def vocab_b(h: LMHparams) -> tuple[int, ...]:
     return (h.n_vocab,)
 
 
-def _mlp(block: str) -> list[R]:
+def mlp(block: str) -> list[R]:
     """fc1/fc2 keep their names in both layouts; only the block prefix differs."""
     return [
-        R(block + "mlp.fc1.weight", "blk.{bid}.ffn_up.weight", ffn_up),
-        R(block + "mlp.fc1.bias", "blk.{bid}.ffn_up.bias", _up_b),
-        R(block + "mlp.fc2.weight", "blk.{bid}.ffn_down.weight", ffn_down),
-        R(block + "mlp.fc2.bias", "blk.{bid}.ffn_down.bias", vec),
+        R(block + "mlp.fc1.weight", T.FFN_UP, ffn_up),
+        R(block + "mlp.fc1.bias", T.FFN_UP, _up_b),
+        R(block + "mlp.fc2.weight", T.FFN_DOWN, ffn_down),
+        R(block + "mlp.fc2.bias", T.FFN_DOWN, vec),
     ]
 
 
-class _Phi2Common(LMFamily):
+class Phi2Common(LMFamily):
     arch = "phi2"
     model_types = ("imp", "phi", "phi-msft")
     hf_architecture = "PhiForCausalLM"
@@ -115,33 +104,7 @@ class _Phi2Common(LMFamily):
         }
 
 
-@register
-class Phi2Msft(_Phi2Common):
-    name = "phi2_msft"
-    description = "Phi-2, phi-msft layout (Imp-v1.5-3B-196, early imp-v1-3b revisions)"
-    prefix = "transformer."
-    marker = "transformer.embd.wte.weight"
-    block_marker = "transformer.h.{bid}.ln.weight"
-    embedding_name = "transformer.embd.wte.weight"
-    fc1_name = "transformer.h.0.mlp.fc1.weight"
-    rules = [
-        R("transformer.embd.wte.weight", "token_embd.weight", embd),
-        R("transformer.h.{bid}.ln.weight", "blk.{bid}.attn_norm.weight", vec),
-        R("transformer.h.{bid}.ln.bias", "blk.{bid}.attn_norm.bias", vec),
-        R("transformer.h.{bid}.mixer.Wqkv.weight", "blk.{bid}.attn_qkv.weight", _qkv),
-        R("transformer.h.{bid}.mixer.Wqkv.bias", "blk.{bid}.attn_qkv.bias", _qkv_b),
-        R("transformer.h.{bid}.mixer.out_proj.weight", "blk.{bid}.attn_output.weight", square),
-        R("transformer.h.{bid}.mixer.out_proj.bias", "blk.{bid}.attn_output.bias", vec),
-        *_mlp("transformer.h.{bid}."),
-        R("lm_head.ln.weight", "output_norm.weight", vec),
-        R("lm_head.ln.bias", "output_norm.bias", vec),
-        R("lm_head.linear.weight", "output.weight", embd),
-        R("lm_head.linear.bias", "output.bias", _vocab_b),
-    ]
-
-
-@register
-class Phi2(_Phi2Common):
+class Phi2(Phi2Common):
     name = "phi2"
     description = "Phi-2, transformers layout (imp-v1-3b, Imp-v1.5-3B-Phi2)"
     prefix = "model."
@@ -150,16 +113,16 @@ class Phi2(_Phi2Common):
     embedding_name = "model.embed_tokens.weight"
     fc1_name = "model.layers.0.mlp.fc1.weight"
     rules = [
-        R("model.embed_tokens.weight", "token_embd.weight", embd),
-        R("model.layers.{bid}.input_layernorm.weight", "blk.{bid}.attn_norm.weight", vec),
-        R("model.layers.{bid}.input_layernorm.bias", "blk.{bid}.attn_norm.bias", vec),
-        *[R(f"model.layers.{{bid}}.self_attn.{p}_proj.{k}", f"blk.{{bid}}.attn_{p}.{k}", square if k == "weight" else vec)
-          for p in "qkv" for k in ("weight", "bias")],
-        R("model.layers.{bid}.self_attn.dense.weight", "blk.{bid}.attn_output.weight", square),
-        R("model.layers.{bid}.self_attn.dense.bias", "blk.{bid}.attn_output.bias", vec),
-        *_mlp("model.layers.{bid}."),
-        R("model.final_layernorm.weight", "output_norm.weight", vec),
-        R("model.final_layernorm.bias", "output_norm.bias", vec),
-        R("lm_head.weight", "output.weight", embd),
-        R("lm_head.bias", "output.bias", _vocab_b),
+        R("model.embed_tokens.weight", T.TOKEN_EMBD, embd),
+        R("model.layers.{bid}.input_layernorm.weight", T.ATTN_NORM, vec),
+        R("model.layers.{bid}.input_layernorm.bias", T.ATTN_NORM, vec),
+        *[R(f"model.layers.{{bid}}.self_attn.{p}_proj.{k}", t, square if k == "weight" else vec)
+          for p, t in (("q", T.ATTN_Q), ("k", T.ATTN_K), ("v", T.ATTN_V)) for k in ("weight", "bias")],
+        R("model.layers.{bid}.self_attn.dense.weight", T.ATTN_OUT, square),
+        R("model.layers.{bid}.self_attn.dense.bias", T.ATTN_OUT, vec),
+        *mlp("model.layers.{bid}."),
+        R("model.final_layernorm.weight", T.OUTPUT_NORM, vec),
+        R("model.final_layernorm.bias", T.OUTPUT_NORM, vec),
+        R("lm_head.weight", T.OUTPUT, embd),
+        R("lm_head.bias", T.OUTPUT, vocab_b),
     ]

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from imp_gguf.families import register
-from imp_gguf.families.base import (ConfigDefaults, LMFamily, LMHparams, TensorRule as R, divide, embd, ffn_down, square,
-                                    tensor_shape, vec)
+from imp_gguf.converters.base import (ConfigDefaults, LMFamily, LMHparams, T, TensorRule as R, divide, embd, ffn_down,
+                                      square, tensor_shape, vec)
 
 # transformers' Phi3Config (MILVLG/imp vendors the same defaults; ImpPhi3Config extends it unchanged).
 _PHI3 = {"n_head": 32, "n_ctx": 4096, "orig_ctx": 4096, "rope_theta": 10000.0, "norm_eps": 1e-5,
@@ -25,7 +24,6 @@ def _gate_up(h: LMHparams) -> tuple[int, ...]:
     return (2 * h.n_ff, h.n_embd)
 
 
-@register
 class Phi3(LMFamily):
     name = "phi3"
     arch = "phi3"
@@ -42,16 +40,16 @@ class Phi3(LMFamily):
     add_bos = True
     stop_token = "<|end|>"
     rules = [
-        R("model.embed_tokens.weight", "token_embd.weight", embd),
-        R("model.layers.{bid}.input_layernorm.weight", "blk.{bid}.attn_norm.weight", vec),
-        R("model.layers.{bid}.self_attn.qkv_proj.weight", "blk.{bid}.attn_qkv.weight", _qkv),
-        R("model.layers.{bid}.self_attn.o_proj.weight", "blk.{bid}.attn_output.weight", square),
-        R("model.layers.{bid}.post_attention_layernorm.weight", "blk.{bid}.ffn_norm.weight", vec),
+        R("model.embed_tokens.weight", T.TOKEN_EMBD, embd),
+        R("model.layers.{bid}.input_layernorm.weight", T.ATTN_NORM, vec),
+        R("model.layers.{bid}.self_attn.qkv_proj.weight", T.ATTN_QKV, _qkv),
+        R("model.layers.{bid}.self_attn.o_proj.weight", T.ATTN_OUT, square),
+        R("model.layers.{bid}.post_attention_layernorm.weight", T.FFN_NORM, vec),
         # llama.cpp's phi3 graph splits the fused gate‖up itself: keep it fused.
-        R("model.layers.{bid}.mlp.gate_up_proj.weight", "blk.{bid}.ffn_up.weight", _gate_up),
-        R("model.layers.{bid}.mlp.down_proj.weight", "blk.{bid}.ffn_down.weight", ffn_down),
-        R("model.norm.weight", "output_norm.weight", vec),
-        R("lm_head.weight", "output.weight", embd),
+        R("model.layers.{bid}.mlp.gate_up_proj.weight", T.FFN_UP, _gate_up),
+        R("model.layers.{bid}.mlp.down_proj.weight", T.FFN_DOWN, ffn_down),
+        R("model.norm.weight", T.OUTPUT_NORM, vec),
+        R("lm_head.weight", T.OUTPUT, embd),
     ]
 
     @classmethod

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from imp_gguf.families import register
-from imp_gguf.families.base import (ConfigDefaults, LMFamily, LMHparams, TensorRule as R, divide, embd, ffn_down, ffn_up,
-                                    square, tensor_shape, vec)
+from imp_gguf.converters.base import (ConfigDefaults, LMFamily, LMHparams, T, TensorRule as R, divide, embd, ffn_down,
+                                      ffn_up, square, tensor_shape, vec)
 
 # transformers' Qwen2Config (and MILVLG/imp's vendored copy, which ImpQwen2Config extends unchanged).
 # rope_theta defaults to 10000 there: Qwen1.5's 1e6 must come from the config, never from here.
@@ -25,7 +24,6 @@ def _kv_b(h: LMHparams) -> tuple[int, ...]:
     return (h.n_head_kv * h.head_dim,)
 
 
-@register
 class Qwen2(LMFamily):
     name = "qwen2"
     arch = "qwen2"
@@ -41,22 +39,22 @@ class Qwen2(LMFamily):
     chat_template = "imp_qwen2"
     stop_token = "<|im_end|>"
     rules = [
-        R("model.embed_tokens.weight", "token_embd.weight", embd),
-        R("model.layers.{bid}.input_layernorm.weight", "blk.{bid}.attn_norm.weight", vec),
-        R("model.layers.{bid}.self_attn.q_proj.weight", "blk.{bid}.attn_q.weight", square),
-        R("model.layers.{bid}.self_attn.q_proj.bias", "blk.{bid}.attn_q.bias", vec),
-        R("model.layers.{bid}.self_attn.k_proj.weight", "blk.{bid}.attn_k.weight", _kv),
-        R("model.layers.{bid}.self_attn.k_proj.bias", "blk.{bid}.attn_k.bias", _kv_b),
-        R("model.layers.{bid}.self_attn.v_proj.weight", "blk.{bid}.attn_v.weight", _kv),
-        R("model.layers.{bid}.self_attn.v_proj.bias", "blk.{bid}.attn_v.bias", _kv_b),
-        R("model.layers.{bid}.self_attn.o_proj.weight", "blk.{bid}.attn_output.weight", square),
-        R("model.layers.{bid}.post_attention_layernorm.weight", "blk.{bid}.ffn_norm.weight", vec),
-        R("model.layers.{bid}.mlp.gate_proj.weight", "blk.{bid}.ffn_gate.weight", ffn_up),
-        R("model.layers.{bid}.mlp.up_proj.weight", "blk.{bid}.ffn_up.weight", ffn_up),
-        R("model.layers.{bid}.mlp.down_proj.weight", "blk.{bid}.ffn_down.weight", ffn_down),
-        R("model.norm.weight", "output_norm.weight", vec),
+        R("model.embed_tokens.weight", T.TOKEN_EMBD, embd),
+        R("model.layers.{bid}.input_layernorm.weight", T.ATTN_NORM, vec),
+        R("model.layers.{bid}.self_attn.q_proj.weight", T.ATTN_Q, square),
+        R("model.layers.{bid}.self_attn.q_proj.bias", T.ATTN_Q, vec),
+        R("model.layers.{bid}.self_attn.k_proj.weight", T.ATTN_K, _kv),
+        R("model.layers.{bid}.self_attn.k_proj.bias", T.ATTN_K, _kv_b),
+        R("model.layers.{bid}.self_attn.v_proj.weight", T.ATTN_V, _kv),
+        R("model.layers.{bid}.self_attn.v_proj.bias", T.ATTN_V, _kv_b),
+        R("model.layers.{bid}.self_attn.o_proj.weight", T.ATTN_OUT, square),
+        R("model.layers.{bid}.post_attention_layernorm.weight", T.FFN_NORM, vec),
+        R("model.layers.{bid}.mlp.gate_proj.weight", T.FFN_GATE, ffn_up),
+        R("model.layers.{bid}.mlp.up_proj.weight", T.FFN_UP, ffn_up),
+        R("model.layers.{bid}.mlp.down_proj.weight", T.FFN_DOWN, ffn_down),
+        R("model.norm.weight", T.OUTPUT_NORM, vec),
         # Qwen2 runtime ties `output` to `token_embd` when absent.
-        R("lm_head.weight", "output.weight", embd, optional=True),
+        R("lm_head.weight", T.OUTPUT, embd, optional=True),
     ]
 
     @classmethod

@@ -12,6 +12,9 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from gguf import VISION_PROJECTOR_TYPE, VISION_PROJECTOR_TYPE_NAMES
+
+from imp_gguf.converters.base import T, gguf_name
 from imp_gguf.errors import BadInput
 from imp_gguf.images import ASPECT_KEY
 
@@ -22,11 +25,13 @@ SO400M = {"hidden_size": 1152, "intermediate_size": 4304, "num_attention_heads":
 VISION = "vision_tower.vision_tower.vision_model."
 IMAGE_MEAN = (0.5, 0.5, 0.5)
 IMAGE_STD = (0.5, 0.5, 0.5)
+# clip.cpp reads this key (the blocks to run), but the pinned gguf-py has no name for it.
+FEATURE_LAYER_KEY = "clip.vision.feature_layer"
 
 _BLOCK = {
-    "layer_norm1": "ln1", "layer_norm2": "ln2",
-    "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
-    "self_attn.out_proj": "attn_out", "mlp.fc1": "ffn_up", "mlp.fc2": "ffn_down",
+    "layer_norm1": T.V_ENC_INPUT_NORM, "layer_norm2": T.V_ENC_POST_ATTN_NORM,
+    "self_attn.q_proj": T.V_ENC_ATTN_Q, "self_attn.k_proj": T.V_ENC_ATTN_K, "self_attn.v_proj": T.V_ENC_ATTN_V,
+    "self_attn.out_proj": T.V_ENC_ATTN_O, "mlp.fc1": T.V_ENC_FFN_UP, "mlp.fc2": T.V_ENC_FFN_DOWN,
 }
 
 
@@ -151,24 +156,21 @@ def plan(vh: VisionHparams, tensors: dict[str, Any], prefix: str) -> list[tuple[
     vp = prefix + VISION
     D, F, p = vh.n_embd, vh.n_ff, vh.patch_size
     want: list[tuple[str, str, tuple[int, ...]]] = [
-        (vp + "embeddings.patch_embedding.weight", "v.patch_embd.weight", (D, 3, p, p)),
-        (vp + "embeddings.patch_embedding.bias", "v.patch_embd.bias", (D,)),
-        (vp + "embeddings.position_embedding.weight", "v.position_embd.weight", (vh.n_patches, D)),
+        (vp + "embeddings.patch_embedding.weight", gguf_name(T.V_ENC_EMBD_PATCH), (D, 3, p, p)),
+        (vp + "embeddings.patch_embedding.bias", gguf_name(T.V_ENC_EMBD_PATCH, "bias"), (D,)),
+        (vp + "embeddings.position_embedding.weight", gguf_name(T.V_ENC_EMBD_POS), (vh.n_patches, D)),
     ]
-    shapes = {"ln1": (D,), "ln2": (D,), "attn_q": (D, D), "attn_k": (D, D), "attn_v": (D, D), "attn_out": (D, D),
-              "ffn_up": (F, D), "ffn_down": (D, F)}
+    shapes = {T.V_ENC_INPUT_NORM: (D,), T.V_ENC_POST_ATTN_NORM: (D,), T.V_ENC_ATTN_Q: (D, D), T.V_ENC_ATTN_K: (D, D),
+              T.V_ENC_ATTN_V: (D, D), T.V_ENC_ATTN_O: (D, D), T.V_ENC_FFN_UP: (F, D), T.V_ENC_FFN_DOWN: (D, F)}
     for b in range(vh.run_blocks):
         for src, dst in _BLOCK.items():
             for kind in ("weight", "bias"):
                 shape = shapes[dst] if kind == "weight" else (shapes[dst][0],)
-                want.append((f"{vp}encoder.layers.{b}.{src}.{kind}", f"v.blk.{b}.{dst}.{kind}", shape))
+                want.append((f"{vp}encoder.layers.{b}.{src}.{kind}", gguf_name(dst, kind).format(bid=b), shape))
     H = vh.projection_dim
-    want += [
-        (prefix + "mm_projector.0.weight", "mm.0.weight", (H, D)),
-        (prefix + "mm_projector.0.bias", "mm.0.bias", (H,)),
-        (prefix + "mm_projector.2.weight", "mm.2.weight", (H, H)),
-        (prefix + "mm_projector.2.bias", "mm.2.bias", (H,)),
-    ]
+    want += [(f"{prefix}mm_projector.{i}.{kind}", gguf_name(T.V_MMPROJ, kind).format(bid=i),
+              ((H, D) if i == 0 else (H, H)) if kind == "weight" else (H,))
+             for i in (0, 2) for kind in ("weight", "bias")]
     for src, _dst, shape in want:
         ref = tensors.get(src)
         if ref is None:
@@ -185,19 +187,19 @@ def plan(vh: VisionHparams, tensors: dict[str, Any], prefix: str) -> list[tuple[
 
 
 def add_mmproj_kv(writer: Any, vh: VisionHparams) -> None:
-    writer.add_bool("clip.has_vision_encoder", True)
-    writer.add_string("clip.projector_type", "mlp")
-    writer.add_uint32("clip.vision.image_size", vh.image_size)
-    writer.add_uint32("clip.vision.patch_size", vh.patch_size)
-    writer.add_uint32("clip.vision.embedding_length", vh.n_embd)
-    writer.add_uint32("clip.vision.feed_forward_length", vh.n_ff)
-    writer.add_uint32("clip.vision.block_count", vh.run_blocks)
-    writer.add_uint32("clip.vision.attention.head_count", vh.n_head)
-    writer.add_float32("clip.vision.attention.layer_norm_epsilon", vh.eps)
-    writer.add_uint32("clip.vision.projection_dim", vh.projection_dim)
-    writer.add_array("clip.vision.image_mean", list(IMAGE_MEAN))
-    writer.add_array("clip.vision.image_std", list(IMAGE_STD))
+    writer.add_clip_has_vision_encoder(True)
+    writer.add_clip_projector_type(VISION_PROJECTOR_TYPE_NAMES[VISION_PROJECTOR_TYPE.MLP])
+    writer.add_vision_image_size(vh.image_size)
+    writer.add_vision_patch_size(vh.patch_size)
+    writer.add_vision_embedding_length(vh.n_embd)
+    writer.add_vision_feed_forward_length(vh.n_ff)
+    writer.add_vision_block_count(vh.run_blocks)
+    writer.add_vision_head_count(vh.n_head)
+    writer.add_vision_attention_layernorm_eps(vh.eps)
+    writer.add_vision_projection_dim(vh.projection_dim)
+    writer.add_vision_image_mean(list(IMAGE_MEAN))
+    writer.add_vision_image_std(list(IMAGE_STD))
     # SigLIP's gelu_pytorch_tanh; without this key clip.cpp falls back to gelu_quick.
-    writer.add_bool("clip.use_gelu", True)
-    writer.add_array("clip.vision.feature_layer", [vh.run_blocks])
+    writer.add_vision_use_gelu(True)
+    writer.add_array(FEATURE_LAYER_KEY, [vh.run_blocks])
     writer.add_string(ASPECT_KEY, vh.aspect)
