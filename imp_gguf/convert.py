@@ -108,7 +108,8 @@ def plan_conversion(source: str | Path, outdir: str | Path, *, outtype: str = "f
             gtype, note = tensor_type(dst, shape, outtype)
             if note:
                 notes.append(note)
-            out.append(PlannedTensor(src, dst, shape, gtype, ckpt.tensors[src].load))
+            ref = ckpt.tensors[src]
+            out.append(PlannedTensor(src, dst, shape, gtype, ref.load, source=ref))
         return out
 
     lm_tensors, mm_tensors = planned(lm_rows), planned(mm_rows)

@@ -25,3 +25,12 @@ def tensor_type(name: str, shape: tuple[int, ...], outtype: str) -> tuple[T, str
     if want == T.Q8_0 and shape[-1] % 32:
         return T.F16, f"{name}: rows of {shape[-1]} are not divisible by 32, written as F16"
     return want, None
+
+
+# safetensors dtypes whose bytes are already the GGML type's bytes (both little-endian, same layout)
+VERBATIM = {"F32": T.F32, "F16": T.F16, "BF16": T.BF16}
+
+
+def copies_verbatim(src_dtype: str, gtype: T) -> bool:
+    """True when a tensor stored as src_dtype is written as gtype byte for byte (copied, not converted)."""
+    return VERBATIM.get(src_dtype) == gtype

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import json
 import math
+import mmap
+import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
@@ -30,6 +33,10 @@ _DTYPES: dict[str, tuple[np.dtype, int]] = {
     "BOOL": (np.dtype("u1"), 1),
 }
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # the format's own limit
+# Float dtypes by their raw bits: (word, mask clearing the sign, smallest non-finite magnitude).
+_NONFINITE_BITS = {"F16": (np.dtype("<u2"), 0x7FFF, 0x7C00), "BF16": (np.dtype("<u2"), 0x7FFF, 0x7F80),
+                   "F32": (np.dtype("<u4"), 0x7FFFFFFF, 0x7F800000)}
+SCAN_BYTES = 16 << 20  # the window mapped at a time when scanning raw bits
 
 
 @dataclass(frozen=True)
@@ -55,8 +62,7 @@ class TensorRef:
         try:
             mm = np.memmap(self.path, dtype=np.uint8, mode="r", offset=self.offset, shape=(self.nbytes,))
         except (OSError, ValueError) as exc:  # the file shrank or vanished since its header was read
-            raise BadInput(f"{self.path.name}: cannot read tensor {self.name!r}: the file changed or is truncated "
-                           f"({exc.__class__.__name__})") from exc
+            raise self._changed(exc) from exc
         try:
             raw = np.frombuffer(mm, dtype=storage).reshape(self.shape)
             if self.dtype == "BF16":
@@ -66,6 +72,58 @@ class TensorRef:
             return np.array(raw)
         finally:
             del mm
+
+    def _changed(self, exc: Exception | None = None) -> BadInput:
+        why = f" ({exc.__class__.__name__})" if exc else ""
+        return BadInput(f"{self.path.name}: cannot read tensor {self.name!r}: the file changed or is truncated{why}")
+
+    def chunks(self, step: int) -> Iterator[np.ndarray]:
+        """The flattened tensor, `step` elements at a time, as load() would give it (float32 for floats).
+
+        Each chunk is read with one pread into a fresh buffer, so memory stays at one chunk."""
+        storage, size = _DTYPES[self.dtype]
+        with open(self.path, "rb", buffering=0) as f:
+            for start in range(0, self.numel, step):
+                count = min(step, self.numel - start)
+                raw = os.pread(f.fileno(), count * size, self.offset + start * size)
+                if len(raw) != count * size:
+                    raise self._changed()
+                words = np.frombuffer(raw, dtype=storage)
+                if self.dtype == "BF16":
+                    wide = words.astype(np.uint32)
+                    wide <<= 16
+                    yield wide.view(np.float32)
+                elif self.dtype in ("F16", "F64"):
+                    yield words.astype(np.float32)
+                else:
+                    yield words.copy()
+
+    def count_nonfinite(self) -> int:
+        """NaN/Inf values of a float tensor, from its raw bits through a mapped window (no copy, no float
+        conversion); 0 for other dtypes."""
+        if self.dtype not in _NONFINITE_BITS or self.nbytes == 0:
+            return 0
+        word, mask, threshold = _NONFINITE_BITS[self.dtype]
+        bad = 0
+        with open(self.path, "rb", buffering=0) as f:
+            lead = self.offset % mmap.ALLOCATIONGRANULARITY  # mmap offsets must be page aligned
+            buf = np.empty(SCAN_BYTES // word.itemsize, dtype=word)
+            for start in range(0, self.nbytes, SCAN_BYTES):
+                n = min(SCAN_BYTES, self.nbytes - start)
+                try:
+                    mm = mmap.mmap(f.fileno(), lead + n, prot=mmap.PROT_READ, offset=self.offset + start - lead)
+                except (OSError, ValueError) as exc:
+                    raise self._changed(exc) from exc
+                try:
+                    bits = np.frombuffer(mm, dtype=word, count=n // word.itemsize, offset=lead)
+                    out = buf[:bits.size]
+                    np.bitwise_and(bits, mask, out=out)
+                    del bits
+                    if int(out.max()) >= threshold:
+                        bad += int(np.count_nonzero(out >= threshold))
+                finally:
+                    mm.close()
+        return bad
 
 
 def read_header(path: Path) -> dict[str, TensorRef]:

@@ -231,19 +231,24 @@ def _write_tensor(fd: int, pos: int, t: PlannedTensor) -> int:
 
 
 def _chunks(t: PlannedTensor) -> Iterator[np.ndarray]:
-    """The tensor flattened, CHUNK_ELEMENTS at a time (a multiple of the type's block: every GGML block
-    lies within one row, as the policy guarantees rows divisible by the block)."""
-    block = GGML_QUANT_SIZES[t.gtype][0]
-    step = max(block, CHUNK_ELEMENTS // block * block)
+    """The tensor as (rows, row length) pieces of about CHUNK_ELEMENTS (whole rows, so every GGML block
+    and gguf-py's row groups stay as in a whole-tensor conversion); a vector in flat pieces."""
+    if len(t.shape) >= 2:
+        cols = t.shape[-1]
+        step = max(1, CHUNK_ELEMENTS // cols) * cols if cols else CHUNK_ELEMENTS
+    else:
+        block = GGML_QUANT_SIZES[t.gtype][0]
+        cols, step = 0, max(block, CHUNK_ELEMENTS // block * block)
     try:
         if t.source is not None and hasattr(t.source, "chunks"):
-            yield from t.source.chunks(step)
-            return
-        flat = t.load().reshape(-1)
+            pieces: Iterator[np.ndarray] = t.source.chunks(step)
+        else:
+            flat = t.load().reshape(-1)
+            pieces = (flat[i:i + step] for i in range(0, flat.size, step))
+        for piece in pieces:
+            yield piece.reshape(-1, cols) if cols else piece
     except OSError as exc:  # a read error of the checkpoint, not of the output
         raise BadInput(f"cannot read tensor {t.src!r}: {exc.strerror or exc}") from exc
-    for start in range(0, flat.size, step):
-        yield flat[start:start + step]
 
 
 def _copy_range(ref: Any, out_fd: int, pos: int) -> None:
@@ -253,34 +258,33 @@ def _copy_range(ref: Any, out_fd: int, pos: int) -> None:
         src = open(ref.path, "rb", buffering=0)
     except OSError as exc:
         raise BadInput(f"cannot read tensor {ref.name!r}: {exc.strerror or exc}") from exc
+    way = ["copy_file_range"]  # the first way that works for this pair of files
     with src:
         done = 0
         while done < ref.nbytes:
-            n = _copy_once(src.fileno(), ref.offset + done, out_fd, pos + done, min(COPY_BYTES, ref.nbytes - done))
+            n = _copy_once(way, src.fileno(), ref.offset + done, out_fd, pos + done,
+                           min(COPY_BYTES, ref.nbytes - done))
             if n == 0:  # the source ended early
                 raise ref._changed()
             done += n
 
 
-_copy_way = {"way": "copy_file_range"}  # the first way that worked; later tensors start there
-
-
-def _copy_once(in_fd: int, in_pos: int, out_fd: int, out_pos: int, count: int) -> int:
-    if _copy_way["way"] == "copy_file_range":
+def _copy_once(way: list[str], in_fd: int, in_pos: int, out_fd: int, out_pos: int, count: int) -> int:
+    if way[0] == "copy_file_range":
         try:
             return os.copy_file_range(in_fd, out_fd, count, in_pos, out_pos)
         except OSError as exc:
             if exc.errno not in _NO_KERNEL_COPY:
                 raise
-            _copy_way["way"] = "sendfile"
-    if _copy_way["way"] == "sendfile":
+            way[0] = "sendfile"
+    if way[0] == "sendfile":
         try:
             os.lseek(out_fd, out_pos, os.SEEK_SET)
             return os.sendfile(out_fd, in_fd, in_pos, count)
         except OSError as exc:
             if exc.errno not in _NO_KERNEL_COPY:
                 raise
-            _copy_way["way"] = "pread"
+            way[0] = "pread"
     data = os.pread(in_fd, count, in_pos)
     _pwrite_all(out_fd, data, out_pos)
     return len(data)
