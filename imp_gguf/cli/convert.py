@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 
-from imp_gguf.cli._common import echo, err_console, info, print_json
+from imp_gguf.cli._common import STATE, echo, err_console, info, print_json
 from imp_gguf.convert import dry_run_result, plan_conversion, run_conversion
 
 HELP = """Convert an Imp checkpoint into two GGUF files that llama.cpp runs unchanged.
@@ -60,7 +60,7 @@ def convert_cmd(
              "Imp's code has it since 2024-08) or imp_phi3_nosys (the 4B's template before that, when its "
              "weights were published), or a .jinja file. The other models have one template each."),
 ) -> None:
-    from imp_gguf.names import resolve_convert_options
+    from imp_gguf.quant.recipes import resolve_convert_options
 
     opts = resolve_convert_options(outtype=outtype, quant=quant, keep_intermediate=keep_intermediate)
     if opts.recipe is not None:
@@ -69,7 +69,7 @@ def convert_cmd(
         log = (lambda m: None) if (json_out or quiet) else info
         result = convert_and_quantize(ckpt, outdir, opts.recipe, force=force, keep_intermediate=keep_intermediate,
                                       model_name=model_name, allow_pickle=allow_pickle, dry_run=dry_run,
-                                      chat_template=chat_template)
+                                      chat_template=chat_template, verbose=STATE["verbose"])
         if not dry_run and result["mmproj_reused"]:
             log(f"reused {result['mmproj']} (same checkpoint, same {opts.recipe.mmproj_encoding} mmproj)")
         _show(result, json_out, quiet)
@@ -114,12 +114,10 @@ def _show(result: dict, json_out: bool, quiet: bool) -> None:
     for fb in result.get("fallbacks") or []:  # llama.cpp's shape fallbacks: shown, never silent
         info(f"  note: {_fallback_text(fb)}")
     verbs = {"write": "would write" if dry else "wrote", "overwrite": "would overwrite" if dry else "overwrote",
-             "reuse": "would reuse" if dry else "reused", "blocked": "blocked"}
+             "reuse": "would reuse" if dry else "reused", "blocked": "exists, blocked:"}
     for o in result["outputs"]:
         size = f"{o['bytes'] / 1e6:.1f} MB" if o.get("bytes") is not None else "?"
         echo(f"{verbs[o['action']]} {o['path']}  ({o['type']}, {'~' if dry else ''}{size})")
-    for why in result.get("blocked") or []:
-        echo(f"blocked: {why}")
 
 
 def _refuse_if_blocked(result: dict) -> None:
