@@ -21,7 +21,8 @@ fail() { echo "fresh install check FAILED: $*" >&2; exit 1; }
 
 if ! "$py" -c 'import ensurepip' 2>/dev/null; then  # Debian's python3 needs python3-venv for venvs
   [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null || fail "$py cannot create virtual environments (apt-get install python3-venv)"
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq && apt-get install -y -qq python3-venv >/dev/null
 fi
 
 # The README's first command, exactly as written in its "Two commands" section.
