@@ -21,10 +21,11 @@ def demo_questions() -> list[dict[str, Any]]:
 
 
 def run_demo(outdir: str | Path, *, quant: str | None = "q4_k", force: bool = False,
-             log: Callable[[str], None] = print, show: Callable[[str], None] | None = None) -> dict[str, Any]:
+             log: Callable[[str], None] = print, show: Callable[[str], None] | None = None,
+             verbose: bool = False) -> dict[str, Any]:
     """`log` gets progress, `show` the results (the files, each answer, the score; default: `log`).
     quant is a recipe name (any spelling `convert --quant` takes), or None / "none" for F16."""
-    from imp_gguf.names import resolve_recipe
+    from imp_gguf.quant.recipes import resolve_recipe
     from imp_gguf.runtime.bindings import Session
     from imp_gguf.tiny_imp.evaluate import is_correct
 
@@ -38,7 +39,7 @@ def run_demo(outdir: str | Path, *, quant: str | None = "q4_k", force: bool = Fa
     if recipe is not None:
         from imp_gguf.quant import convert_and_quantize
 
-        result = convert_and_quantize(ckpt, outdir, recipe, force=force)
+        result = convert_and_quantize(ckpt, outdir, recipe, force=force, verbose=verbose)
     else:
         from imp_gguf.convert import convert
 

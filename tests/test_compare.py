@@ -12,7 +12,7 @@ import pytest
 
 from imp_gguf.cli.main import main
 from imp_gguf.errors import BadInput, OutputExists
-from imp_gguf.quant.compare import (_accuracy_hook, check_baseline, compare_recipes, kl_divergence, load_baseline,
+from imp_gguf.quant.compare import (check_baseline, compare_recipes, kl_divergence, load_baseline,
                                     log_softmax, make_baseline, pareto_front)
 from imp_gguf.quant.evalset import build_evalset
 from imp_gguf.reference.fixtures import VARIANTS
@@ -102,6 +102,7 @@ def test_evalset_is_deterministic(tmp_path: Path) -> None:
 
 def test_accuracy_hook_only_for_the_tiny_imp(tmp_path: Path, tiny_checkpoints) -> None:
     from imp_gguf.tiny_imp import CHECKPOINT_NAME, default_checkpoint
+    from imp_gguf.tiny_imp.evaluate import accuracy_scorer as _accuracy_hook
 
     assert _accuracy_hook(tiny_checkpoints["Imp-v1.5-3B-196"]) is None
     assert _accuracy_hook(tmp_path / "missing") is None
@@ -118,12 +119,15 @@ def test_accuracy_hook_only_for_the_tiny_imp(tmp_path: Path, tiny_checkpoints) -
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_kl_orders_recipes(variant: str, tiny_checkpoints, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # The accuracy column appears when the hook applies (here: a stand-in, so any checkpoint qualifies).
-    monkeypatch.setattr("imp_gguf.quant.compare._accuracy_hook", lambda source: lambda m, mm, n_threads=None: 0.5)
-    monkeypatch.setattr("imp_gguf.quant.compare._pytorch_accuracy", lambda source: 0.625)
+    from imp_gguf.tiny_imp.evaluate import heldout_scorers
+
+    monkeypatch.setattr("imp_gguf.tiny_imp.is_tiny_imp", lambda source: True)
+    monkeypatch.setattr("imp_gguf.tiny_imp.evaluate.heldout_accuracy", lambda m, mm, n_threads=None: 0.5)
+    monkeypatch.setattr("imp_gguf.tiny_imp.evaluate._pytorch_accuracy", lambda source: 0.625)
     # One thread: tiny models gain nothing from more, and a busy CI box makes thread barriers crawl.
     quick = build_evalset(tmp_path / "evalset", n_texts=3, n_images=2, decode_tokens=8)
     report = compare_recipes(tiny_checkpoints[variant], ["q8_0", "q4_k", "q3_k"], tmp_path, runs=1, n_threads=1,
-                             evalset=quick)
+                             evalset=quick, scorers=heldout_scorers(tiny_checkpoints[variant], n_threads=1))
     rows = {r["recipe"]: r for r in report["recipes"]}
     assert [r["recipe"] for r in report["recipes"]] == ["q8_0", "q4_k", "q3_k"]  # the order asked for
     assert rows["q8_0"]["kl_mean"] < rows["q4_k"]["kl_mean"] < rows["q3_k"]["kl_mean"]

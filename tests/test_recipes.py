@@ -121,7 +121,7 @@ def test_unknown_recipe() -> None:
 # ---------------------------------------------------------------- rules (no llama.cpp)
 
 def test_use_more_bits_matches_reference() -> None:
-    # reference §3.2: for 32 layers, 0-3, 6, 9, ..., 27, 28-31 (16 layers)
+    # llama.cpp's rule (docs/architecture.md): for 32 layers, 0-3, 6, 9, ..., 27, 28-31 (16 layers)
     picked = [i for i in range(32) if use_more_bits(i, 32)]
     assert picked == [0, 1, 2, 3, 6, 9, 12, 15, 18, 21, 24, 27, 28, 29, 30, 31]
     assert sum(use_more_bits(i, 24) for i in range(24)) == 12

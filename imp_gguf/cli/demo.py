@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from imp_gguf.cli._common import echo, info, print_json
+from imp_gguf.cli._common import STATE, echo, info, print_json
 
 
 def demo_cmd(
@@ -24,7 +24,7 @@ def demo_cmd(
 
     quiet = lambda m: None  # noqa: E731
     result = run_demo(outdir, quant=quant, force=force, log=quiet if json_out else info,
-                      show=quiet if json_out else echo)
+                      show=quiet if json_out else echo, verbose=STATE["verbose"])
     if json_out:
         print_json(result)
 

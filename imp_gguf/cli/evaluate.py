@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from imp_gguf.cli._common import echo, err_console, info, print_json
+from imp_gguf.cli._common import STATE, echo, err_console, info, print_json
 from imp_gguf.errors import BadInput, OutputExists
 
 HELP = """Held-out accuracy of a tiny Imp (the bundled one by default) in PyTorch and, through llama.cpp,
@@ -87,7 +87,7 @@ def eval_cmd(
     bar, factory = _progress(not json_out)
     with bar:
         report = accuracy_report(checkpoint, names, n=n, seed=seed, pytorch=pytorch, workdir=outdir,
-                                 n_threads=threads, log=say, progress=factory)
+                                 n_threads=threads, log=say, progress=factory, verbose=STATE["verbose"])
     if plot is not None:
         from imp_gguf.quant.plot import available, plot_accuracy_by_kind
         from imp_gguf.writer import atomic_outputs

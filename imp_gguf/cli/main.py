@@ -10,7 +10,6 @@ temporary files are removed and no partial output is left under a final name.
 
 from __future__ import annotations
 
-import importlib
 import signal
 import sys
 import threading
@@ -19,6 +18,8 @@ import traceback
 import typer
 
 from imp_gguf import __version__
+from imp_gguf.cli import (bench, bundle, convert, demo, evaluate, fixtures, inspect_cmd, recipes, run, runtime,
+                          verify)
 from imp_gguf.cli._common import STATE, err_console, hoist_verbose, typer_factory
 from imp_gguf.errors import ImpGgufError, ToolMissing
 
@@ -53,19 +54,7 @@ app = typer_factory(
 )
 
 # Each module defines register(app). Order is the order shown in --help.
-COMMAND_MODULES = [
-    "convert",
-    "inspect_cmd",
-    "verify",
-    "recipes",
-    "evaluate",
-    "runtime",
-    "bundle",
-    "run",
-    "bench",
-    "demo",
-    "fixtures",
-]
+COMMAND_MODULES = (convert, inspect_cmd, verify, recipes, evaluate, runtime, bundle, run, bench, demo, fixtures)
 
 
 def _version(value: bool) -> None:
@@ -82,8 +71,8 @@ def _root(
     STATE["verbose"] = verbose
 
 
-for _name in COMMAND_MODULES:
-    importlib.import_module(f"imp_gguf.cli.{_name}").register(app)
+for _module in COMMAND_MODULES:
+    _module.register(app)
 
 
 class Terminated(BaseException):

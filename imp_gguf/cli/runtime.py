@@ -30,56 +30,59 @@ def _progress_printer():
     return None, every_tenth(info, lambda n, total, what: f"  [{n}/{total}] {what[:90]}")
 
 
+sub = typer_factory("Build and locate the llama.cpp tools pinned by imp-gguf (cached outside the repo).")
+
+
+@sub.command("build")
+def build_cmd(
+    target: str = typer.Option("host", "--target", help=TARGET_HELP),
+    jobs: int = typer.Option(0, "--jobs", "-j", help="Parallel compile jobs (default: all cores)."),
+    force: bool = typer.Option(False, "--force", help="Delete the cached build and rebuild from scratch."),
+    json_out: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
+) -> None:
+    """Build llama-mtmd-cli, llama-bench, llama-quantize, llama-server, llama-perplexity for a target."""
+    if target == "termux":
+        sys.stdout.write(rt.termux_instructions())
+        return
+    bar, update = _progress_printer()
+
+    def started(bdir) -> None:
+        info(f"building llama.cpp tools for {target} in {bdir} (about 10 min on 2 cores; log: build.log)")
+        if bar is not None:  # only now: a reused build should not flash a bar
+            bar.start()
+
+    try:
+        result = rt.build(target, jobs=jobs or None, force=force, progress=update, on_start=started)
+    except rt.BuildFailed as exc:
+        if bar is not None:
+            bar.stop()
+        info(f"last lines of {exc.log}:")
+        tail = exc.tail if STATE["verbose"] else exc.tail[-15:]
+        err_console.print("\n".join(tail), markup=False, highlight=False, soft_wrap=True)
+        raise
+    finally:
+        if bar is not None:
+            bar.stop()
+    if json_out:
+        print_json(result.to_json())
+    else:
+        how = "reused" if result.reused else f"built in {result.seconds / 60:.1f} min"
+        echo(f"{target}: {how}: {result.bin_dir}")
+
+
+@sub.command("where")
+def where_cmd(
+    target: str = typer.Option("host", "--target", help=TARGET_HELP),
+    json_out: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
+) -> None:
+    """Print the paths of the built tools (exit 2 if that target is not built yet)."""
+    result = rt.where(target)
+    if json_out:
+        print_json(result.to_json())
+    else:
+        for name, path in result.binaries.items():
+            typer.echo(f"{name}\t{path}")
+
+
 def register(app: typer.Typer) -> None:
-    sub = typer_factory("Build and locate the llama.cpp tools pinned by imp-gguf (cached outside the repo).")
-
-    @sub.command("build")
-    def build_cmd(
-        target: str = typer.Option("host", "--target", help=TARGET_HELP),
-        jobs: int = typer.Option(0, "--jobs", "-j", help="Parallel compile jobs (default: all cores)."),
-        force: bool = typer.Option(False, "--force", help="Delete the cached build and rebuild from scratch."),
-        json_out: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
-    ) -> None:
-        """Build llama-mtmd-cli, llama-bench, llama-quantize, llama-server, llama-perplexity for a target."""
-        if target == "termux":
-            sys.stdout.write(rt.termux_instructions())
-            return
-        bar, update = _progress_printer()
-
-        def started(bdir) -> None:
-            info(f"building llama.cpp tools for {target} in {bdir} (about 10 min on 2 cores; log: build.log)")
-            if bar is not None:  # only now: a reused build should not flash a bar
-                bar.start()
-
-        try:
-            result = rt.build(target, jobs=jobs or None, force=force, progress=update, on_start=started)
-        except rt.BuildFailed as exc:
-            if bar is not None:
-                bar.stop()
-            info(f"last lines of {exc.log}:")
-            tail = exc.tail if STATE["verbose"] else exc.tail[-15:]
-            err_console.print("\n".join(tail), markup=False, highlight=False, soft_wrap=True)
-            raise
-        finally:
-            if bar is not None:
-                bar.stop()
-        if json_out:
-            print_json(result.to_json())
-        else:
-            how = "reused" if result.reused else f"built in {result.seconds / 60:.1f} min"
-            echo(f"{target}: {how}: {result.bin_dir}")
-
-    @sub.command("where")
-    def where_cmd(
-        target: str = typer.Option("host", "--target", help=TARGET_HELP),
-        json_out: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
-    ) -> None:
-        """Print the paths of the built tools (exit 2 if that target is not built yet)."""
-        result = rt.where(target)
-        if json_out:
-            print_json(result.to_json())
-        else:
-            for name, path in result.binaries.items():
-                typer.echo(f"{name}\t{path}")
-
     app.add_typer(sub, name="runtime")

@@ -105,3 +105,49 @@ def render(rows: list[dict[str, Any]], width: int = 80) -> list[str]:
     for n in notes:
         lines += textwrap.wrap(n, width=width, break_long_words=False, break_on_hyphens=False)
     return lines
+
+
+# ---------------------------------------------------------------- `recipes show`
+
+def recipe_card(name: str | Path, plan: str | Path | None = None) -> dict[str, Any]:
+    """One recipe's settings, its predicted shape fallbacks on the released models and (plan: an F16
+    GGUF, model or mmproj) the type each of that file's tensors gets."""
+    from imp_gguf.gguf_info import read_gguf_meta, tensor_table
+    from imp_gguf.quant.recipes import load_recipe
+    from imp_gguf.quant.released import released_fallbacks
+    from imp_gguf.quant.rules import expected_types
+
+    recipe = load_recipe(name)
+    out = recipe.to_dict()
+    out["released_fallbacks"] = released_fallbacks(recipe)
+    if plan is not None:
+        meta = read_gguf_meta(plan)
+        arch = meta.get("general.architecture")
+        part = "mmproj" if arch == "clip" else "lm"
+        n_layer = 0 if part == "mmproj" else int(meta.get(f"{arch}.block_count") or 0)
+        choices = expected_types(recipe, tensor_table(plan), n_layer, part=part)
+        out["plan"] = {"file": str(plan), "part": part, "tensors": [c.to_dict() for c in choices]}
+    return out
+
+
+def render_card(card: dict[str, Any]) -> list[str]:
+    """`recipes show` as text lines; the plan's tensors as plain aligned lines (names never wrapped or cut)."""
+    lm, mm = card["lm"], card["mmproj"]
+    lines = [f"{card['name']}: {card['description']}", f"  file:       {card['path'] or '(built in)'}",
+             f"  lm ftype:   {lm['ftype']} (base {lm['base_type']}{', pure' if lm['pure'] else ''})",
+             f"  output:     {lm['output'] or 'llama.cpp mixture'}",
+             f"  token_embd: {lm['token_embd'] or 'llama.cpp mixture'}",
+             f"  overrides:  {', '.join(f'{p}={t}' for p, t in lm['overrides'].items()) or 'none'}",
+             f"  mmproj:     {mm['type']} (rows not divisible by 32 stay F16)",
+             f"  file names: <model>-{card['encoding']}.gguf, mmproj-<model>-{mm['type']}.gguf",
+             "  shape fallbacks on the released Imp models (llama.cpp's rules, predicted):"]
+    lines += [f"    {model}: {'; '.join(rows) if rows else 'none'}"
+              for model, rows in card["released_fallbacks"].items()]
+    if "plan" in card:
+        plan = card["plan"]
+        lines.append(f"\n{Path(plan['file']).name} ({plan['part']}): "
+                     "tensor, row width, recipe's type -> written type, why")
+        for c in plan["tensors"]:
+            mark = "  <- shape fallback" if c["fallback"] else ""
+            lines.append(f"  {c['name']:<36} {c['ne0']:>6}  {c['wanted']:>6} -> {c['type']:<6} {c['rule']}{mark}")
+    return lines

@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from statistics import median
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -24,14 +24,13 @@ from imp_gguf import __version__
 from imp_gguf.errors import BadInput, ImpGgufError, OutputExists
 from imp_gguf.pins import LLAMA_CPP_COMMIT, LLAMA_CPP_PYTHON_VERSION
 from imp_gguf.quant.evalset import EvalSet, build_evalset
-from imp_gguf.quant.quantize import apply_recipe
+from imp_gguf.quant.quantize import Scorer, run_recipes
 from imp_gguf.quant.recipes import Recipe, list_recipes, load_recipe
-from imp_gguf.tiny_imp.evaluate import N_HELDOUT
 from imp_gguf.writer import atomic_outputs
 
 REQUIRED_ROW_KEYS = ("recipe", "lm_bytes", "mmproj_bytes", "bpw", "kl_mean", "kl_p99", "top1", "image_cos_min",
                      "prefill_tps", "decode_tps", "encode_ms", "tensor_types")
-# accuracy_abs: held-out accuracy (tiny Imp only) may drop this much, absolute, before it counts.
+# accuracy_abs: held-out accuracy (a scorer's "accuracy", the tiny Imp's) may drop this much, absolute.
 DEFAULT_TOLERANCE = {"kl_mean_rel": 0.25, "kl_mean_abs": 1e-4, "lm_bytes_rel": 0.01, "accuracy_abs": 0.03}
 BASELINE_SCHEMA = "imp-gguf/recipes-baseline/1"
 
@@ -148,42 +147,58 @@ def speed(session: Any, ev: EvalSet, runs: int) -> dict[str, Any]:
 
 # ---------------------------------------------------------------- the comparison
 
-def _accuracy_hook(source: str | Path) -> Callable[..., float] | None:
-    """Held-out accuracy through llama.cpp, when the checkpoint is the tiny Imp (bundled or trained
-    by imp_gguf.tiny_imp.train): other checkpoints were never trained on its task."""
-    from imp_gguf.tiny_imp import is_tiny_imp
-    from imp_gguf.tiny_imp.evaluate import heldout_accuracy
+class FidelityAndSpeed:
+    """The comparison's own scorer: fidelity against the F16 files (scored once, on first use) and speed."""
 
-    return heldout_accuracy if is_tiny_imp(source) else None
+    def __init__(self, ev: EvalSet, runs: int, n_threads: int | None, say: Log):
+        self.ev, self.runs, self.n_threads, self.say = ev, runs, n_threads, say
+        self.ref: Reference | None = None
+        self.threads: int | None = None
+
+    def __call__(self, recipe: Recipe, result: dict[str, Any], f16: dict[str, Any]) -> dict[str, Any]:
+        from imp_gguf.runtime.bindings import Session
+
+        if self.ref is None:
+            self.say("scoring the F16 reference")
+            with Session(f16["model"], f16["mmproj"], n_threads=self.n_threads) as s:
+                self.ref = reference_outputs(s, self.ev)
+                self.threads = s.n_threads
+        self.say(f"{recipe.name}: measuring fidelity and speed ({self.runs} runs)")
+        with Session(result["model"], result["mmproj"], n_threads=self.n_threads) as s:
+            fid = fidelity(s, self.ev, self.ref)
+            return {**{k: fid[k] for k in ("kl_mean", "kl_p99", "kl_max", "top1", "image_cos_min", "n_positions")},
+                    **speed(s, self.ev, self.runs)}
 
 
-def _pytorch_accuracy(source: str | Path) -> float | None:
-    """The checkpoint's own held-out accuracy, for scale (needs the [reference] extra's torch)."""
-    from imp_gguf.tiny_imp.evaluate import pytorch_accuracy, pytorch_available
+def optional(scorer: Scorer, say: Log) -> Scorer:
+    """A scorer whose failure skips its columns for that recipe, with a note, instead of ending the run."""
+    def run(recipe: Recipe, result: dict[str, Any], f16: dict[str, Any]) -> dict[str, Any]:
+        try:
+            return scorer(recipe, result, f16)
+        except (ImpGgufError, ValueError, KeyError, NotImplementedError) as exc:
+            say(f"{recipe.name}: {getattr(scorer, '__name__', 'scorer')} skipped ({exc})")
+            return {}
+    return run
 
-    return pytorch_accuracy(source) if pytorch_available() else None
 
-
-def _row(result: dict[str, Any], fid: dict[str, Any], spd: dict[str, Any]) -> dict[str, Any]:
+def _row(result: dict[str, Any], scores: dict[str, Any]) -> dict[str, Any]:
     keep = ("recipe", "lm_bytes", "mmproj_bytes", "bpw", "mmproj_bpw", "encoding", "description",
             "tensor_types", "mmproj_tensor_types", "fallbacks", "model", "mmproj")
-    row = {k: result[k] for k in keep}
-    row.update({k: fid[k] for k in ("kl_mean", "kl_p99", "kl_max", "top1", "image_cos_min", "n_positions")})
-    row.update(spd)
+    row = {k: result[k] for k in keep} | scores
     return {k: row[k] for k in (*REQUIRED_ROW_KEYS, *[k for k in row if k not in REQUIRED_ROW_KEYS])}
 
 
 def compare_recipes(source: str | Path, recipes: list[str | Path | Recipe] | None, outdir: str | Path, *,
                     runs: int = 3, force: bool = False, n_threads: int | None = None,
-                    log: Log | None = None, keep_files: bool = True, evalset: EvalSet | None = None) -> dict[str, Any]:
+                    log: Log | None = None, keep_files: bool = True, evalset: EvalSet | None = None,
+                    scorers: Sequence[Scorer] = (), verbose: bool = False) -> dict[str, Any]:
     """Run the comparison and write report.json, report.md and report.png into outdir; returns the report.
 
     `evalset` defaults to the full fixed set (what baselines are made with); a shorter one
-    (build_evalset(..., n_texts=, n_images=, decode_tokens=)) makes quick checks.
+    (build_evalset(..., n_texts=, n_images=, decode_tokens=)) makes quick checks. `scorers` add
+    columns (the tiny Imp's held-out "accuracy": imp_gguf.tiny_imp.evaluate.heldout_scorers), each
+    skipped with a note where it fails; a scorer's summary(), if it has one, adds top-level report keys.
     """
-    from imp_gguf.convert import convert
-    from imp_gguf.runtime.bindings import Session
-
     say = log or (lambda _msg: None)
     chosen = [load_recipe(r) for r in recipes] if recipes else list_recipes()
     names = [r.name for r in chosen]
@@ -196,35 +211,13 @@ def compare_recipes(source: str | Path, recipes: list[str | Path | Recipe] | Non
         raise OutputExists(f"{out / 'report.json'} exists; pass --force to overwrite the comparison")
     out.mkdir(parents=True, exist_ok=True)
 
-    say(f"converting {source} to F16")
-    conv = convert(source, out / "f16", outtype="f16", force=True)
-    f16_model, f16_mmproj = Path(conv["model"]), Path(conv["mmproj"])
     ev = evalset or build_evalset(out / "evalset")
-    hook = _accuracy_hook(source)
-
-    say("scoring the F16 reference")
-    with Session(f16_model, f16_mmproj, n_threads=n_threads) as s:
-        ref = reference_outputs(s, ev)
-        threads = s.n_threads
-
-    rows = []
-    for recipe in chosen:
-        say(f"{recipe.name}: quantizing ({recipe.encoding}, mmproj {recipe.mmproj_encoding})")
-        res = apply_recipe(recipe, f16_model, f16_mmproj, out / recipe.name, force=True)
-        say(f"{recipe.name}: measuring fidelity and speed ({runs} runs)")
-        with Session(res["model"], res["mmproj"], n_threads=n_threads) as s:
-            fid = fidelity(s, ev, ref)
-            spd = speed(s, ev, runs)
-        row = _row(res, fid, spd)
-        if hook is not None:
-            try:
-                row["accuracy"] = float(hook(res["model"], res["mmproj"], n_threads=n_threads))
-            except (ImpGgufError, ValueError, KeyError, NotImplementedError) as exc:
-                say(f"{recipe.name}: accuracy hook skipped ({exc})")
-        rows.append(row)
-        if not keep_files and recipe.name != "f16":
-            for key in ("model", "mmproj"):
-                Path(res[key]).unlink(missing_ok=True)
+    quality = FidelityAndSpeed(ev, runs, n_threads, say)
+    conv, results = run_recipes(source, out, chosen, scorers=[quality, *(optional(s, say) for s in scorers)],
+                                log=say, verbose=verbose, keep_files=keep_files)
+    f16_model, f16_mmproj = Path(conv["model"]), Path(conv["mmproj"])
+    rows = [_row(*r) for r in results]
+    ref, threads = quality.ref, quality.threads
 
     if not recipes:  # the default set reads best from the largest file to the smallest
         rows.sort(key=lambda r: -(r["lm_bytes"] + r["mmproj_bytes"]))
@@ -233,7 +226,7 @@ def compare_recipes(source: str | Path, recipes: list[str | Path | Recipe] | Non
         r["pareto"] = on_front
     report = {
         "recipes": rows,
-        **({"heldout": {"n": N_HELDOUT, "pytorch_accuracy": _pytorch_accuracy(source)}} if hook else {}),
+        **{k: v for s in scorers if hasattr(s, "summary") for k, v in s.summary().items()},
         "checkpoint": str(source),
         "variant": conv.get("variant"),
         "reference": {"model": str(f16_model), "mmproj": str(f16_mmproj),

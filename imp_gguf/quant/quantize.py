@@ -14,7 +14,7 @@ import tempfile
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from gguf import LlamaFileType
 
@@ -29,14 +29,12 @@ from imp_gguf.writer import atomic_outputs
 
 
 def quantize_file(src: Path, dst: Path, spec: QuantSpec, *, provenance: dict[str, str] | None = None,
-                  nthread: int = 0) -> None:
-    """One llama_model_quantize call (language model or mmproj) writing `dst`."""
+                  nthread: int = 0, verbose: bool = False) -> None:
+    """One llama_model_quantize call (language model or mmproj) writing `dst`; verbose: llama.cpp's log too."""
     import llama_cpp
     from llama_cpp._logger import set_verbose
 
-    from imp_gguf.cli._common import STATE
-
-    set_verbose(STATE["verbose"])  # llama.cpp logs every tensor; the fallbacks are reported by us
+    set_verbose(verbose)  # llama.cpp logs every tensor; the fallbacks are reported by us
 
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = ftype_id(spec.ftype)
@@ -59,7 +57,7 @@ def quantize_file(src: Path, dst: Path, spec: QuantSpec, *, provenance: dict[str
             slot.tag, slot.key, slot.value.val_str = llama_cpp.LLAMA_KV_OVERRIDE_TYPE_STR, key.encode(), value.encode()[:127]
         keep.append(kv)
         params.kv_overrides = ctypes.cast(kv, ctypes.POINTER(llama_cpp.llama_model_kv_override))
-    with quiet_native_stderr(not STATE["verbose"]):  # its shape-fallback warnings bypass the log callback
+    with quiet_native_stderr(not verbose):  # its shape-fallback warnings bypass the log callback
         rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params))
     if rc != 0:
         raise InternalError(f"llama.cpp could not quantize {src.name} to {spec.ftype} (code {rc}; rerun with --verbose for its log)")
@@ -106,14 +104,14 @@ def plan_recipe(recipe: Recipe | str | Path, f16_model: str | Path, f16_mmproj: 
             "lm_meta": lm_meta}
 
 
-def _produce(src: Path, tmp: Path, spec: QuantSpec, provenance: dict[str, str]) -> None:
+def _produce(src: Path, tmp: Path, spec: QuantSpec, provenance: dict[str, str], verbose: bool) -> None:
     if spec.is_copy:
         try:  # a hard link costs nothing and leaves the input intact until the outputs are in place
             os.link(src, tmp)
         except OSError:
             shutil.copyfile(src, tmp)
     else:
-        quantize_file(src, tmp, spec, provenance=provenance)
+        quantize_file(src, tmp, spec, provenance=provenance, verbose=verbose)
 
 
 def fallback_rows(part: str, choices: list[TypeChoice]) -> list[dict[str, Any]]:
@@ -123,7 +121,7 @@ def fallback_rows(part: str, choices: list[TypeChoice]) -> list[dict[str, Any]]:
 
 def apply_recipe(recipe: Recipe | str | Path, f16_model: str | Path, f16_mmproj: str | Path, outdir: str | Path, *,
                  force: bool = False, keep_intermediate: bool = True,
-                 identity: ModelIdentity | None = None) -> dict[str, Any]:
+                 identity: ModelIdentity | None = None, verbose: bool = False) -> dict[str, Any]:
     """Quantize an F16 language model + mmproj by `recipe` into `outdir`, named with the recipe's encoding.
 
     keep_intermediate=False deletes the F16 inputs once both outputs are in place (a file that is
@@ -148,7 +146,7 @@ def apply_recipe(recipe: Recipe | str | Path, f16_model: str | Path, f16_mmproj:
             and not (reused and dst == mm_out)]
     with atomic_outputs([dst for _, dst, _, _ in jobs], force) as tmps:
         for (src, _, spec, exp), tmp in zip(jobs, tmps):
-            _produce(src, tmp, spec, provenance)
+            _produce(src, tmp, spec, provenance, verbose)
             check_types(tmp, exp)
     if not keep_intermediate:
         for src, dst in ((f16_model, lm_out), (f16_mmproj, mm_out)):
@@ -171,6 +169,39 @@ def apply_recipe(recipe: Recipe | str | Path, f16_model: str | Path, f16_mmproj:
         "overridden": [c.name for c in plan["lm"] if c.rule.startswith("override")],
         "mmproj_reused": reused,
     }
+
+
+Scorer = Callable[[Recipe, dict[str, Any], dict[str, Any]], dict[str, Any]]
+"""(recipe, its apply_recipe result, the F16 conversion result) -> fields added to the recipe's row."""
+
+
+def run_recipes(source: str | Path, workdir: str | Path, recipes: Sequence[Recipe | str | Path], *,
+                scorers: Sequence[Scorer] = (), log: Callable[[str], None] | None = None, verbose: bool = False,
+                keep_files: bool = True) -> tuple[dict[str, Any], list[tuple[dict[str, Any], dict[str, Any]]]]:
+    """The one recipe runner: convert `source` once to F16 (workdir/f16), apply each recipe to it
+    (workdir/<recipe>) and score each result with every scorer in turn (fidelity, speed, accuracy: the
+    caller's). Returns the conversion result and, per recipe, apply_recipe's result and the scorers'
+    fields. keep_files=False deletes a recipe's files once scored (the f16 recipe's are the
+    conversion itself and stay)."""
+    from imp_gguf.convert import convert
+
+    say = log or (lambda _msg: None)
+    chosen = [load_recipe(r) for r in recipes]  # unknown names fail before any work
+    work = Path(workdir)
+    say(f"converting {source} to F16")
+    f16 = convert(source, work / "f16", outtype="f16", force=True)
+    rows = []
+    for recipe in chosen:
+        say(f"{recipe.name}: quantizing ({recipe.encoding}, mmproj {recipe.mmproj_encoding})")
+        result = apply_recipe(recipe, f16["model"], f16["mmproj"], work / recipe.name, force=True, verbose=verbose)
+        scores: dict[str, Any] = {}
+        for scorer in scorers:
+            scores.update(scorer(recipe, result, f16))
+        rows.append((result, scores))
+        if not keep_files and recipe.name != "f16":
+            for key in ("model", "mmproj"):
+                Path(result[key]).unlink(missing_ok=True)
+    return f16, rows
 
 
 def mmproj_reuse(path: Path, source_sha256: str | None, spec: QuantSpec) -> str:
@@ -275,7 +306,8 @@ def plan_convert_and_quantize(conv_plan: Any, recipe: Recipe | str | Path, outdi
 def convert_and_quantize(source: str | Path, outdir: str | Path, recipe: Recipe | str | Path, *, force: bool = False,
                          keep_intermediate: bool = False, progress: Callable[[int], None] | None = None,
                          model_name: str | None = None, allow_pickle: bool = False,
-                         dry_run: bool = False, chat_template: str | None = None) -> dict[str, Any]:
+                         dry_run: bool = False, chat_template: str | None = None,
+                         verbose: bool = False) -> dict[str, Any]:
     """Checkpoint -> F16 (in a temporary folder inside outdir unless keep_intermediate) -> recipe outputs.
 
     Returns the final files only (plan_convert_and_quantize's keys, measured): the converter's summary,
@@ -307,7 +339,7 @@ def convert_and_quantize(source: str | Path, outdir: str | Path, recipe: Recipe 
                 raise OutputExists(final["blocked"][0])
         run_conversion(plan, force=force, progress=progress)
         result = apply_recipe(recipe, plan.lm_path, plan.mmproj_path, out, force=force,
-                              keep_intermediate=direct, identity=plan.identity)
+                              keep_intermediate=direct, identity=plan.identity, verbose=verbose)
     actions = {o["role"]: o["action"] for o in final["outputs"]}
     outputs = [{"role": role, "path": result[role], "type": typ, "bytes": result[key], "exists": True,
                 "action": "reuse" if role == "mmproj" and result["mmproj_reused"] else

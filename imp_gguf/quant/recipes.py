@@ -30,6 +30,7 @@ from typing import Any
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, LlamaFileType
 
 from imp_gguf.errors import BadInput
+from imp_gguf.names import OUTTYPE_NAMES, closest, unknown
 
 RECIPE_DIR = Path(__file__).resolve().parent.parent / "quant_recipes"
 
@@ -258,7 +259,48 @@ def load_recipe(name_or_path: str | Path | Recipe) -> Recipe:
     by_encoding = [r for r in list_recipes() if r.encoding.lower() == low]
     if len(by_encoding) == 1:
         return by_encoding[0]
-    from imp_gguf.names import unknown
-
     raise unknown("recipe", spec, [*files, *sorted(n for n in accepted_names() if n not in files)],
                   also=", or a path to a .toml file")
+
+
+# ---------------------------------------------------------------- convert --outtype / --quant
+
+def resolve_outtype(spec: str) -> str:
+    """--outtype in any case (F16, f16); a quantizer type names --quant instead."""
+    low = spec.strip().lower()
+    if low in OUTTYPE_NAMES:
+        return low
+    if is_quant_name(low):
+        raise BadInput(f"--outtype is the converter's own type ({', '.join(OUTTYPE_NAMES)}); "
+                       f"{spec} is a quantizer type: use --quant {low}")
+    guess = closest(spec, OUTTYPE_NAMES)
+    raise BadInput(f"--outtype must be one of {', '.join(OUTTYPE_NAMES)}, not {spec!r}"
+                   + (f"; did you mean {guess}?" if guess else ""))
+
+
+@dataclass(frozen=True)
+class ConvertOptions:
+    outtype: str  # the converter's type (f16 when a recipe follows)
+    recipe: Recipe | None  # None: the converter's file as is
+
+
+def resolve_recipe(quant: str | None) -> Recipe | None:
+    """--quant: None or "none" -> no recipe; else the recipe (any case, llama-quantize's names too)."""
+    if quant is None or quant.strip().lower() == "none":
+        return None
+    return load_recipe(quant)
+
+
+def resolve_convert_options(*, outtype: str | None, quant: str | None, keep_intermediate: bool) -> ConvertOptions:
+    """convert's type flags, with contradictions refused instead of one flag silently winning."""
+    recipe = resolve_recipe(quant)
+    kind = resolve_outtype(outtype) if outtype is not None else None
+    if recipe is None:
+        if keep_intermediate:
+            raise BadInput("--keep-intermediate needs --quant: without a recipe the converter's files are the "
+                           "result and there is no intermediate to keep")
+        return ConvertOptions(kind or "f16", None)
+    if kind not in (None, "f16"):
+        raise BadInput(f"--outtype {outtype} contradicts --quant {quant}: --quant converts to F16 and then "
+                       f"quantizes; drop one of them")
+    return ConvertOptions("f16", recipe)

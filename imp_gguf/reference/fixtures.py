@@ -2,7 +2,7 @@
 
 Built with transformers' own model classes (seeded random weights, scaled so logits are not flat),
 saved in bf16 as sharded safetensors with an index, in the layout of each released variant, with the
-file sets and config forms of the published repos (../shared/reference/published-checkpoints.md):
+file sets and config forms of the published repos (docs/architecture.md, "Released checkpoints"):
 the Phi-2 configs omit every LM size and default (only the head count stays: Phi-2's 32 heads cannot
 fit a 256-wide model), imp-v1-3b is transformers-Phi under `model.` with a 50-px image (a 3 x 3 grid
 of 14-px patches that never reads the last 8 px, as 384 px never reads 6), the 2B has no `<image>`

@@ -1,7 +1,7 @@
 """Full-size stand-ins for the five released Imp checkpoints, in their published form.
 
 Real weights cannot be downloaded here, so each release is rebuilt from what is known of its files
-(../shared/reference/published-checkpoints.md): its `config.json` as published (verbatim for
+(docs/architecture.md, "Released checkpoints"): its `config.json` as published (verbatim for
 imp-v1-3b, the 2B and the 4B, shipped in imp_gguf/data/published/; the 3B-Phi2 and 3B-196 configs
 have the same form: no LM sizes), the tensor names of its layout, the shapes of the real model, its
 dtype and shard count, and its tokenizer file set with the real vocabulary sizes and special ids.

@@ -135,26 +135,54 @@ def heldout_accuracy(model_gguf: str | Path, mmproj_gguf: str | Path,
     return accuracy(preds, items)
 
 
+# ---------------------------------------------------------------- as a scorer of `recipes compare`
+
+def _pytorch_accuracy(source: str | Path) -> float | None:
+    """The checkpoint's own held-out accuracy, for scale (needs the [reference] extra's torch)."""
+    return pytorch_accuracy(source) if pytorch_available() else None
+
+
+class HeldoutAccuracy:
+    """A recipe scorer (imp_gguf.quant.quantize.Scorer): each recipe's held-out accuracy through
+    llama.cpp, and PyTorch's for scale in the report ("heldout")."""
+
+    __name__ = "accuracy"  # names the column in a "skipped" note
+
+    def __init__(self, source: str | Path, n_threads: int | None = None):
+        self.source, self.n_threads = source, n_threads
+
+    def __call__(self, recipe: Any, result: dict[str, Any], f16: dict[str, Any]) -> dict[str, float]:
+        return {"accuracy": float(heldout_accuracy(result["model"], result["mmproj"], n_threads=self.n_threads))}
+
+    def summary(self) -> dict[str, Any]:
+        return {"heldout": {"n": N_HELDOUT, "pytorch_accuracy": _pytorch_accuracy(self.source)}}
+
+
+def accuracy_scorer(source: str | Path, n_threads: int | None = None) -> HeldoutAccuracy | None:
+    """The held-out accuracy scorer when the checkpoint is the tiny Imp (bundled or trained by
+    imp_gguf.tiny_imp.train): other checkpoints were never trained on its task."""
+    from imp_gguf.tiny_imp import is_tiny_imp
+
+    return HeldoutAccuracy(source, n_threads) if is_tiny_imp(source) else None
+
+
+def heldout_scorers(source: str | Path, n_threads: int | None = None) -> list[HeldoutAccuracy]:
+    """compare_recipes' scorers for this checkpoint: the accuracy scorer, or none."""
+    scorer = accuracy_scorer(source, n_threads)
+    return [scorer] if scorer is not None else []
+
+
 # ---------------------------------------------------------------- GGUFs per recipe and the report
 
 def recipe_ggufs(ckpt_dir: str | Path, workdir: str | Path, recipes: Sequence[str], *,
-                 log: Callable[[str], None] | None = None) -> dict[str, dict[str, Any]]:
+                 log: Callable[[str], None] | None = None, verbose: bool = False) -> dict[str, dict[str, Any]]:
     """{recipe: {"model", "mmproj", "lm_bytes"}}: one F16 conversion, then each recipe applied to it
     by imp_gguf.quant (llama.cpp's quantizer), as `imp-gguf convert --quant` would."""
-    from imp_gguf.convert import convert
-    from imp_gguf.quant import apply_recipe, load_recipe
+    from imp_gguf.quant.quantize import run_recipes
 
-    say = log or (lambda _m: None)
-    chosen = [load_recipe(r) for r in recipes]  # unknown names fail before any work
-    work = Path(workdir)
-    say(f"converting {ckpt_dir} to F16")
-    conv = convert(ckpt_dir, work / "f16", outtype="f16", force=True)
-    out: dict[str, dict[str, Any]] = {}
-    for recipe in chosen:  # the f16 recipe lands on the conversion itself (work/f16): nothing to redo
-        say(f"{recipe.name}: quantizing")
-        r = apply_recipe(recipe, conv["model"], conv["mmproj"], work / recipe.name, force=True)
-        out[recipe.name] = {k: r[k] for k in ("model", "mmproj", "lm_bytes", "mmproj_bytes", "bpw")}
-    return out
+    _, rows = run_recipes(ckpt_dir, workdir, recipes, log=log, verbose=verbose)
+    keep = ("model", "mmproj", "lm_bytes", "mmproj_bytes", "bpw")
+    return {r["recipe"]: {k: r[k] for k in keep} for r, _ in rows}
 
 
 def gguf_for_recipe(ckpt_dir: str | Path, outdir: str | Path, recipe: str) -> dict[str, Any]:
@@ -178,7 +206,7 @@ def score(preds: Sequence[str], items: Sequence[HeldoutItem]) -> dict[str, Any]:
 def accuracy_report(ckpt_dir: str | Path | None = None, recipes: Sequence[str] = ("f16", "q8_0", "q4_k"), *,
                     n: int = N_HELDOUT, seed: int = 1, pytorch: bool = True, workdir: str | Path | None = None,
                     n_threads: int = 1, details: bool = False, log: Callable[[str], None] | None = None,
-                    progress: Callable[[str, int], Tick] | None = None) -> dict[str, Any]:
+                    progress: Callable[[str, int], Tick] | None = None, verbose: bool = False) -> dict[str, Any]:
     """Held-out accuracy of the PyTorch checkpoint and of each recipe's GGUFs through llama.cpp, on
     the same n questions (default checkpoint: the bundled tiny Imp).
 
@@ -198,7 +226,7 @@ def accuracy_report(ckpt_dir: str | Path | None = None, recipes: Sequence[str] =
         preds["pytorch"] = pytorch_predictions(ckpt, items, tick=progress("pytorch", len(items)) if progress else None)
     with contextlib.ExitStack() as stack:
         work = Path(workdir) if workdir else Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="tiny-imp-")))
-        files = recipe_ggufs(ckpt, work, recipes, log=say)
+        files = recipe_ggufs(ckpt, work, recipes, log=say, verbose=verbose)
         for recipe, g in files.items():
             say(f"{recipe}: answering {len(items)} held-out questions through llama.cpp")
             preds[recipe] = llama_predictions(g["model"], g["mmproj"], items, n_threads=n_threads,
