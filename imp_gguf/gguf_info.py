@@ -8,7 +8,6 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from gguf import GGML_QUANT_SIZES, GGUF_DEFAULT_ALIGNMENT, GGMLQuantizationType, GGUFReader, GGUFValueType, LlamaFileType
 
 from imp_gguf.errors import BadInput
@@ -230,11 +229,3 @@ def summary(path: str | Path) -> dict[str, Any]:
         "metadata": meta,
         "tensors": tensors,
     }
-
-
-def tensor_data(path: str | Path, name: str) -> np.ndarray:
-    r = open_reader(path)
-    for t in r.tensors:
-        if t.name == name:
-            return np.array(t.data)
-    raise KeyError(name)

@@ -14,6 +14,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+from gguf import Keys
 from PIL import Image, ImageSequence, UnidentifiedImageError
 
 from imp_gguf.errors import BadInput
@@ -30,9 +31,9 @@ logging.getLogger("PIL").addHandler(logging.NullHandler())
 
 def mmproj_image_spec(meta: dict, name: str = "mmproj") -> tuple[int, str]:
     """(image size, aspect) an mmproj's metadata asks for; mmprojs from before the aspect key squash."""
-    size = int(meta.get("clip.vision.image_size") or 0)
+    size = int(meta.get(Keys.ClipVision.IMAGE_SIZE) or 0)
     if size <= 0:
-        raise BadInput(f"{name} has no clip.vision.image_size: is it an mmproj?")
+        raise BadInput(f"{name} has no {Keys.ClipVision.IMAGE_SIZE}: is it an mmproj?")
     aspect = str(meta.get(ASPECT_KEY) or "square")
     if aspect not in ASPECTS:
         raise BadInput(f"{name}: {ASPECT_KEY} is {aspect!r}, expected one of {', '.join(ASPECTS)}")

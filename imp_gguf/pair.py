@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gguf import Keys
+
 from imp_gguf.errors import BadInput
 from imp_gguf.gguf_info import check_gguf
 
@@ -31,7 +33,7 @@ def check_pair(model: str | Path, mmproj: str | Path) -> Pair:
     imp-gguf provenance, they were converted from the same checkpoint."""
     model, mmproj = Path(model), Path(mmproj)
     lm, mm = _header(model, "--model"), _header(mmproj, "--mmproj")
-    lm_arch, mm_arch = lm.get("general.architecture"), mm.get("general.architecture")
+    lm_arch, mm_arch = lm.get(Keys.General.ARCHITECTURE), mm.get(Keys.General.ARCHITECTURE)
     if lm_arch == "clip" and mm_arch != "clip":
         raise BadInput(f"--model and --mmproj are swapped: {model.name} is the mmproj (arch clip) and "
                        f"{mmproj.name} the language model (arch {mm_arch})")
@@ -40,8 +42,8 @@ def check_pair(model: str | Path, mmproj: str | Path) -> Pair:
     if mm_arch != "clip":
         raise BadInput(f"--mmproj {mmproj.name} is not an mmproj: its arch is {mm_arch}, not clip "
                        "(a language model given twice?)")
-    n_embd = lm.get(f"{lm_arch}.embedding_length")
-    width = mm.get("clip.vision.projection_dim")
+    n_embd = lm.get(Keys.LLM.EMBEDDING_LENGTH.format(arch=lm_arch))
+    width = mm.get(Keys.ClipVision.PROJECTION_DIM)
     if isinstance(n_embd, int) and isinstance(width, int) and n_embd != width:
         raise BadInput(f"{mmproj.name} projects to width {width} but {model.name} is {n_embd} wide: "
                        "they are from different models")
@@ -49,7 +51,7 @@ def check_pair(model: str | Path, mmproj: str | Path) -> Pair:
     if a and b and a != b:
         raise BadInput(f"{model.name} and {mmproj.name} were converted from different checkpoints "
                        f"(imp_gguf.source_sha256 {a[:12]} vs {b[:12]})")
-    return Pair(model, mmproj, str(lm_arch), int(n_embd or 0), int(mm.get("clip.vision.image_size") or 0))
+    return Pair(model, mmproj, str(lm_arch), int(n_embd or 0), int(mm.get(Keys.ClipVision.IMAGE_SIZE) or 0))
 
 
 def _header(path: Path, flag: str) -> dict[str, Any]:

@@ -119,7 +119,7 @@ def test_accuracy_hook_only_for_the_tiny_imp(tmp_path: Path, tiny_checkpoints) -
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_kl_orders_recipes(variant: str, tiny_checkpoints, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # The accuracy column appears when the hook applies (here: a stand-in, so any checkpoint qualifies).
-    from imp_gguf.tiny_imp.evaluate import heldout_scorers
+    from imp_gguf.tiny_imp.evaluate import accuracy_scorer
 
     monkeypatch.setattr("imp_gguf.tiny_imp.is_tiny_imp", lambda source: True)
     monkeypatch.setattr("imp_gguf.tiny_imp.evaluate.heldout_accuracy", lambda m, mm, n_threads=None: 0.5)
@@ -127,7 +127,7 @@ def test_kl_orders_recipes(variant: str, tiny_checkpoints, tmp_path: Path, monke
     # One thread: tiny models gain nothing from more, and a busy CI box makes thread barriers crawl.
     quick = build_evalset(tmp_path / "evalset", n_texts=3, n_images=2, decode_tokens=8)
     report = compare_recipes(tiny_checkpoints[variant], ["q8_0", "q4_k", "q3_k"], tmp_path, runs=1, n_threads=1,
-                             evalset=quick, scorers=heldout_scorers(tiny_checkpoints[variant], n_threads=1))
+                             evalset=quick, scorers=[accuracy_scorer(tiny_checkpoints[variant], n_threads=1)])
     rows = {r["recipe"]: r for r in report["recipes"]}
     assert [r["recipe"] for r in report["recipes"]] == ["q8_0", "q4_k", "q3_k"]  # the order asked for
     assert rows["q8_0"]["kl_mean"] < rows["q4_k"]["kl_mean"] < rows["q3_k"]["kl_mean"]

@@ -71,7 +71,7 @@ def compare_cmd(
     """
     from imp_gguf.quant.compare import BaselineRegression, apply_baseline, compare_recipes
     from imp_gguf.quant.compare import write_baseline as save_baseline
-    from imp_gguf.tiny_imp.evaluate import heldout_scorers
+    from imp_gguf.tiny_imp.evaluate import accuracy_scorer
 
     out = out_old if out_old is not None else out
     names = [n.strip() for n in recipes.split(",") if n.strip()] if recipes else None
@@ -79,7 +79,7 @@ def compare_cmd(
         raise BadInput("--recipes is empty")
     report = compare_recipes(checkpoint, names, out, runs=runs, force=force, n_threads=threads,
                              log=lambda m: info(f" -- {m}"), keep_files=not clean, verbose=STATE["verbose"],
-                             scorers=heldout_scorers(checkpoint, n_threads=threads))
+                             scorers=[accuracy_scorer(checkpoint, n_threads=threads)])
     problems = apply_baseline(report, baseline, out) if baseline else []
     if write_baseline:
         save_baseline(report, write_baseline, force=force)

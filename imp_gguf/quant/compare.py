@@ -191,15 +191,16 @@ def _row(result: dict[str, Any], scores: dict[str, Any]) -> dict[str, Any]:
 def compare_recipes(source: str | Path, recipes: list[str | Path | Recipe] | None, outdir: str | Path, *,
                     runs: int = 3, force: bool = False, n_threads: int | None = None,
                     log: Log | None = None, keep_files: bool = True, evalset: EvalSet | None = None,
-                    scorers: Sequence[Scorer] = (), verbose: bool = False) -> dict[str, Any]:
+                    scorers: Sequence[Scorer | None] = (), verbose: bool = False) -> dict[str, Any]:
     """Run the comparison and write report.json, report.md and report.png into outdir; returns the report.
 
     `evalset` defaults to the full fixed set (what baselines are made with); a shorter one
     (build_evalset(..., n_texts=, n_images=, decode_tokens=)) makes quick checks. `scorers` add
-    columns (the tiny Imp's held-out "accuracy": imp_gguf.tiny_imp.evaluate.heldout_scorers), each
-    skipped with a note where it fails; a scorer's summary(), if it has one, adds top-level report keys.
+    columns (the tiny Imp's held-out "accuracy": imp_gguf.tiny_imp.evaluate.accuracy_scorer; None: no
+    scorer), each skipped with a note where it fails; a scorer's summary() adds top-level report keys.
     """
     say = log or (lambda _msg: None)
+    scorers = [s for s in scorers if s is not None]
     chosen = [load_recipe(r) for r in recipes] if recipes else list_recipes()
     names = [r.name for r in chosen]
     if len(set(names)) != len(names):

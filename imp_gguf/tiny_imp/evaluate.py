@@ -166,12 +166,6 @@ def accuracy_scorer(source: str | Path, n_threads: int | None = None) -> Heldout
     return HeldoutAccuracy(source, n_threads) if is_tiny_imp(source) else None
 
 
-def heldout_scorers(source: str | Path, n_threads: int | None = None) -> list[HeldoutAccuracy]:
-    """compare_recipes' scorers for this checkpoint: the accuracy scorer, or none."""
-    scorer = accuracy_scorer(source, n_threads)
-    return [scorer] if scorer is not None else []
-
-
 # ---------------------------------------------------------------- GGUFs per recipe and the report
 
 def recipe_ggufs(ckpt_dir: str | Path, workdir: str | Path, recipes: Sequence[str], *,
@@ -183,11 +177,6 @@ def recipe_ggufs(ckpt_dir: str | Path, workdir: str | Path, recipes: Sequence[st
     _, rows = run_recipes(ckpt_dir, workdir, recipes, log=log, verbose=verbose)
     keep = ("model", "mmproj", "lm_bytes", "mmproj_bytes", "bpw")
     return {r["recipe"]: {k: r[k] for k in keep} for r, _ in rows}
-
-
-def gguf_for_recipe(ckpt_dir: str | Path, outdir: str | Path, recipe: str) -> dict[str, Any]:
-    """{"model": path, "mmproj": path, "lm_bytes": n} for one recipe, under outdir/recipe."""
-    return recipe_ggufs(ckpt_dir, Path(outdir) / recipe, [recipe])[recipe]
 
 
 def _kinds(n: int) -> list[str]:
