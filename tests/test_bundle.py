@@ -119,8 +119,8 @@ def test_run_sh_passes_arguments_verbatim(tmp_path: Path, models: tuple[Path, Pa
     assert args == [
         "-m", f"models/{MODEL_NAME}", "--mmproj", f"models/{MMPROJ_NAME}",
         "--image", str(elsewhere / "my photo.jpg"), "-p", question,
-        "-t", "5", "-c", "4096", "--temp", "0", "--jinja", "-n", "64",
-    ]
+        "-t", "5", "-c", "768", "-n", "256", "-lm", "none", "--temp", "0", "--jinja", "-n", "64",
+    ]  # -c: the tiny Imp's 16 image tokens + 256 question + 256 answer tokens, rounded up to 256
     # Without IMP_THREADS it picks a positive thread count itself; without a question it explains usage.
     auto = subprocess.run(["sh", str(out / "run.sh"), "/abs.png", "q"], capture_output=True, text=True)
     t = auto.stdout.split("\n")[auto.stdout.split("\n").index("-t") + 1]

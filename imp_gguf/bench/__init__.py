@@ -11,10 +11,11 @@ fullsize (full-size random-weight checkpoints for speed figures).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from imp_gguf.bench.device import Device, open_device
+from imp_gguf.bench.device import Device, open_device, soc_choice
 from imp_gguf.bench.protocols import (DEFAULT_TARGET_TPS, PAPER_ROW, PROTOCOLS, BenchConfig, BenchSession, exit_code,
                                       model_facts)
 from imp_gguf.errors import BadInput
@@ -28,8 +29,11 @@ __all__ = ["DEFAULT_TARGET_TPS", "PAPER_ROW", "PROTOCOLS", "BenchConfig", "Bench
 def bench(models: Sequence[str | Path], mmprojs: Sequence[str | Path], *, device: str = "local",
           cfg: BenchConfig | None = None, ssh_options: Sequence[str] = (), remote_target: str | None = None,
           remote_dir: str | None = None, log: Callable[[str], None] | None = None,
-          dev: Device | None = None) -> list[dict[str, Any]]:
-    """Bench each model (with its mmproj: one shared, or one per model) on `device`; returns the rows."""
+          dev: Device | None = None, sweep: dict[str, list[str]] | None = None) -> list[dict[str, Any]]:
+    """Bench each model (with its mmproj: one shared, or one per model) on `device`; returns the rows.
+
+    Without threads or a CPU mask, the device's SoC default is used (imp_gguf.runtime.soc); `sweep`
+    ({"threads": ["2", "4"], ...}) runs the paper protocol under each configuration instead."""
     cfg = cfg or BenchConfig()
     if cfg.protocol not in PROTOCOLS:
         raise unknown("--protocol", cfg.protocol, PROTOCOLS)
@@ -47,8 +51,23 @@ def bench(models: Sequence[str | Path], mmprojs: Sequence[str | Path], *, device
         raise BadInput(f"--image {cfg.image} does not exist")
     dev = dev or open_device(device, ssh_options=ssh_options, remote_target=remote_target, remote_dir=remote_dir,
                              log=log)
+    soc = soc_choice(dev)
+    if cfg.threads is None and cfg.cpu_mask is None:  # the SoC default: big cores only, pinned
+        cfg = replace(cfg, threads=soc.threads, cpu_mask=soc.mask, cpu_strict=soc.mask is not None)
     session = BenchSession(dev, cfg, log)
     rows: list[dict[str, Any]] = []
+    if sweep:
+        from imp_gguf.bench.sweep import run_sweep
+
+        for f in facts:
+            got, summary = run_sweep(session, f, sweep, soc, log or (lambda m: None))
+            for r in got:
+                r["soc_choice"] = soc.to_dict()
+                r["sweep_summary"] = summary
+            rows.extend(got)
+        return rows
     for f in facts:
         rows.extend(session.run(f))
+    for r in rows:
+        r["soc_choice"] = soc.to_dict()
     return rows

@@ -259,3 +259,30 @@ def cpu_info(dev: Device) -> str | None:
     if fields.get("cpu part"):
         return f"ARM CPU part {fields['cpu part']} (implementer {fields.get('cpu implementer', '?')})"
     return None
+
+
+def soc_choice(dev: Device):
+    """Threads and big-core mask for this device, from its own report (imp_gguf.runtime.soc): getprop
+    ro.soc.model (already in dev.info on adb and Termux), /proc/cpuinfo, the per-core max frequencies."""
+    from imp_gguf.runtime.soc import CPUINFO_ARGV, MAX_FREQ_ARGV, choose, parse_max_freqs
+
+    if dev.kind == "qemu":  # qemu-user reports the host: no phone to choose for
+        return choose(nproc=dev.nproc)
+    if dev.is_remote:
+        cpu = dev.run(CPUINFO_ARGV, timeout=60)
+        freq = dev.run(MAX_FREQ_ARGV, timeout=60)
+        cpuinfo = cpu.stdout if cpu.returncode == 0 else ""
+        freqs = parse_max_freqs(freq.stdout if freq.returncode == 0 else "")
+    else:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text(errors="replace")
+        except OSError:
+            cpuinfo = ""
+        lines = []
+        for f in sorted(Path("/sys/devices/system/cpu").glob("cpu[0-9]*/cpufreq/cpuinfo_max_freq")):
+            try:
+                lines.append(f"{f} {f.read_text().strip()}")
+            except OSError:
+                continue
+        freqs = parse_max_freqs("\n".join(lines))
+    return choose(soc_model=dev.info.get("soc"), cpuinfo=cpuinfo, max_freqs=freqs, nproc=dev.nproc)

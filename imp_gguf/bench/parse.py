@@ -21,6 +21,7 @@ RE_ENCODE = [
 RE_IMG_DECODE = re.compile(r"image decoded \(batch (\d+)/(\d+)\) in\s+(\d+(?:\.\d+)?)\s*ms")
 RE_PROMPT = re.compile(r"prompt eval time\s*=\s*([\d.]+)\s*ms\s*/\s*(\d+)\s*tokens")
 RE_EVAL = re.compile(r"(?<!prompt )eval time\s*=\s*([\d.]+)\s*ms\s*/\s*(\d+)\s*runs")
+RE_SAMPLE = re.compile(r"sampling time\s*=\s*([\d.]+)\s*ms\s*/\s*(\d+)\s*runs")
 RE_LOAD = re.compile(r"load time\s*=\s*([\d.]+)\s*ms")
 RE_TOTAL = re.compile(r"total time\s*=\s*([\d.]+)\s*ms\s*/\s*(\d+)\s*tokens")
 RE_SYSINFO = re.compile(r"system_info:\s*(.*)")
@@ -42,6 +43,8 @@ class MtmdRun:
     prompt_tokens: int | None = None
     eval_ms: float | None = None
     eval_runs: int | None = None
+    sample_ms: float | None = None  # llama_perf_sampler_print: time in the sampler chain (outside eval)
+    sample_runs: int | None = None
     load_ms: float | None = None
     n_generated: int = 0
     first_token_us: int | None = None  # log timestamps (µs since start)
@@ -66,6 +69,19 @@ class MtmdRun:
         return None
 
     @property
+    def wall_decode_tps(self) -> float | None:
+        """Decode as the user sees it: generated pieces over the time between the first and the last
+        (eval + sampling + detokenizing + printing), from the log timestamps."""
+        if self.first_token_us is not None and self.last_token_us is not None and self.n_generated >= 2:
+            span = (self.last_token_us - self.first_token_us) / 1e6
+            return (self.n_generated - 1) / span if span > 0 else None
+        return None
+
+    @property
+    def sample_ms_per_token(self) -> float | None:
+        return self.sample_ms / self.sample_runs if self.sample_ms is not None and self.sample_runs else None
+
+    @property
     def total_s(self) -> float | None:
         """T_total as the paper defines it (model loading excluded): encode + prompt + decode."""
         parts = [self.vision_encode_ms, self.prompt_eval_ms, self.eval_ms]
@@ -75,7 +91,8 @@ class MtmdRun:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        d.update(prompt_tps=self.prompt_tps, decode_tps=self.decode_tps, total_s=self.total_s)
+        d.update(prompt_tps=self.prompt_tps, decode_tps=self.decode_tps, total_s=self.total_s,
+                 wall_decode_tps=self.wall_decode_tps, sample_ms_per_token=self.sample_ms_per_token)
         return d
 
 
@@ -123,6 +140,8 @@ def parse_mtmd(stdout: str, stderr: str = "") -> MtmdRun:
             r.prompt_eval_ms, r.prompt_tokens = float(m.group(1)), int(m.group(2))
         elif (m := RE_EVAL.search(msg)):
             r.eval_ms, r.eval_runs = float(m.group(1)), int(m.group(2))
+        if (m := RE_SAMPLE.search(msg)):
+            r.sample_ms, r.sample_runs = float(m.group(1)), int(m.group(2))
         if (m := RE_LOAD.search(msg)) and "llama_perf_context_print" in msg:
             r.load_ms = float(m.group(1))
         if (m := RE_SYSINFO.search(msg)):

@@ -28,6 +28,7 @@ from imp_gguf.bench.parse import (cpu_features, parse_bandwidth, parse_llama_ben
                                   parse_time_v)
 from imp_gguf.bench.roofline import LmTraffic, lm_traffic, roofline
 from imp_gguf.errors import BadInput, InternalError
+from imp_gguf.runtime.context import job_context
 from imp_gguf.native_log import quiet_native_stderr
 
 # Imp-3B@196, 4-bit, Snapdragon 8 Gen 3 (paper Table 4; imp-checkpoints.md §6.2)
@@ -192,6 +193,33 @@ class BenchConfig:
     bandwidth_mib: int = 1024
     bandwidth: bool = True
     timeout: float | None = 3600
+    kv_type: str = "f16"  # KV cache type (-ctk/-ctv): f16, q8_0, q4_0
+    flash_attn: str | None = None  # on | off | auto; None: llama.cpp's default (auto)
+    cpu_mask: str | None = None  # hex affinity mask (-C), e.g. 0xfc: the big cores of an 8 Gen 3
+    cpu_strict: bool = False  # --cpu-strict 1: one thread per CPU of the mask
+    mmap: bool = False  # load the model by mmap (llama.cpp's default) or read it (-lm none; see tuning_args)
+    llama_bench_check: bool = True  # paper protocol: also run llama-bench tg at the same depth, same flags
+
+    def tuning_args(self) -> list[str]:
+        """Flags llama-mtmd-cli and llama-bench share (same spelling in both at this pin).
+
+        -lm none: with mmap, the weights llama.cpp repacks at load (Q4_0, Q4_K, Q6_K, Q8_0 on x86 and
+        ARM) are resident twice, once as mapped file pages and once repacked: reading them instead keeps
+        the peak RSS near the model's size."""
+        args = ["-ctk", self.kv_type, "-ctv", self.kv_type]
+        if self.flash_attn:
+            args += ["-fa", self.flash_attn]
+        if self.cpu_mask:
+            args += ["-C", self.cpu_mask, "--cpu-strict", "1" if self.cpu_strict else "0"]
+        if not self.mmap:
+            args += ["-lm", "none"]
+        return args
+
+    def tuning(self) -> dict[str, Any]:
+        """The same, as row fields."""
+        return {"type_k": self.kv_type, "type_v": self.kv_type, "flash_attn_flag": self.flash_attn or "default",
+                "cpu_mask": self.cpu_mask, "cpu_strict": self.cpu_strict,
+                "load_mode": "mmap" if self.mmap else "read (-lm none)"}
 
 
 def default_image(path: Path, size: int = 448) -> Path:
@@ -260,7 +288,8 @@ class BenchSession:
                 "model_n_params": facts.n_params, "n_threads": self.threads, "protocol": self.cfg.protocol,
                 "test_time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 "image_size": facts.image_size, "n_image_tokens": facts.n_image_tokens,
-                "type_k": "f16", "type_v": "f16"}
+                "model_files_mb": round((facts.model_size + facts.mmproj_size) / 1e6, 1),
+                **self.cfg.tuning()}
 
     # -- protocol: paper
     def run_paper(self, facts: ModelFacts) -> dict[str, Any]:
@@ -275,10 +304,11 @@ class BenchSession:
         question, n_text = fit_question(counter, cfg.n_text)
         model_dev, mmproj_dev, image_dev = dev.stage(facts.path), dev.stage(facts.mmproj), dev.stage(prepared, "images", always=True)
         common = self.common(facts, model_dev)
-        n_ctx = ((n_text + facts.n_image_tokens + cfg.n_gen + 64 + 255) // 256) * 256
+        n_ctx = job_context(n_text + facts.n_image_tokens, cfg.n_gen)
         argv = [dev.tools["llama-mtmd-cli"], "-m", model_dev, "--mmproj", mmproj_dev, "--image", image_dev,
                 "-p", question, "--jinja", "-n", str(cfg.n_gen), "--ignore-eos", "--temp", "0", "--top-k", "1", "--seed", "0",
-                "-t", str(self.threads), "-c", str(n_ctx), "-lv", "4", "--log-timestamps", "--log-jsonl"]
+                "-t", str(self.threads), "-c", str(n_ctx), *cfg.tuning_args(),
+                "-lv", "4", "--log-timestamps", "--log-jsonl"]
         runs, loads = [], []
         for i in range(cfg.warmup + cfg.runs):
             label = "warm-up" if i < cfg.warmup else f"run {i - cfg.warmup + 1}/{cfg.runs}"
@@ -294,8 +324,39 @@ class BenchSession:
                 runs.append((run, rss))
                 loads.append(load)
         row = self._paper_row(facts, common, runs, question, n_text, argv)
+        row["n_ctx"] = n_ctx
         row["load_avg_1m"] = loads  # before each measured run: other work sharing the cores
+        if cfg.llama_bench_check and "llama-bench" in dev.tools:
+            row["decode_check"] = self._decode_check(facts, model_dev, row)
         return row
+
+    def _decode_check(self, facts: ModelFacts, model_dev: str, row: dict[str, Any]) -> dict[str, Any]:
+        """llama-bench tg at the paper run's depth, threads, model and flags, in the same session: the
+        paper decode should land within 10% of it; what it is not is said (sampling, the wall clock)."""
+        cfg, dev = self.cfg, self.dev
+        depth = int(row["n_prompt"])
+        argv = [dev.tools["llama-bench"], "-m", model_dev, "-o", "json", "-p", "0", "-n", str(cfg.n_gen),
+                "-d", str(depth), "-t", str(self.threads), "-r", str(cfg.runs), *cfg.tuning_args()]
+        self.log(f"{facts.path.name}: llama-bench tg{cfg.n_gen} @ d{depth} (decode check)")
+        proc = dev.run(argv, timeout=cfg.timeout)
+        tg = [r for r in parse_llama_bench(proc.stdout) if r.get("n_gen")] if proc.returncode == 0 else []
+        if not tg:
+            return {"llama_bench_tg_tps": None, "command": argv,
+                    "note": f"llama-bench failed (exit {proc.returncode}): {(proc.stderr or '').strip()[-200:]}"}
+        ref = float(tg[0]["avg_ts"])
+        ratio = row["decode_tps"] / ref if row.get("decode_tps") else None
+        samp = row.get("sampling_ms_per_token")
+        notes = []
+        if ratio is not None and abs(ratio - 1) > 0.10:
+            notes.append(f"paper decode is {ratio:.0%} of llama-bench tg{cfg.n_gen} @ d{depth}")
+        if samp:
+            notes.append(f"sampling {samp:.2f} ms/token is outside both (llama_perf eval time)")
+        wall = row.get("decode_wall_tps")
+        if wall and row.get("decode_tps"):
+            notes.append(f"as printed (eval + sampling + output): {wall:.2f} tok/s")
+        return {"llama_bench_tg_tps": _r(ref), "llama_bench_tg_stddev": _r(tg[0].get("stddev_ts")), "depth": depth,
+                "ratio": _r(ratio), "within_10pct": None if ratio is None else abs(ratio - 1) <= 0.10,
+                "command": argv, "note": "; ".join(notes) or None}
 
     def _paper_row(self, facts: ModelFacts, common: dict[str, Any], runs: list, question: str, n_text: int,
                    argv: list[str]) -> dict[str, Any]:
@@ -335,6 +396,10 @@ class BenchSession:
                "ttft_ms": _r(ttft["median"], 1),
                "peak_rss_mb": _r(rss["median"], 1),
                "peak_rss_source": "time -v" if rss["n"] else None,
+               "rss_over_files_mb": (None if rss["median"] is None else
+                                     _r(rss["median"] - (facts.model_size + facts.mmproj_size) / 1e6, 1)),
+               "sampling_ms_per_token": _r(spread([r.sample_ms_per_token for r, _ in runs])["median"], 3),
+               "decode_wall_tps": _r(spread([r.wall_decode_tps for r, _ in runs])["median"]),
                "llama_buffers_mib": est_mem,
                "image_decode_ms": _r(spread([r.image_decode_ms for r, _ in runs])["median"], 1),
                "timings_source": sorted({r.timings_source for r, _ in runs}),
@@ -361,7 +426,7 @@ class BenchSession:
         common = self.common(facts, model_dev)
         n_prompt = n_text + facts.n_image_tokens
         argv = [dev.tools["llama-bench"], "-m", model_dev, "-o", "json", "-p", str(n_prompt), "-n", str(cfg.n_gen),
-                "-d", str(facts.n_image_tokens), "-t", str(self.threads), "-r", str(cfg.runs)]
+                "-d", str(facts.n_image_tokens), "-t", str(self.threads), "-r", str(cfg.runs), *cfg.tuning_args()]
         self.log(f"{facts.path.name}: llama-bench -p {n_prompt} -n {cfg.n_gen} -d {facts.n_image_tokens} -r {cfg.runs}")
         load = load_average(dev)
         proc = dev.run(argv, timed=True, timeout=cfg.timeout)
@@ -376,6 +441,7 @@ class BenchSession:
         out = []
         for r in rows:
             row = {**common, **self._row_base(facts), **r, "peak_rss_mb": rss,
+                   "rss_over_files_mb": None if rss is None else _r(rss - (facts.model_size + facts.mmproj_size) / 1e6, 1),
                    "peak_rss_source": "time -v" if rss else None, "command": argv,
                    "vision_encode_ms": None, "ttft_ms": None, "n_text_tokens": n_text, "load_avg_1m": [load]}
             row["model_filename"] = facts.path.name  # llama-bench prints the device path

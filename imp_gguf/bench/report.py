@@ -43,6 +43,7 @@ def columns(row: dict[str, Any]) -> dict[str, str]:
         "total s": _span(row, "total_s"),
         "TTFT s": _f((row["ttft_ms"] / 1000) if row.get("ttft_ms") is not None else None),
         "peak RSS MB": _f(row.get("peak_rss_mb"), ".0f"),
+        "files MB": _f(row.get("model_files_mb"), ".0f"),  # model + mmproj: what the RSS is next to
         "ceiling tok/s": _f(row.get("ceiling_tps"), ".1f"),
         "efficiency": _f(row.get("decode_efficiency"), ".0%") if row.get("decode_efficiency") is not None else "-",
     }
@@ -66,7 +67,7 @@ def print_table(rows: list[dict[str, Any]], console: Any) -> None:
     if r0.get("protocol") == "paper":
         table.add_row("paper: Imp-3B@196 4-bit, SD 8 Gen 3", "2300", _f(PAPER_ROW["vision_encode_s"]),
                       _f(PAPER_ROW["prompt_tps"]), _f(PAPER_ROW["decode_tps"]), _f(PAPER_ROW["total_s"]),
-                      "-", "-", "-", "-", style="dim")
+                      "-", "-", "-", "-", "-", style="dim")
     old_width = console.width
     console.width = max(old_width, 170)  # a log or pipe gets the full table, not 80 columns
     try:
@@ -90,6 +91,16 @@ def print_table(rows: list[dict[str, Any]], console: Any) -> None:
             console.print(f"{r['model_filename']}: vs paper: T_VE x{_f(p.get('vision_encode_ratio'))}, prompt "
                           f"x{_f(p.get('prompt_tps_ratio'))}, decode x{_f(p.get('decode_tps_ratio'))}, total "
                           f"x{_f(p.get('total_s_ratio'))}", markup=False, highlight=False, soft_wrap=True)
+        check = r.get("decode_check")
+        if check and check.get("llama_bench_tg_tps") is not None:
+            console.print(f"{r['model_filename']}: decode {_f(r.get('decode_tps'))} tok/s vs llama-bench tg"
+                          f"{r.get('n_gen')} @ d{check['depth']} {_f(check['llama_bench_tg_tps'])} tok/s (same session, "
+                          f"threads, flags): x{_f(check.get('ratio'))}"
+                          + (f"; {check['note']}" if check.get("note") else ""), markup=False, highlight=False,
+                          soft_wrap=True)
+        elif check:
+            console.print(f"{r['model_filename']}: decode check: {check.get('note')}", markup=False, highlight=False,
+                          soft_wrap=True)
         if r.get("passed") is not None or r.get("n_gen") or r.get("protocol") == "paper":
             console.print(f"{r['model_filename']}: {r.get('verdict')}", markup=False, highlight=False, soft_wrap=True)
 

@@ -42,6 +42,24 @@ def register(app: typer.Typer) -> None:
         n_gen: int = typer.Option(64, "--n-gen", help="Generated tokens (paper: 64)."),
         n_text: int = typer.Option(41, "--n-text", help="Text-prompt tokens (paper: 41)."),
         no_bandwidth: bool = typer.Option(False, "--no-bandwidth", help="Skip the memory-bandwidth probe."),
+        kv_type: str = typer.Option("f16", "--kv-type", help="KV cache type (-ctk/-ctv): f16, q8_0 or q4_0."),
+        fa: str = typer.Option(None, "--fa", help="Flash attention: on, off or auto (default: llama.cpp's, auto)."),
+        cpu_mask: str = typer.Option(None, "--cpu-mask",
+                                     help="Pin threads to these CPUs (hex, llama.cpp's -C; with --cpu-strict 1). "
+                                          "Default on adb/ssh: the SoC's big cores."),
+        mmap: bool = typer.Option(False, "--mmap/--no-mmap",
+                                  help="Map the model (llama.cpp's default) or read it (default here: repacked "
+                                       "weights are then resident once, not twice)."),
+        no_decode_check: bool = typer.Option(False, "--no-decode-check",
+                                             help="Paper protocol: skip llama-bench tg at the same depth."),
+        sweep: list[str] = typer.Option([], "--sweep", metavar="AXIS=V1,V2",
+                                        help="Run the paper protocol per configuration: threads=2,4,6,8 fa=on,off "
+                                             "mask=big,none kv=f16,q8_0; writes the best as a device profile."),
+        sweep_more: list[str] = typer.Argument(None, hidden=True, metavar="[AXIS=V1,V2]..."),
+        profile_out: Path = typer.Option(None, "--profile-out",
+                                         help="With --sweep: the device profile to write (default: "
+                                              "profile-<device>.json here)."),
+        profile: Path = typer.Option(None, "--profile", help="Bench with a device profile's flags."),
     ) -> None:
         """Benchmark models where they run: T_VE, prompt and decode tok/s, TTFT, peak RSS, bandwidth roofline.
 
@@ -56,13 +74,45 @@ def register(app: typer.Typer) -> None:
         from imp_gguf.bench.plot import available, plot_rows
         from imp_gguf.bench.report import print_table, write_json
 
+        from imp_gguf.bench.sweep import FA, KV, load_profile, make_profile, parse_axes, table, write_profile
+        from imp_gguf.errors import BadInput
+        from imp_gguf.names import unknown
+
         opts = list(ssh_option)
         if ssh_key is not None:
             opts = ["-i", str(ssh_key), *opts]
+        if kv_type not in KV:
+            raise unknown("--kv-type", kv_type, KV)
+        if fa is not None and fa not in FA:
+            raise unknown("--fa", fa, FA)
+        if sweep_more and not sweep:
+            raise BadInput(f"unexpected argument {sweep_more[0]!r} (sweep axes follow --sweep)")
+        axes = parse_axes([*sweep, *(sweep_more or [])]) if sweep else None
+        if axes and protocol != "paper":
+            raise BadInput("--sweep runs the paper protocol: drop --protocol llama-bench")
         cfg = BenchConfig(protocol=protocol, runs=runs, threads=threads or None, target_tps=target_tps,
-                          n_text=n_text, n_gen=n_gen, image=image, bandwidth=not no_bandwidth)
+                          n_text=n_text, n_gen=n_gen, image=image, bandwidth=not no_bandwidth, kv_type=kv_type,
+                          flash_attn=fa, cpu_mask=cpu_mask, cpu_strict=cpu_mask is not None, mmap=mmap,
+                          llama_bench_check=not no_decode_check)
+        if cpu_mask is not None and not _hex(cpu_mask):
+            raise BadInput(f"--cpu-mask {cpu_mask}: expected a hex CPU mask such as 0xfc")
+        if profile is not None:
+            cfg = _with_profile(cfg, load_profile(profile)["args"])
         rows = bench(model, mmproj, device=device, cfg=cfg, ssh_options=opts, remote_target=remote_target,
-                     remote_dir=remote_dir, log=_log)
+                     remote_dir=remote_dir, log=_log, sweep=axes)
+        if axes:
+            summary = rows[0]["sweep_summary"]
+            prof = make_profile(summary, rows, _soc_of(rows[0]))
+            dest = profile_out or Path(f"profile-{_slug(rows[0].get('device_model') or rows[0].get('device'))}.json")
+            write_profile(prof, dest)
+            _log(f"wrote {dest} (best: {' '.join(prof['args'])})")
+            if json_out:
+                print_json({"rows": rows, "sweep": summary, "profile": prof})
+            else:
+                _print_sweep(table(summary), rows[0], Console(highlight=False))
+            if out_file is not None:
+                write_json(rows, out_file)
+            return
         if json_out:
             print_json(rows)
         else:
@@ -81,3 +131,54 @@ def register(app: typer.Typer) -> None:
         code = exit_code(rows)
         if code:
             raise typer.Exit(code)
+
+
+def _hex(v: str) -> bool:
+    try:
+        return v.lower().startswith("0x") and int(v, 16) > 0
+    except ValueError:
+        return False
+
+
+def _with_profile(cfg, args: list[str]):
+    """A BenchConfig carrying a profile's flags (load_profile has checked them)."""
+    from dataclasses import replace
+
+    flags = dict(zip(args[::2], args[1::2]))
+    kw = {"threads": int(flags["-t"])} if "-t" in flags else {}
+    if "-C" in flags:
+        kw.update(cpu_mask=flags["-C"], cpu_strict=flags.get("--cpu-strict", "1") == "1")
+    if "-fa" in flags:
+        kw["flash_attn"] = flags["-fa"]
+    if "-ctk" in flags:
+        kw["kv_type"] = flags["-ctk"]
+    if "-lm" in flags:
+        kw["mmap"] = flags["-lm"] == "mmap"
+    return replace(cfg, **kw)
+
+
+def _soc_of(row: dict):
+    from imp_gguf.runtime.soc import SocChoice
+
+    return SocChoice(**row["soc_choice"])
+
+
+def _slug(text) -> str:
+    from imp_gguf.runtime.remote import safe_name
+
+    return safe_name(str(text or "device").replace(" ", "-")).lower()
+
+
+def _print_sweep(lines: list[dict[str, str]], r0: dict, console) -> None:
+    from rich.table import Table
+
+    t = Table(title=f"imp-gguf bench --sweep (paper protocol) on {r0.get('device')}, llama.cpp "
+                    f"{r0.get('build_commit') or '?'}; * = best, written as the profile", title_justify="left")
+    for c in lines[0]:
+        t.add_column(c, justify="right")
+    for line in lines:
+        t.add_row(*line.values())
+    console.print(t)
+    if r0.get("device_kind") in ("local", "qemu"):
+        console.print(f"{r0.get('device')}: these are not phone numbers; the sweep and profile logic is the same",
+                      markup=False, highlight=False)

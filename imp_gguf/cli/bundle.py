@@ -20,12 +20,20 @@ def register(app: typer.Typer) -> None:
                                    help="Build whose tools to ship: linux-arm64, android-arm64 or host."),
         force: bool = typer.Option(False, "--force", help="Replace an existing OUT and OUT.tar.gz."),
         json_out: bool = typer.Option(False, "--json", help="Print the manifest as JSON on stdout."),
+        profile: Path = typer.Option(None, "--profile",
+                                     help="Device profile from `bench --sweep`: its threads, CPU mask and flags go "
+                                          "into run.sh (default: the SoC table, chosen on the phone)."),
     ) -> None:
         """Write a folder + tarball with the static tools, the models and run.sh, for adb push or Termux.
 
         MODEL and MMPROJ are checked first: a language model and its own mmproj (same width, same checkpoint).
         """
-        result = make_bundle(out, model=model, mmproj=mmproj, target=target, force=force)
+        prof = None
+        if profile is not None:
+            from imp_gguf.bench.sweep import load_profile
+
+            prof = load_profile(profile) | {"_path": profile.name}
+        result = make_bundle(out, model=model, mmproj=mmproj, target=target, force=force, profile=prof)
         if json_out:
             print_json({"folder": str(result.folder), "tarball": str(result.tarball), **result.manifest})
         else:

@@ -45,8 +45,9 @@ def run_cmd(
     stream = None if json_out else _write
     if backend == "python":
         from imp_gguf.runtime.bindings import Session
+        from imp_gguf.runtime.context import run_context
 
-        with Session(model, mmproj, n_threads=n_threads) as s:
+        with Session(model, mmproj, n_threads=n_threads, n_ctx=run_context(mmproj, prompt, max_tokens)) as s:
             answer = s.generate(s.chat_prompt(prompt), [image], max_tokens=max_tokens, on_text=stream)
             timings = normalize(s.last_timings)
     else:

@@ -23,13 +23,14 @@ from imp_gguf.images import mmproj_image_spec
 from imp_gguf.pair import check_pair
 from imp_gguf.pins import LLAMA_CPP_COMMIT, LLAMA_CPP_PYTHON_VERSION
 from imp_gguf.runtime.build import where
+from imp_gguf.runtime.context import image_tokens
 from imp_gguf.runtime.source import file_sha256
 
 RUN_SH = """\
 #!/bin/sh
 # Ask the bundled Imp model about one image (llama.cpp {commit}, target {target}).
 # usage: sh run.sh IMAGE "QUESTION" [more llama-mtmd-cli options]
-# IMP_THREADS overrides the thread count.
+# IMP_THREADS, IMP_CPU_MASK (hex; empty: no pinning), IMP_CTX and IMP_MAX_TOKENS override the defaults.
 set -eu
 if [ "$#" -lt 2 ]; then
     echo "usage: $0 IMAGE \\"QUESTION\\" [more llama-mtmd-cli options]" >&2
@@ -45,15 +46,34 @@ shift 2
 cd "$(dirname "$0")"
 # adb push and some unpackers drop the executable bit.
 chmod +x bin/* 2>/dev/null || true
-if [ -z "${{IMP_THREADS:-}}" ]; then
-    # 8-core phones (Snapdragon 8 Gen 3: 1+5 big, 2 little): the little cores slow every step down.
-    n=$(nproc 2>/dev/null || echo 4)
-    if [ "$n" -ge 8 ]; then IMP_THREADS=$((n - 2)); else IMP_THREADS=$n; fi
-fi
+{tuning}
+if [ -n "$IMP_CPU_MASK" ]; then set -- -C "$IMP_CPU_MASK" --cpu-strict 1 "$@"; fi
+# -c: the job's context ({n_image} image tokens + {text_budget} for the question + {gen_budget} generated).
+# -lm none: read the weights instead of mapping them, so those llama.cpp repacks are resident once.
 # --jinja: use Imp's own chat template from the GGUF (mtmd-cli would otherwise guess "vicuna").
 exec ./bin/llama-mtmd-cli -m {model} --mmproj {mmproj} \\
-    --image "$image" -p "$question" -t "$IMP_THREADS" -c 4096 --temp 0 --jinja "$@"
+    --image "$image" -p "$question" -t "$IMP_THREADS" -c "${{IMP_CTX:-{ctx}}}" -n "${{IMP_MAX_TOKENS:-{gen_budget}}}" \\
+    {flags}--temp 0 --jinja "$@"
 """
+SOC_TUNING = """\
+# Threads and big-core mask for this SoC (the table in imp_gguf/runtime/soc.py), read from the phone
+# itself; another SoC gets every core (minus 2 on 8+ cores), unpinned. `imp-gguf bench --sweep` measures
+# better ones, and `bundle --profile` puts them here.
+soc=$(getprop ro.soc.model 2>/dev/null || true)
+[ -n "$soc" ] || soc=$(grep -i '^hardware' /proc/cpuinfo 2>/dev/null | head -n 1 || true)
+IMP_THREADS_DEFAULT=
+IMP_MASK_DEFAULT=
+{case}
+if [ -z "$IMP_THREADS_DEFAULT" ]; then
+    n=$(nproc 2>/dev/null || echo 4)
+    if [ "$n" -ge 8 ]; then IMP_THREADS_DEFAULT=$((n - 2)); else IMP_THREADS_DEFAULT=$n; fi
+fi
+IMP_THREADS=${{IMP_THREADS:-$IMP_THREADS_DEFAULT}}
+IMP_CPU_MASK=${{IMP_CPU_MASK-$IMP_MASK_DEFAULT}}"""
+PROFILE_TUNING = """\
+# Flags from the device profile {name} (`imp-gguf bench --sweep` on {device}: decode {decode} tok/s).
+IMP_THREADS=${{IMP_THREADS:-{threads}}}
+IMP_CPU_MASK=${{IMP_CPU_MASK-{mask}}}"""
 
 README = """\
 Imp on llama.cpp {commit} ({target}), made by imp-gguf.
@@ -82,13 +102,32 @@ class BundleResult:
     manifest: dict
 
 
-def run_script(model_name: str, mmproj_name: str, target: str = "linux-arm64") -> str:
-    """The POSIX sh launcher; model file names are quoted, whatever characters they hold."""
+def run_script(model_name: str, mmproj_name: str, target: str = "linux-arm64", *, n_image: int = 729,
+               profile: dict | None = None) -> str:
+    """The POSIX sh launcher; model file names are quoted, whatever characters they hold. Threads and CPU
+    mask come from `profile` (a `bench --sweep` device profile), else from the SoC table at run time."""
+    from imp_gguf.runtime.context import GEN_BUDGET, TEXT_BUDGET, job_context
+    from imp_gguf.runtime.soc import shell_case
+
+    if profile is None:
+        tuning = SOC_TUNING.format(case=shell_case())
+        flags = ["-lm", "none"]
+    else:
+        pairs = dict(zip(profile["args"][::2], profile["args"][1::2]))
+        tuning = PROFILE_TUNING.format(name=shlex.quote(str(profile.get("_path", "profile"))).replace("\n", " "),
+                                       device=str(profile.get("device") or "?").replace("\n", " "),
+                                       decode=(profile.get("best") or {}).get("decode_tps"),
+                                       threads=int(pairs.get("-t", 4)), mask=pairs.get("-C", ""))
+        flags = [a for f, v in pairs.items() if f not in ("-t", "-C", "--cpu-strict") for a in (f, v)]
     return RUN_SH.format(
         commit=LLAMA_CPP_COMMIT,
         target=target,
         model=shlex.quote(f"models/{model_name}"),
         mmproj=shlex.quote(f"models/{mmproj_name}"),
+        tuning=tuning,
+        n_image=n_image, text_budget=TEXT_BUDGET, gen_budget=GEN_BUDGET,
+        ctx=job_context(n_image + TEXT_BUDGET, GEN_BUDGET),
+        flags="".join(shlex.quote(a) + " " for a in flags),
     )
 
 
@@ -106,8 +145,10 @@ def make_bundle(
     binaries: Mapping[str, Path] | None = None,
     cache: Path | None = None,
     env: Mapping[str, str] | None = None,
+    profile: dict | None = None,
 ) -> BundleResult:
-    """Write OUT/ and OUT.tar.gz. `binaries` defaults to the finished build for `target`."""
+    """Write OUT/ and OUT.tar.gz. `binaries` defaults to the finished build for `target`; `profile` (from
+    imp_gguf.bench.sweep.load_profile) sets run.sh's threads, CPU mask and flags."""
     out = Path(out)
     model, mmproj = Path(model), Path(mmproj)
     check_pair(model, mmproj)  # a swapped or mismatched pair would only fail on the phone
@@ -135,9 +176,11 @@ def make_bundle(
             os.chmod(tmp / "bin" / name, 0o755)
         for src in (model, mmproj):
             shutil.copyfile(src, tmp / "models" / src.name)
-        (tmp / "run.sh").write_text(run_script(model.name, mmproj.name, target))
+        mm_meta = read_gguf_meta(mmproj)
+        size, aspect = mmproj_image_spec(mm_meta, mmproj.name)
+        (tmp / "run.sh").write_text(run_script(model.name, mmproj.name, target, n_image=image_tokens(mm_meta),
+                                               profile=profile))
         os.chmod(tmp / "run.sh", 0o755)
-        size, aspect = mmproj_image_spec(read_gguf_meta(mmproj), mmproj.name)
         (tmp / "README.txt").write_text(
             README.format(commit=LLAMA_CPP_COMMIT, target=target, name=out.name, model=model.name,
                           image_size=size, aspect=aspect, aspect_how=ASPECT_HOW[aspect].format(size=size))
@@ -149,6 +192,8 @@ def make_bundle(
             "commit": LLAMA_CPP_COMMIT,
             "model": f"models/{model.name}",
             "mmproj": f"models/{mmproj.name}",
+            "tuning": ({"profile": profile.get("_path"), "args": profile["args"]} if profile else
+                       {"soc_table": "imp_gguf/runtime/soc.py, chosen on the device by run.sh"}),
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "sha256": {str(p.relative_to(tmp)): file_sha256(p) for p in files},
         }

@@ -38,7 +38,10 @@ def run_mtmd_cli(binary: Path, model: Path, mmproj: Path, image: Path, prompt: s
     runner = runner or LocalRunner()
     with tempfile.TemporaryDirectory() as td:
         img = prepare_image(image, mmproj, Path(td))
-        argv = mtmd_cli_argv(binary, model, mmproj, img, prompt, max_tokens=max_tokens, threads=threads)
+        from imp_gguf.runtime.context import run_context
+
+        argv = mtmd_cli_argv(binary, model, mmproj, img, prompt, max_tokens=max_tokens, threads=threads,
+                             ctx=run_context(mmproj, prompt, max_tokens))
         if timings is not None:
             argv += ["-lv", "4"]  # its timing lines (stderr) are printed from this log level on
         proc = runner.run(argv, timeout=1800)

@@ -195,7 +195,7 @@ class SshRunner(RemoteRunner):
         return {
             "model": self.output(["getprop", "ro.product.model"]) or None,
             "android": self.output(["getprop", "ro.build.version.release"]) or None,
-            "soc": None,
+            "soc": self.output(["getprop", "ro.soc.model"]) or None,
         }
 
 

@@ -1,0 +1,40 @@
+"""The context a job needs: its prompt (text + image tokens) and generated tokens, rounded up.
+
+One rule for `bench`, `run` and the bundle's run.sh: a context sized to the job keeps the KV cache (F16:
+about 0.33 MB per cell for Phi-2) from costing more memory than the model needs; llama.cpp pads the
+cache to 256 cells in any case.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+CTX_ROUND = 256
+TEXT_BUDGET = 256  # question + chat template tokens, where the question is not known in advance (run.sh)
+GEN_BUDGET = 256  # generated tokens, where no limit is given (run.sh)
+
+
+def job_context(n_prompt: int, n_gen: int, round_to: int = CTX_ROUND) -> int:
+    """Cells for n_prompt prompt tokens (text + image) then n_gen generated ones, rounded up."""
+    need = max(1, int(n_prompt) + int(n_gen))
+    return -(-need // round_to) * round_to
+
+
+def text_tokens_bound(question: str, template_tokens: int = 64) -> int:
+    """An upper bound of the text tokens of a question wrapped in a chat template, without a tokenizer:
+    byte-level BPE and SentencePiece never emit more tokens than UTF-8 bytes (plus the template's)."""
+    return len(question.encode("utf-8")) + template_tokens
+
+
+def image_tokens(mmproj_meta: dict) -> int:
+    """Image tokens an mmproj gives one image: (image size // patch size) squared (one slice)."""
+    size = int(mmproj_meta.get("clip.vision.image_size") or 0)
+    patch = int(mmproj_meta.get("clip.vision.patch_size") or 14)
+    return (size // patch) ** 2
+
+
+def run_context(mmproj: str | Path, question: str, max_tokens: int) -> int:
+    """The context `imp-gguf run` gives a question about one image."""
+    from imp_gguf.gguf_info import read_gguf_meta
+
+    return job_context(image_tokens(read_gguf_meta(mmproj)) + text_tokens_bound(question), max_tokens)
