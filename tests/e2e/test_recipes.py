@@ -22,7 +22,7 @@ from imp_gguf.reference.fixtures import VARIANTS, dims_with, make_checkpoint
 
 REQUIRED = {"f16": "F16", "q8_0": "Q8_0", "q4_k": "Q4_K_M", "q4_k_s": "Q4_K_S", "q3_k": "Q3_K_M",
             "q3_k_s": "Q3_K_S", "q4_0": "Q4_0"}
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 # ---------------------------------------------------------------- fixtures (shared cache with test_compare)

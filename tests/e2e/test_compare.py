@@ -17,7 +17,7 @@ from imp_gguf.quant.compare import (check_baseline, compare_recipes, kl_divergen
 from imp_gguf.quant.evalset import build_evalset
 from imp_gguf.reference.fixtures import VARIANTS
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 BASELINE = REPO / "bench" / "baselines" / "recipes-tiny-phi2.json"
 ROW_KEYS = ("recipe", "lm_bytes", "mmproj_bytes", "bpw", "kl_mean", "kl_p99", "top1", "image_cos_min",
             "prefill_tps", "decode_tps", "encode_ms", "tensor_types")

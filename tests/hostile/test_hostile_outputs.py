@@ -24,7 +24,7 @@ from imp_gguf.cli.main import main
 VARIANT = "Imp-v1.5-3B-196"
 LM = f"{VARIANT}-F16.gguf"
 MMPROJ = f"mmproj-{VARIANT}-F16.gguf"
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="session")

@@ -13,7 +13,7 @@ import pytest
 from imp_gguf.cli.main import main
 from imp_gguf.reference.published import RELEASES, make_published, published_config
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "published"
+SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "reference" / "published"
 
 # release -> (arch, family, n_embd, n_layer, n_ff, n_head, n_head_kv, rows, rope dims, image px, tokens, aspect)
 EXPECT = {

@@ -23,7 +23,7 @@ import pytest
 import imp_gguf
 from imp_gguf.bench.roofline import probe_source
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CHECK = REPO / "scripts" / "check_base_deps.py"
 
 
