@@ -16,6 +16,7 @@ import os
 import shutil
 import signal
 import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
@@ -180,11 +181,19 @@ def _write_gguf(tmp: Path, arch: str, add_kv: Callable[[GGUFWriter], None], tens
         fout = w.fout[0]
         fout.flush()  # from here on, tensor data goes to the descriptor at explicit offsets
         fd, pos = fout.fileno(), fout.tell()
-        for t in tensors:
-            pos = _pad(fd, pos, w.data_alignment)
-            pos += _write_tensor(fd, pos, t)
-            if progress:
-                progress(t.nbytes)
+        # The NaN/Inf scans of verbatim tensors run on a second thread, ahead of the copies (numpy and
+        # copy_file_range both release the GIL): the scan costs no wall time where a core is free.
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="imp-gguf-scan") as pool:
+            scans = {id(t): pool.submit(t.source.count_nonfinite) for t in tensors if _verbatim(t)}
+            try:
+                for t in tensors:
+                    pos = _pad(fd, pos, w.data_alignment)
+                    pos += _write_tensor(fd, pos, t, scans.get(id(t)))
+                    if progress:
+                        progress(t.nbytes)
+            finally:
+                for f in scans.values():
+                    f.cancel()  # after a failure: no more scans than the one under way
         _pad(fd, pos, w.data_alignment)
         os.fsync(fd)
     finally:
@@ -208,15 +217,20 @@ def _pwrite_all(fd: int, data: Any, pos: int) -> None:
         view, pos = view[n:], pos + n
 
 
-def _write_tensor(fd: int, pos: int, t: PlannedTensor) -> int:
-    """One tensor's bytes at offset pos: copied verbatim if its stored type is its GGUF type, else
-    converted chunk by chunk. Returns the bytes written (checked against the plan)."""
-    ref = t.source
-    if ref is not None and hasattr(ref, "path") and copies_verbatim(ref.dtype, t.gtype):
-        bad = ref.count_nonfinite()
+def _verbatim(t: PlannedTensor) -> bool:
+    """Whether the tensor's stored bytes are its GGUF bytes (a safetensors tensor in the written type)."""
+    return t.source is not None and hasattr(t.source, "path") and copies_verbatim(t.source.dtype, t.gtype)
+
+
+def _write_tensor(fd: int, pos: int, t: PlannedTensor, scan: Future | None = None) -> int:
+    """One tensor's bytes at offset pos: copied verbatim if its stored type is its GGUF type (`scan`: its
+    NaN/Inf count under way), else converted chunk by chunk. Returns the bytes written (checked)."""
+    if _verbatim(t):
+        ref = t.source
+        _copy_range(ref, fd, pos)
+        bad = scan.result() if scan is not None else ref.count_nonfinite()
         if bad:
             raise nonfinite(t.src, bad)
-        _copy_range(ref, fd, pos)
         written = ref.nbytes
     else:
         written = 0

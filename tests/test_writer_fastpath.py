@@ -134,7 +134,7 @@ def test_copy_to_another_file_system_and_full_disk(fp16_ckpt, tmp_path):
     """A real tmpfs: copy_file_range across file systems (EXDEV on current kernels) still writes the same
     file; a full one is one line naming the folder, and nothing is left."""
     from imp_gguf.convert import run_conversion
-    from tests.test_hostile_outputs import tmpfs
+    from tests.hostile.test_hostile_outputs import tmpfs
 
     want = run_conversion(_plan(fp16_ckpt, tmp_path / "want"))
     mounted = []
