@@ -16,8 +16,8 @@ for v in "${variants[@]}"; do
   [ -d "$ckpt" ] || imp-gguf fixtures published "$v" "$ckpt" --data random
   rm -rf "$out"
   imp-gguf convert "$ckpt" -o "$out" --outtype f16 --model-name "$v" -q
-  model=$(ls "$out"/"$v"*-F16.gguf | grep -v mmproj)
   mmproj=$(ls "$out"/mmproj-*-F16.gguf)
+  model=$(ls "$out"/*-F16.gguf | grep -v '/mmproj-')
   start=$(date +%s)
   set +e
   imp-gguf verify "$ckpt" "$model" "$mmproj" --json > "$work/$v.json"

@@ -38,6 +38,7 @@ def verify(ckpt: str | Path, model: str | Path, mmproj: str | Path, *, image: st
         img = Path(image) if image else _default_image(ref.vh.image_size, Path(td) / "probe.png")
         ids = tok.encode(DEFAULT_PROMPT)[:16]
         want, got = ref.logits(ids), s.text_logits(ids)
+        report["text_logits_std"] = float(want.std())  # a flat reference would make every error look small
         report["text_logits_max_err_over_std"] = float(np.abs(got - want).max() / want.std())
         report["text_top1_agreement"] = float((got.argmax(-1) == want.argmax(-1)).mean())
         feats, emb = ref.image_features(img), s.image_embeddings(img)
