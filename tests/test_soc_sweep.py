@@ -262,3 +262,16 @@ def test_sweep_under_qemu(tiny_pair, arm64_tools):
     assert [r["n_threads"] for r in rows] == [1, 2] and all(r["emulated"] for r in rows)
     prof = make_profile(rows[0]["sweep_summary"], rows, SocChoice(**rows[0]["soc_choice"]))
     assert prof["emulated"] is True and "not phone numbers" in prof["note"]
+
+
+def test_quantized_kv_needs_heads_divisible_by_the_block(tiny_pair):
+    """Phi-2 (Imp-3B) has heads of 80: llama.cpp refuses a q8_0 cache, so bench says so first (exit 2)."""
+    from dataclasses import replace
+
+    from imp_gguf.bench.protocols import check_kv_type, model_facts
+
+    facts = model_facts(*tiny_pair)
+    assert facts.head_dim == 64  # the tiny Imp: 256 wide, 4 heads
+    check_kv_type(facts, "q8_0")
+    with pytest.raises(BadInput, match="heads of 80, not a multiple of q8_0's block of 32"):
+        check_kv_type(replace(facts, head_dim=80), "q8_0")

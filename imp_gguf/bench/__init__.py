@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from imp_gguf.bench.device import Device, open_device, soc_choice
-from imp_gguf.bench.protocols import (DEFAULT_TARGET_TPS, PAPER_ROW, PROTOCOLS, BenchConfig, BenchSession, exit_code,
-                                      model_facts)
+from imp_gguf.bench.protocols import (DEFAULT_TARGET_TPS, PAPER_ROW, PROTOCOLS, BenchConfig, BenchSession,
+                                      check_kv_type, exit_code, model_facts)
 from imp_gguf.errors import BadInput
 from imp_gguf.names import unknown
 from imp_gguf.pair import check_pair
@@ -47,6 +47,8 @@ def bench(models: Sequence[str | Path], mmprojs: Sequence[str | Path], *, device
     for m, mm in pairs:  # each pair belongs together, before any work
         check_pair(m, mm)
     facts = [model_facts(m, mm) for m, mm in pairs]  # validate every file before touching the device
+    for f in facts:
+        check_kv_type(f, cfg.kv_type)
     if cfg.image is not None and not Path(cfg.image).is_file():
         raise BadInput(f"--image {cfg.image} does not exist")
     dev = dev or open_device(device, ssh_options=ssh_options, remote_target=remote_target, remote_dir=remote_dir,

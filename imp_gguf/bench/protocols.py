@@ -67,6 +67,7 @@ class ModelFacts:
     n_image_tokens: int
     traffic: LmTraffic
     image_aspect: str = "square"
+    head_dim: int = 0  # K/V row length per head: a quantized KV cache needs it divisible by the block
 
 
 def model_facts(model: Path, mmproj: Path) -> ModelFacts:
@@ -92,7 +93,19 @@ def model_facts(model: Path, mmproj: Path) -> ModelFacts:
         n_params=traffic.n_params, chat_template=meta.get("tokenizer.chat_template"),
         add_bos=bool(meta.get("tokenizer.ggml.add_bos_token", False)), image_size=image_size,
         n_image_tokens=(image_size // patch) ** 2, traffic=traffic, image_aspect=image_aspect,
+        head_dim=int(meta.get(f"{arch}.attention.key_length") or 0) or (
+            int(meta.get(f"{arch}.embedding_length") or 0) // max(1, int(meta.get(f"{arch}.attention.head_count") or 1))),
     )
+
+
+def check_kv_type(facts: ModelFacts, kv_type: str) -> None:
+    """llama.cpp refuses a quantized KV cache whose block does not divide the head size (Phi-2: 80)."""
+    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+
+    block = GGML_QUANT_SIZES[GGMLQuantizationType[kv_type.upper()]][0]
+    if facts.head_dim and facts.head_dim % block:
+        raise BadInput(f"--kv-type {kv_type}: {facts.path.name} has heads of {facts.head_dim}, not a multiple of "
+                       f"{kv_type}'s block of {block} (llama.cpp refuses such a cache); use f16")
 
 
 # ----------------------------------------------------------------------------- the 41-token prompt
@@ -315,8 +328,9 @@ class BenchSession:
             self.log(f"{facts.path.name}: {label}")
             load = load_average(dev)
             proc = dev.run(argv, timed=True, timeout=cfg.timeout)
-            if proc.returncode != 0:
-                tail = "\n".join((proc.stderr or proc.stdout or "").strip().splitlines()[-5:])
+            if proc.returncode != 0:  # the tool's last words, not `time -v`'s report (tab-indented)
+                tail = "\n".join([ln for ln in (proc.stderr or proc.stdout or "").strip().splitlines()
+                                  if ln.strip() and not ln.startswith(("\t", "Command being timed"))][-3:])
                 raise InternalError(f"llama-mtmd-cli failed (exit {proc.returncode}) on {dev.label}: {tail[-400:]}")
             run = parse_mtmd(proc.stdout, proc.stderr)
             rss = parse_time_v(proc.stderr)

@@ -109,7 +109,11 @@ def best(summary: list[dict[str, Any]]) -> dict[str, Any]:
 def run_sweep(session: Any, facts: Any, axes: dict[str, list[str]], soc: SocChoice,
               log: Callable[[str], None]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Every point through the paper protocol on one device session; (rows, summary)."""
+    from imp_gguf.bench.protocols import check_kv_type
+
     base = replace(session.cfg, llama_bench_check=False)
+    for kv in axes.get("kv", []):  # before the first run, not at the point that would fail
+        check_kv_type(facts, kv)
     rows, summary = [], []
     for i, point in enumerate(points(axes), 1):
         cfg = configure(base, point, soc)

@@ -25,6 +25,8 @@ def mtmd_cli_argv(binary: Path, model: Path, mmproj: Path, image: Path, prompt: 
                   threads: int, ctx: int = 4096) -> list[str]:
     return [str(binary), "-m", str(model), "--mmproj", str(mmproj), "--image", str(image), "-p", prompt,
             "--temp", "0", "-n", str(max_tokens), "-t", str(threads), "-c", str(ctx), "--no-warmup",
+            # read, not map, the weights: those llama.cpp repacks at load are then resident once, not twice
+            "-lm", "none",
             # mtmd-cli defaults to the legacy (non-Jinja) templates, which would pick "vicuna" for Imp's format.
             "--jinja"]
 
