@@ -275,3 +275,16 @@ def test_quantized_kv_needs_heads_divisible_by_the_block(tiny_pair):
     check_kv_type(facts, "q8_0")
     with pytest.raises(BadInput, match="heads of 80, not a multiple of q8_0's block of 32"):
         check_kv_type(replace(facts, head_dim=80), "q8_0")
+
+
+def test_bench_table_names_the_soc_choice():
+    from rich.console import Console
+
+    from imp_gguf.bench.report import print_table
+
+    soc = choose(soc_model="SM8650").to_dict()
+    console = Console(record=True, width=200)
+    print_table([{"protocol": "paper", "model_filename": "m.gguf", "device": "adb x (aarch64)", "n_threads": 6,
+                  "cpu_mask": "0xfc", "soc_choice": soc}], console)
+    assert ("threads 6, CPU mask 0xfc; SoC default: 6 threads, mask 0xfc (Snapdragon 8 Gen 3, from ro.soc.model)"
+            in console.export_text())

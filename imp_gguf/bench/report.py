@@ -79,6 +79,11 @@ def print_table(rows: list[dict[str, Any]], console: Any) -> None:
              f"cpu: {r0.get('cpu_info') or '?'}"]
     if r0.get("cpu_features"):
         facts.append("features: " + " ".join(r0["cpu_features"]))
+    soc = r0.get("soc_choice")
+    if soc:
+        facts.append(f"threads {r0.get('n_threads')}, CPU mask {r0.get('cpu_mask') or 'none'}; SoC default: "
+                     f"{soc['threads']} threads, mask {soc['mask'] or 'none'} ({soc['name'] or 'no table row'}, "
+                     f"from {soc['how']})")
     if r0.get("device_model") or r0.get("android_version"):
         facts.append(f"device: {r0.get('device_model') or '?'}, Android {r0.get('android_version') or '?'}")
     for line in facts:
