@@ -55,7 +55,7 @@ def register(app: typer.Typer) -> None:
         sweep: list[str] = typer.Option([], "--sweep", metavar="AXIS=V1,V2",
                                         help="Run the paper protocol per configuration: threads=2,4,6,8 fa=on,off "
                                              "mask=big,none kv=f16,q8_0; writes the best as a device profile."),
-        sweep_more: list[str] = typer.Argument(None, hidden=True, metavar="[AXIS=V1,V2]..."),
+        sweep_more: list[str] = typer.Argument(None, hidden=True, metavar="AXIS=V1,V2"),
         profile_out: Path = typer.Option(None, "--profile-out",
                                          help="With --sweep: the device profile to write (default: "
                                               "profile-<device>.json here)."),
@@ -66,7 +66,10 @@ def register(app: typer.Typer) -> None:
         --protocol paper reproduces the Imp paper's Table 4 (41 text tokens + one image, 64 generated tokens,
         greedy) with llama-mtmd-cli and compares with its Snapdragon 8 Gen 3 row; --protocol llama-bench runs
         llama-bench -p <text+image> -n 64 -d <image tokens>. Several --model options are benched in one
-        session and charted together.
+        session and charted together. --sweep threads=2,4,6,8 fa=on,off mask=big,none runs the paper protocol
+        per configuration, prints a table (--json: rows, sweep, profile) and writes the best as a device
+        profile for `bundle --profile`. Without --threads or --cpu-mask, adb and ssh devices get their SoC's
+        default (big cores only, pinned), read from the device (getprop ro.soc.model, /proc/cpuinfo, cpufreq).
 
         The table (or, with --json, the rows) goes to stdout, progress to stderr.
         """
