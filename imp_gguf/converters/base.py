@@ -159,6 +159,9 @@ class LMFamily:
     marker: ClassVar[str]  # a tensor name that identifies this layout
     block_marker: ClassVar[str]  # a per-block tensor ({bid}) whose indices count the blocks
     config_defaults: ClassVar[dict[str, ConfigDefaults]]  # model_type -> its config class's defaults
+    embedding_name: ClassVar[str] = "model.embed_tokens.weight"
+    width_keys: ClassVar[tuple[str, ...]] = ("hidden_size",)  # config keys that name the width / head count
+    head_keys: ClassVar[tuple[str, ...]] = ("num_attention_heads",)
     tokenizer_kind: ClassVar[str]  # "gpt2" (byte-level BPE) or "llama" (SentencePiece)
     tokenizer_pre: ClassVar[str]  # llama.cpp pre-tokenizer: the family decides, no hash lottery
     chat_template: ClassVar[str]  # key in imp_gguf.chat_templates
@@ -178,6 +181,16 @@ class LMFamily:
     @classmethod
     def reader(cls, config: dict[str, Any]) -> HparamReader:
         return HparamReader(config, cls.config_defaults[config.get("model_type") or cls.model_types[0]])
+
+    @classmethod
+    def read_widths(cls, rd: HparamReader, tensors: dict[str, Any]) -> tuple[int, int, int, int]:
+        """(embedding rows, width, heads, head size): rows and width from the token embedding, checked
+        against the config; the head count from the config, else its class default."""
+        n_vocab, n_embd = tensor_shape(tensors, cls.embedding_name, 2, "token embedding")
+        rd.size("embedding rows", n_vocab, ("vocab_size",))
+        rd.size("as embedding width", n_embd, cls.width_keys)
+        n_head = int(rd.value("n_head", cls.head_keys))
+        return n_vocab, n_embd, n_head, divide(n_embd, n_head, f"embedding width over {n_head} heads")
 
     @classmethod
     def n_layer(cls, rd: HparamReader, tensors: dict[str, Any]) -> int:

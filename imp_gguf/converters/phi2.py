@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from imp_gguf.converters.base import (ConfigDefaults, LMFamily, LMHparams, T, TensorRule as R, divide, embd, ffn_down,
+from imp_gguf.converters.base import (ConfigDefaults, LMFamily, LMHparams, T, TensorRule as R, embd, ffn_down,
                                       ffn_up, square, tensor_shape, vec)
 from imp_gguf.errors import BadInput
 
@@ -55,19 +55,16 @@ class Phi2Common(LMFamily):
     chat_template = "imp_phi2"
     stop_token = "</s>"
     config_defaults = PHI2_DEFAULTS
-    embedding_name: str
+    width_keys = ("n_embd", "hidden_size")  # phi-msft and transformers spellings
+    head_keys = ("n_head", "num_attention_heads")
 
     fc1_name: ClassVar[str]
 
     @classmethod
     def hparams(cls, config: dict[str, Any], tensors: dict[str, Any]) -> LMHparams:
         rd = cls.reader(config)
-        n_vocab, n_embd = tensor_shape(tensors, cls.embedding_name, 2, "token embedding")
-        rd.size("embedding rows", n_vocab, ("vocab_size",))
-        rd.size("as embedding width", n_embd, ("n_embd", "hidden_size"))
+        n_vocab, n_embd, n_head, head_dim = cls.read_widths(rd, tensors)
         n_ff = rd.size("as FFN width", tensor_shape(tensors, cls.fc1_name, 2, "first MLP")[0], ("n_inner", "intermediate_size"))
-        n_head = int(rd.value("n_head", ("n_head", "num_attention_heads")))
-        head_dim = divide(n_embd, n_head, f"embedding width over {n_head} heads")
         if rd.present("rotary_dim"):  # phi-msft keys
             rope_dims = int(config["rotary_dim"])
         elif rd.present("partial_rotary_factor", rope=True) or "rotary_dim" not in rd.defaults.values:
@@ -110,7 +107,6 @@ class Phi2(Phi2Common):
     prefix = "model."
     marker = "model.final_layernorm.weight"
     block_marker = "model.layers.{bid}.input_layernorm.weight"
-    embedding_name = "model.embed_tokens.weight"
     fc1_name = "model.layers.0.mlp.fc1.weight"
     rules = [
         R("model.embed_tokens.weight", T.TOKEN_EMBD, embd),

@@ -55,13 +55,9 @@ class Phi3(LMFamily):
     @classmethod
     def hparams(cls, config: dict[str, Any], tensors: dict[str, Any]) -> LMHparams:
         rd = cls.reader(config)
-        n_vocab, n_embd = tensor_shape(tensors, "model.embed_tokens.weight", 2, "token embedding")
-        rd.size("embedding rows", n_vocab, ("vocab_size",))
-        rd.size("as embedding width", n_embd, ("hidden_size",))
+        n_vocab, n_embd, n_head, head_dim = cls.read_widths(rd, tensors)
         gate_up = tensor_shape(tensors, "model.layers.0.mlp.gate_up_proj.weight", 2, "fused FFN gate+up")[0]
         n_ff = rd.size("as FFN width", divide(gate_up, 2, "fused gate+up rows"), ("intermediate_size",))
-        n_head = int(rd.value("n_head", ("num_attention_heads",)))
-        head_dim = divide(n_embd, n_head, f"embedding width over {n_head} heads")
         qkv_heads = divide(tensor_shape(tensors, "model.layers.0.self_attn.qkv_proj.weight", 2, "fused qkv")[0],
                            head_dim, f"fused qkv rows over heads of {head_dim}")
         n_head_kv = rd.size("key/value heads", divide(qkv_heads - n_head, 2, "fused qkv heads beyond the queries"),

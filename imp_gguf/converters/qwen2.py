@@ -60,13 +60,9 @@ class Qwen2(LMFamily):
     @classmethod
     def hparams(cls, config: dict[str, Any], tensors: dict[str, Any]) -> LMHparams:
         rd = cls.reader(config)
-        n_vocab, n_embd = tensor_shape(tensors, "model.embed_tokens.weight", 2, "token embedding")
-        rd.size("embedding rows", n_vocab, ("vocab_size",))
-        rd.size("as embedding width", n_embd, ("hidden_size",))
+        n_vocab, n_embd, n_head, head_dim = cls.read_widths(rd, tensors)
         n_ff = rd.size("as FFN width", tensor_shape(tensors, "model.layers.0.mlp.gate_proj.weight", 2, "FFN gate")[0],
                        ("intermediate_size",))
-        n_head = int(rd.value("n_head", ("num_attention_heads",)))
-        head_dim = divide(n_embd, n_head, f"embedding width over {n_head} heads")
         kv_rows = tensor_shape(tensors, "model.layers.0.self_attn.k_proj.weight", 2, "attention key")[0]
         n_head_kv = rd.size("key/value heads", divide(kv_rows, head_dim, f"key rows over heads of {head_dim}"),
                             ("num_key_value_heads",))
