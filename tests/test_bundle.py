@@ -160,3 +160,16 @@ def test_linux_arm64_bundle_runs_under_qemu(tmp_path: Path, models: tuple[Path, 
     assert proc.returncode == 0, proc.stderr[-800:]
     assert json.loads(proc.stdout)[0]["build_commit"] == LLAMA_CPP_COMMIT[:7]
     assert LocalRunner().run(["tar", "tzf", res.tarball]).returncode == 0
+
+
+def test_bundle_folder_as_outdir_too(tmp_path: Path, models: tuple[Path, Path]) -> None:
+    """-o/--outdir names the folder, as in every command that writes one; OUT still works; not both."""
+    model, mmproj = models
+    base = [sys.executable, "-m", "imp_gguf.cli.main", "bundle", "--model", str(model), "--mmproj", str(mmproj),
+            "--target", "host"]
+    proc = subprocess.run(base + ["-o", str(tmp_path / "b")], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "b" / "run.sh").is_file() and (tmp_path / "b.tar.gz").is_file()
+    for extra in ([], [str(tmp_path / "c"), "-o", str(tmp_path / "d")]):
+        proc = subprocess.run(base + extra, capture_output=True, text=True)
+        assert proc.returncode == 2 and "OUT or as -o/--outdir" in proc.stderr, proc.stderr

@@ -13,7 +13,8 @@ from imp_gguf.runtime.bundle import make_bundle
 def register(app: typer.Typer) -> None:
     @app.command("bundle")
     def bundle_cmd(
-        out: Path = typer.Argument(..., help="Folder to write; OUT.tar.gz is written beside it."),
+        out: Path = typer.Argument(None, help="Folder to write; OUT.tar.gz is written beside it (or use -o)."),
+        outdir: Path = typer.Option(None, "--outdir", "-o", help="The same folder, as every command names it."),
         model: Path = typer.Option(..., "--model", "-m", help="Language-model GGUF."),
         mmproj: Path = typer.Option(..., "--mmproj", help="mmproj GGUF (vision tower + projector)."),
         target: str = typer.Option("linux-arm64", "--target",
@@ -28,6 +29,11 @@ def register(app: typer.Typer) -> None:
 
         MODEL and MMPROJ are checked first: a language model and its own mmproj (same width, same checkpoint).
         """
+        from imp_gguf.errors import BadInput
+
+        if (out is None) == (outdir is None):
+            raise BadInput("bundle: give the folder to write once, as OUT or as -o/--outdir")
+        out = out or outdir
         prof = None
         if profile is not None:
             from imp_gguf.bench.sweep import load_profile
