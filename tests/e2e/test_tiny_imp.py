@@ -248,7 +248,7 @@ def test_recipe_comparison_gates_accuracy_on_the_committed_baseline(ckpt: Path, 
     from imp_gguf.cli.main import main
     from imp_gguf.quant.compare import load_baseline
 
-    baseline = Path(__file__).resolve().parents[1] / "bench" / "baselines" / "recipes-tiny-imp.json"
+    baseline = Path(__file__).resolve().parents[2] / "bench" / "baselines" / "recipes-tiny-imp.json"
     assert all("accuracy" in r for r in load_baseline(baseline)["recipes"].values())
     rc = main(["recipes", "compare", str(ckpt), "--recipes", "q8_0,q4_k,q3_k", "--out", str(tmp_path / "cmp"),
                "--baseline", str(baseline), "--runs", "1", "--threads", "1", "--json"])
