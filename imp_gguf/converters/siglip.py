@@ -77,14 +77,14 @@ def vision_hparams(config: dict[str, Any], tensors: dict[str, Any], prefix: str,
     defaults: dict[str, Any] = {}
 
     def get(key: str) -> Any:
-        if key in vtc:
+        if vtc.get(key) is not None:  # null means absent, as transformers reads it
             return vtc[key]
         if n_embd != SO400M["hidden_size"] and key in ("num_attention_heads", "num_hidden_layers", "image_size"):
             return None  # not SO400M: its defaults say nothing
         defaults["vision." + key] = SO400M[key]
         return SO400M[key]
 
-    if "image_size" in vtc:
+    if vtc.get("image_size") is not None:
         image_size = _image_size(vtc["image_size"], patch, grid, n_patches)
     elif n_embd == SO400M["hidden_size"] and SO400M["image_size"] // patch == grid:
         image_size = defaults["vision.image_size"] = SO400M["image_size"]

@@ -569,3 +569,14 @@ def test_verbose_shows_the_traceback(capsys, ckpt, tmp_path):
     err = capsys.readouterr().err
     assert rc == 2
     assert "Traceback" in err and err.strip().splitlines()[-1].startswith("error: ")
+
+
+def test_null_vision_values_mean_absent(capsys, ckpt, tmp_path):
+    """A null in vision_tower_config is a missing key (the SigLIP default applies), not a crash."""
+    def edit(c):
+        c["vision_tower_config"]["layer_norm_eps"] = None
+        return c
+
+    edit_json(ckpt / "config.json", edit)
+    rc, err = convert(capsys, ckpt, tmp_path / "out")
+    assert rc == 0, err
