@@ -28,7 +28,7 @@ from imp_gguf.bench.parse import (cpu_features, parse_bandwidth, parse_llama_ben
                                   parse_time_v)
 from imp_gguf.bench.roofline import LmTraffic, lm_traffic, roofline
 from imp_gguf.errors import BadInput, InternalError
-from imp_gguf.runtime.context import job_context
+from imp_gguf.runtime.context import image_tokens, job_context
 from imp_gguf.native_log import quiet_native_stderr
 
 # Imp-3B@196, 4-bit, Snapdragon 8 Gen 3 (paper Table 4; imp-checkpoints.md §6.2)
@@ -83,7 +83,6 @@ def model_facts(model: Path, mmproj: Path) -> ModelFacts:
     if mm.get("general.architecture") != "clip":
         raise BadInput(f"--mmproj {mmproj} is not an mmproj (clip) GGUF")
     image_size, image_aspect = mmproj_image_spec(mm, f"--mmproj {mmproj}")
-    patch = int(mm.get("clip.vision.patch_size", 0) or 1)
     traffic = lm_traffic(model)
     ft_name = file_type_name(meta.get("general.file_type")) or str(meta.get("general.file_type", "?"))
     size_label = meta.get("general.size_label") or "?B"
@@ -92,7 +91,7 @@ def model_facts(model: Path, mmproj: Path) -> ModelFacts:
         model_size=Path(model).stat().st_size, mmproj_size=Path(mmproj).stat().st_size,
         n_params=traffic.n_params, chat_template=meta.get("tokenizer.chat_template"),
         add_bos=bool(meta.get("tokenizer.ggml.add_bos_token", False)), image_size=image_size,
-        n_image_tokens=(image_size // patch) ** 2, traffic=traffic, image_aspect=image_aspect,
+        n_image_tokens=image_tokens(mm), traffic=traffic, image_aspect=image_aspect,
         head_dim=int(meta.get(f"{arch}.attention.key_length") or 0) or (
             int(meta.get(f"{arch}.embedding_length") or 0) // max(1, int(meta.get(f"{arch}.attention.head_count") or 1))),
     )

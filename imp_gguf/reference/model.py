@@ -56,22 +56,16 @@ class ImpReference:
                     key = short if short in v_params else "vision_model." + short
                     if key not in v_params:
                         continue  # blocks, post-LN and head Imp does not run
-                    pairs = [("vision", key, v_params)]
+                    where, params, rename = "vision", v_params, lambda t, key=key: {key: t}
                 elif name.startswith(pp):
-                    pairs = [("projector", name[len(pp):], p_params)]
-                else:
-                    pairs = None
-                tensor = torch.from_numpy(ref.load())
-                if pairs is None:
-                    renamed = lm_from_checkpoint(self.family.name, {name: tensor}, self.hp.n_embd)
-                    pairs = [("lm", k, lm_params) for k in renamed]
-                    parts = renamed
-                else:
-                    parts = {pairs[0][1]: tensor}
-                for where, key, params in pairs:
+                    where, params, rename = "projector", p_params, lambda t, key=name[len(pp):]: {key: t}
+                else:  # Imp's names -> transformers' (layout A also splits Wqkv)
+                    where, params = "lm", lm_params
+                    rename = lambda t, name=name: lm_from_checkpoint(self.family.name, {name: t}, self.hp.n_embd)
+                for key, t in rename(torch.from_numpy(ref.load())).items():
                     if key not in params:
                         raise RuntimeError(f"reference {where} has no parameter {key} (from {name})")
-                    params[key].copy_(parts[key])
+                    params[key].copy_(t)
                     loaded.add((where, key))
         for where, params in (("lm", lm_params), ("vision", v_params), ("projector", p_params)):
             missing = [k for k in params if (where, k) not in loaded and "rotary" not in k and "position_ids" not in k

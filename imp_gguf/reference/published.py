@@ -16,7 +16,6 @@ disk. "random" writes seeded noise scaled so logits are not flat (1/sqrt(fan_in)
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import os
@@ -258,7 +257,7 @@ def make_published(variant: str, dest: str | Path, *, data: str = "zeros", seed:
         cfg = published_config(release)
         write_shards(tmp, tensor_table(release), n_shards=release.shards, dtype=release.dtype, data=data, seed=seed,
                      progress=progress)
-        (tmp / "config.json").write_text(json.dumps(copy.deepcopy(cfg), indent=2))
+        (tmp / "config.json").write_text(json.dumps(cfg, indent=2))
         if release.tokenizer.startswith("phi2"):
             write_phi2_tokenizer(tmp, with_tokenizer_json=release.tokenizer == "phi2+json")
         elif release.tokenizer == "qwen2":

@@ -5,6 +5,7 @@ tokenizer file sets as shipped. Also the defaults tables against transformers' o
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -121,18 +122,11 @@ def test_full_f16_conversion_tensor_by_tensor(published, tmp_path):
             want = gguf.GGMLQuantizationType.F32 if len(shape) == 1 or t.name == "v.position_embd.weight" \
                 else gguf.GGMLQuantizationType.F16
             assert t.tensor_type == want, t.name
-            assert math_prod(shape) == int(t.n_elements)
+            assert math.prod(shape) == int(t.n_elements)
     by_name = {t.name: t for t in lm.tensors}
     assert tuple(reversed(by_name["token_embd.weight"].shape.tolist())) == (51200, 2560)
     assert tuple(reversed(by_name["blk.31.ffn_up.weight"].shape.tolist())) == (10240, 2560)
     assert not np.any(by_name["blk.0.attn_q.weight"].data[:8])  # sparse zeros, carried through
-
-
-def math_prod(shape):
-    out = 1
-    for d in shape:
-        out *= d
-    return out
 
 
 # ---------------------------------------------------------------- tokenizers as shipped
