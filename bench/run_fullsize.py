@@ -1,9 +1,10 @@
 """Full-size speed figures on this machine (driver for bench/run_fullsize.sh).
 
-Steps, each skipped when its output exists (so the script resumes):
-  1. random-weight full-size checkpoints: Imp-v1.5-3B-196 (196 px) and imp-v1-3b (384 px, 729 tokens)
-  2. convert both to F16 GGUF (the 384 px LM is dropped: same Phi-2 shapes as the 196 one)
-  3. quantize with the q4_k, q4_0 and q3_k recipes (LM) and Q8_0 (mmproj, as those recipes do)
+Steps:
+  1. random-weight full-size checkpoints: Imp-v1.5-3B-196 (196 px) and imp-v1-3b (384 px, 729 tokens),
+     kept in IMP_FULLSIZE_WORK between runs
+  2. the 196 px one through quant's recipe runner: F16 once, then the q4_k, q4_0 and q3_k recipes
+  3. the 384 px mmproj alone to F16 then Q8_0 (its LM has the same Phi-2 shapes as the 196 one)
   4. `imp-gguf bench --protocol paper` on the three 196 models, then q4_k with the 384 px mmproj,
      then `--protocol llama-bench` on q4_k; JSON rows + a chart + RESULTS.md in bench/results/
 """
@@ -28,7 +29,7 @@ def log(msg: str) -> None:
 
 
 def checkpoint(variant: str) -> Path:
-    from imp_gguf.bench.fullsize import make_fullsize
+    from imp_gguf.fixtures.fullsize import make_fullsize
 
     dest = WORK / variant
     if not (dest / "config.json").is_file():
@@ -37,43 +38,27 @@ def checkpoint(variant: str) -> Path:
     return dest
 
 
-def f16(variant: str, keep_lm: bool = True) -> tuple[Path, Path]:
+def recipes_196() -> dict[str, tuple[Path, Path]]:
+    """The 196 px model converted once to F16, then each recipe applied (quant's one recipe runner)."""
+    from imp_gguf.quant.quantize import run_recipes
+
+    _, rows = run_recipes(checkpoint("Imp-v1.5-3B-196"), WORK / "Imp-v1.5-3B-196", RECIPES, log=log)
+    return {rc: (Path(r["model"]), Path(r["mmproj"])) for rc, (r, _) in zip(RECIPES, rows)}
+
+
+def mmproj_384_q8() -> Path:
+    """Only the 384 px mmproj is needed (its LM has the 196 one's shapes): F16, then Q8_0 as the recipes do."""
     from imp_gguf.convert import convert
-
-    out = WORK / f"{variant}-f16"
-    done = out / "done.json"
-    if not done.is_file():
-        log(f"converting {variant} to F16")
-        r = convert(checkpoint(variant), out, outtype="f16", force=True)
-        if not keep_lm:
-            Path(r["model"]).unlink()
-        done.write_text(json.dumps(r, default=str))
-    r = json.loads(done.read_text())
-    return Path(r["model"]), Path(r["mmproj"])
-
-
-def quantized(recipe: str, lm16: Path, mm16: Path) -> tuple[Path, Path]:
-    from imp_gguf.quant import apply_recipe
-
-    out = WORK / f"Imp-v1.5-3B-196-{recipe}"
-    done = out / "done.json"
-    if not done.is_file():
-        log(f"quantizing with recipe {recipe}")
-        r = apply_recipe(recipe, lm16, mm16, out, force=True, keep_intermediate=True)
-        done.write_text(json.dumps(r, default=str))
-    r = json.loads(done.read_text())
-    return Path(r["model"]), Path(r["mmproj"])
-
-
-def mmproj_q8(mm16: Path, name: str) -> Path:
     from imp_gguf.quant.quantize import quantize_file
     from imp_gguf.quant.recipes import load_recipe
 
-    dst = WORK / name
+    dst = WORK / "mmproj-imp-v1-3b-384-Q8_0.gguf"
     if not dst.is_file():
-        log(f"quantizing {mm16.name} to Q8_0")
+        r = convert(checkpoint("imp-v1-3b"), WORK / "imp-v1-3b-f16", outtype="f16", force=True)
+        Path(r["model"]).unlink()
+        log("quantizing the 384 px mmproj to Q8_0")
         tmp = dst.with_name(dst.name + ".tmp")
-        quantize_file(mm16, tmp, load_recipe("q4_k").mmproj)
+        quantize_file(Path(r["mmproj"]), tmp, load_recipe("q4_k").mmproj)
         tmp.replace(dst)
     return dst
 
@@ -91,10 +76,8 @@ def main() -> None:
     (RESULTS / "fullsize-env.json").write_text(json.dumps(
         {"load_avg_before": os.getloadavg(), "cpu_count": os.cpu_count(),
          "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}) + "\n")
-    lm16, mm16 = f16("Imp-v1.5-3B-196")
-    models = {rc: quantized(rc, lm16, mm16) for rc in RECIPES}
-    _, mm16_384 = f16("imp-v1-3b", keep_lm=False)
-    mm384 = mmproj_q8(mm16_384, "mmproj-imp-v1-3b-384-Q8_0.gguf")
+    models = recipes_196()
+    mm384 = mmproj_384_q8()
     threads = os.environ.get("IMP_FULLSIZE_THREADS", str(os.cpu_count() or 2))
     common = ["--runs", str(RUNS), "--threads", threads]
     rows = bench([*sum((["--model", str(m[0])] for m in models.values()), []),

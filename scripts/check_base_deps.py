@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Callable
 
 # Needs an extra by design: the PyTorch reference model, fixtures, parity and training.
-EXTRA_ONLY = ("imp_gguf.reference", "imp_gguf.tiny_imp.model", "imp_gguf.tiny_imp.train")
+EXTRA_ONLY = ("imp_gguf.reference", "imp_gguf.fixtures", "imp_gguf.tiny_imp.model", "imp_gguf.tiny_imp.train")
 INSTALL_REFERENCE = "pip install 'imp-gguf[reference]'"
 ALWAYS_THERE = {"pip"}  # every virtual environment has it
 

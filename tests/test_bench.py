@@ -348,10 +348,10 @@ def test_bench_over_fake_adb(tiny, host_tools, tmp_path, monkeypatch):
 # ---------------------------------------------------------------- full-size checkpoints (shape, tokenizer)
 
 def test_fullsize_table_matches_the_real_variant():
-    from imp_gguf.bench.fullsize import FULL_VARIANTS, n_params, tensor_table
+    from imp_gguf.fixtures.fullsize import FULL_VARIANTS, n_params, spec_tensors
 
     spec = FULL_VARIANTS["Imp-v1.5-3B-196"]
-    table = {n: s for n, s, _ in tensor_table(spec)}
+    table = dict(spec_tensors(spec))
     assert table["transformer.embd.wte.weight"] == (51200, 2560)
     assert table["transformer.h.31.mixer.Wqkv.weight"] == (7680, 2560)
     assert table["transformer.h.31.mlp.fc1.weight"] == (10240, 2560)
@@ -362,7 +362,7 @@ def test_fullsize_table_matches_the_real_variant():
     assert vp + "encoder.layers.26.mlp.fc1.weight" not in table
     assert table["transformer.mm_projector.0.weight"] == (2560, 1152)
     assert 3.0e9 < n_params(spec) < 3.3e9  # Phi-2 2.78 B + SigLIP 26 blocks 0.40 B + projector
-    big = {n: s for n, s, _ in tensor_table(FULL_VARIANTS["imp-v1-3b"])}
+    big = dict(spec_tensors(FULL_VARIANTS["imp-v1-3b"]))
     assert big[vp + "embeddings.position_embedding.weight"] == (729, 1152)
 
 
@@ -370,7 +370,8 @@ def test_fullsize_small_replica_converts_with_real_token_ids(tmp_path):
     """The generator at reduced widths: converts, and the tokenizer has Phi-2/Imp's special-token ids."""
     import llama_cpp
 
-    from imp_gguf.bench.fullsize import EOS_ID, FULL_VARIANTS, IMAGE_ID, make_fullsize, to_bf16
+    from imp_gguf.fixtures.fullsize import EOS_ID, FULL_VARIANTS, IMAGE_ID, make_fullsize
+    from imp_gguf.fixtures.shards import to_bf16
     from imp_gguf.convert import convert
     from imp_gguf.gguf_info import read_gguf_meta
 

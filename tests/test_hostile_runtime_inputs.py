@@ -52,7 +52,7 @@ def alarm():
 def ggufs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """The fixture converted (LLM width 256), plus the mmproj of a 512-wide twin."""
     from imp_gguf.convert import convert
-    from imp_gguf.reference.fixtures import dims_with, make_checkpoint
+    from imp_gguf.fixtures.tiny import dims_with, make_checkpoint
 
     root = tmp_path_factory.getbasetemp() / "hostile-ckpt"  # shared by the hostile test modules
     src = make_checkpoint(VARIANT, root / VARIANT)

@@ -4,8 +4,8 @@
     rows = bench(["model.gguf"], ["mmproj.gguf"], device="ssh://u0_a1@phone:8022", cfg=BenchConfig(runs=5))
 
 Modules: device (where it runs, staging), protocols (paper / llama-bench protocols, verdict), parse
-(llama.cpp output), roofline (bandwidth probe, bytes per token), report (tables, JSON), plot (PNG),
-fullsize (full-size random-weight checkpoints for speed figures).
+(llama.cpp output), roofline (bandwidth probe, bytes per token), report (tables, JSON), plot (PNG).
+Full-size checkpoints for speed figures: imp_gguf.fixtures.fullsize.
 """
 
 from __future__ import annotations

@@ -30,6 +30,7 @@ from imp_gguf.bench.roofline import LmTraffic, lm_traffic, roofline
 from imp_gguf.errors import BadInput, InternalError
 from imp_gguf.runtime.context import image_tokens, job_context
 from imp_gguf.native_log import quiet_native_stderr
+from imp_gguf.synthetic_images import photo_like
 
 # Imp-3B@196, 4-bit, Snapdragon 8 Gen 3 (paper Table 4; imp-checkpoints.md §6.2)
 PAPER_ROW = {
@@ -234,23 +235,6 @@ class BenchConfig:
                 "load_mode": "mmap" if self.mmap else "read (-lm none)"}
 
 
-def default_image(path: Path, size: int = 448) -> Path:
-    """A deterministic photo-like test image (gradients + noise + shapes), non-square like real photos."""
-    from PIL import Image, ImageDraw
-
-    rng = np.random.default_rng(0)
-    h, w = size * 3 // 4, size
-    yy, xx = np.mgrid[0:h, 0:w]
-    img = np.stack([(xx * 255 / w), (yy * 255 / h), ((xx + yy) * 128 / (w + h)) + 60], -1)
-    img += rng.normal(0, 12, img.shape)
-    im = Image.fromarray(np.clip(img, 0, 255).astype("uint8"))
-    d = ImageDraw.Draw(im)
-    d.ellipse([w * 0.1, h * 0.2, w * 0.35, h * 0.55], fill=(220, 40, 40))
-    d.rectangle([w * 0.55, h * 0.5, w * 0.85, h * 0.85], fill=(40, 60, 220))
-    im.save(path)
-    return path
-
-
 class BenchSession:
     """One device, several models: probe bandwidth once, then run the protocol per model."""
 
@@ -308,7 +292,7 @@ class BenchSession:
         from imp_gguf.images import load_image
 
         cfg, dev = self.cfg, self.dev
-        src_img = cfg.image or default_image(self.tmp / "default-image.png")
+        src_img = cfg.image or photo_like(448, 336, save=self.tmp / "default-image.png")
         prepared = self.tmp / f"image-{facts.image_size}.png"
         # as Imp prepares it (padded if the mmproj says so, squash-resized): clip.cpp copies it unchanged
         load_image(src_img, facts.image_size, facts.image_aspect).save(prepared)

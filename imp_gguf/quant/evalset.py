@@ -9,7 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from PIL import Image, ImageDraw
+from imp_gguf.synthetic_images import shapes_image
+
 
 # Varied registers: prose, instructions, code, numbers, a dialogue turn. Short enough for tiny models.
 TEXT_PROMPTS: tuple[str, ...] = (
@@ -54,20 +55,6 @@ class EvalSet:
     decode_tokens: int
 
 
-def draw(background: tuple[int, int, int], shapes: list, side: int = IMAGE_SIDE) -> Image.Image:
-    im = Image.new("RGB", (side, side), background)
-    d = ImageDraw.Draw(im)
-    for kind, colour, (x0, y0, x1, y1) in shapes:
-        box = [round(x0 * side), round(y0 * side), round(x1 * side) - 1, round(y1 * side) - 1]
-        if kind == "ellipse":
-            d.ellipse(box, fill=colour)
-        elif kind == "rectangle":
-            d.rectangle(box, fill=colour)
-        else:  # triangle, apex up
-            d.polygon([(box[0], box[3]), (box[2], box[3]), ((box[0] + box[2]) // 2, box[1])], fill=colour)
-    return im
-
-
 def build_evalset(folder: str | Path, *, n_texts: int | None = None, n_images: int | None = None,
                   decode_tokens: int = 32) -> EvalSet:
     """Write the images into `folder` (idempotent) and return the evaluation set."""
@@ -78,7 +65,7 @@ def build_evalset(folder: str | Path, *, n_texts: int | None = None, n_images: i
         path = folder / f"{stem}.png"
         if not path.exists():
             tmp = path.with_suffix(".png.partial")
-            draw(bg, shapes).save(tmp, format="PNG")
+            shapes_image(bg, shapes, IMAGE_SIDE).save(tmp, format="PNG")
             tmp.replace(path)
         prompts.append(ImagePrompt(path, question))
     texts = TEXT_PROMPTS[:n_texts]

@@ -7,6 +7,7 @@ Imp's layout back into transformers classes. Only layout A (phi-msft) differs in
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import torch
 
@@ -32,6 +33,25 @@ def _rename(name: str, to_msft: bool) -> str:
         if m:
             return dst.replace("{i}", m.group(1) if m.groups() else "") + name[m.end():]
     raise KeyError(name)
+
+
+def to_checkpoint(family: str, lm: dict[str, Any], vision: dict[str, Any], projector: dict[str, Any], *,
+                  vision_blocks: int | None = None, keep_post_ln_and_head: bool = False) -> dict[str, Any]:
+    """The state dicts of transformers' modules -> one Imp checkpoint: the LLM renamed (Wqkv fused in
+    layout A), SigLIP under the vision prefix without the blocks from `vision_blocks` on (Imp deletes the
+    last) and, unless kept, without the post-LN and head Imp never runs; the projector under its prefix.
+    Works on meta tensors too (shapes only)."""
+    state = lm_to_checkpoint(family, {k: t for k, t in lm.items() if "rotary_emb" not in k})
+    vp, pp = vision_prefix(family), projector_prefix(family)
+    for k, t in vision.items():
+        k = k.removeprefix("vision_model.")
+        if k.endswith("position_ids") or (k.startswith(("post_layernorm.", "head.")) and not keep_post_ln_and_head):
+            continue
+        if vision_blocks is not None and k.startswith("encoder.layers.") and int(k.split(".")[2]) >= vision_blocks:
+            continue
+        state[vp + k] = t
+    state.update({pp + k: t for k, t in projector.items()})
+    return state
 
 
 def lm_to_checkpoint(family: str, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -8,19 +8,11 @@ from typing import Any
 import numpy as np
 
 from imp_gguf.chat_templates import MEDIA_MARKER, TEMPLATES, imp_prompt
+from imp_gguf.synthetic_images import photo_like
 
 DEFAULT_PROMPT = "There is a red circle on the left. How many shapes are there in the picture today?"
 TOKENIZER_PROBES = ["Hello world", "  two  spaces\tand\ttabs\n\n", "3.14159 and 2024", "你好 🙂 café",
                     "What is in the image? It's red."]
-
-
-def _default_image(size: int, dest: Path) -> Path:
-    from PIL import Image, ImageDraw
-
-    img = Image.new("RGB", (size * 2, size), (40, 90, 200))
-    ImageDraw.Draw(img).ellipse([size // 4, size // 4, size, size], fill=(220, 30, 30))
-    img.save(dest)
-    return dest
 
 
 def verify(ckpt: str | Path, model: str | Path, mmproj: str | Path, *, image: str | Path | None = None,
@@ -28,14 +20,14 @@ def verify(ckpt: str | Path, model: str | Path, mmproj: str | Path, *, image: st
     """Compare llama.cpp running MODEL+MMPROJ with the PyTorch reference built from CKPT."""
     import tempfile
 
-    from imp_gguf.reference.model import ImpReference, hf_tokenizer
+    from imp_gguf.reference.model import ImpModel, hf_tokenizer
     from imp_gguf.runtime.bindings import Session
 
-    ref, tok = ImpReference(ckpt), hf_tokenizer(ckpt)
+    ref, tok = ImpModel.from_checkpoint(ckpt), hf_tokenizer(ckpt)
     report: dict[str, Any] = {"checkpoint": str(ckpt), "model": str(model), "mmproj": str(mmproj),
                               "variant": ref.family.name}
     with tempfile.TemporaryDirectory() as td, Session(model, mmproj, f32_kv=True, n_threads=n_threads) as s:
-        img = Path(image) if image else _default_image(ref.vh.image_size, Path(td) / "probe.png")
+        img = Path(image) if image else photo_like(2 * ref.vh.image_size, ref.vh.image_size, save=Path(td) / "probe.png")
         ids = tok.encode(DEFAULT_PROMPT)[:16]
         want, got = ref.logits(ids), s.text_logits(ids)
         report["text_logits_std"] = float(want.std())  # a flat reference would make every error look small

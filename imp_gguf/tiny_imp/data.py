@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 from PIL import Image, ImageDraw
 
+from imp_gguf.synthetic_images import draw_shape
+
 RENDER = 112  # drawing size; the model sees IMAGE_SIZE after a bicubic squash resize
 IMAGE_SIZE = 56
 
@@ -107,13 +109,8 @@ def render(scene: Scene, size: int = RENDER) -> Image.Image:
         cx, cy = (it.cell[1] + 0.5 + it.dx) * cell, (it.cell[0] + 0.5 + it.dy) * cell
         r = it.size * cell / 2
         fill = _rgb(it.colour, scene.tint[3 * (k + 1):3 * (k + 2)])
-        if it.shape == "circle":
-            draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill)
-        elif it.shape == "square":
-            s = r * 0.9  # a square of the same "size" looks bigger than the circle; even them out
-            draw.rectangle([cx - s, cy - s, cx + s, cy + s], fill=fill)
-        else:  # upward triangle in the same box
-            draw.polygon([(cx, cy - r), (cx + r, cy + r * 0.8), (cx - r, cy + r * 0.8)], fill=fill)
+        s = r * 0.9 if it.shape == "square" else r  # a square of the same "size" looks bigger: even them out
+        draw_shape(draw, it.shape, [cx - s, cy - s, cx + s, cy + (0.8 * r if it.shape == "triangle" else s)], fill)
     return img
 
 

@@ -85,10 +85,11 @@ def pytorch_predictions(ckpt_dir: str | Path, items: Sequence[HeldoutItem], tick
     """Greedy answers of the checkpoint run by our own PyTorch rebuild of its modules (float32)."""
     import torch
 
-    from imp_gguf.tiny_imp.model import TextCodec, load_checkpoint
+    from imp_gguf.reference.model import ImpModel
+    from imp_gguf.tiny_imp.model import TextCodec
 
     torch.set_num_threads(min(2, os.cpu_count() or 1))
-    model = load_checkpoint(ckpt_dir)
+    model = ImpModel.from_checkpoint(ckpt_dir, fast=True)
     size = model.vision.config.image_size
     return model_predictions(model, TextCodec(ckpt_dir), items, size, tick=tick)
 

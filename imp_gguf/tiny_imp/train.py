@@ -30,6 +30,7 @@ try:
     import torch  # noqa: E402
     import torch.nn.functional as F  # noqa: E402
 
+    from imp_gguf.fixtures.tiny import padded_rows  # noqa: E402
     from imp_gguf.tiny_imp import data as D  # noqa: E402
     from imp_gguf.tiny_imp.model import (TextCodec, TinySpec, build, n_params, pixels, save_checkpoint,
                                          write_tokenizer)
@@ -168,7 +169,7 @@ def train(out: str | Path | None, *, seed: int = 0, steps: int = DEFAULTS["steps
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     n_tok, ids = write_tokenizer(work, spec.dims.bpe_vocab)
-    n_rows = (n_tok + 63) // 64 * 64
+    n_rows = padded_rows(n_tok)
     torch.manual_seed(seed)
     model, lm_cfg, vcfg = build(spec, n_rows, ids)
     codec = TextCodec(work)

@@ -15,7 +15,7 @@ from imp_gguf.errors import BadInput, OutputExists
 from imp_gguf.quant.compare import (check_baseline, compare_recipes, kl_divergence, load_baseline,
                                     log_softmax, make_baseline, pareto_front)
 from imp_gguf.quant.evalset import build_evalset
-from imp_gguf.reference.fixtures import VARIANTS
+from imp_gguf.fixtures.tiny import VARIANTS
 
 REPO = Path(__file__).resolve().parents[2]
 BASELINE = REPO / "bench" / "baselines" / "recipes-tiny-phi2.json"

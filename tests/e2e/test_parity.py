@@ -31,14 +31,14 @@ def _lead(text: str, strip: bool) -> str:
 
 @pytest.fixture(scope="module")
 def reference(tiny_checkpoints):
-    from imp_gguf.reference.model import ImpReference, hf_tokenizer
+    from imp_gguf.reference.model import ImpModel, hf_tokenizer
 
     cache = {}
 
     def get(variant):
         if variant not in cache:
             ck = tiny_checkpoints[variant]
-            cache[variant] = (ImpReference(ck), hf_tokenizer(ck))
+            cache[variant] = (ImpModel.from_checkpoint(ck), hf_tokenizer(ck))
         return cache[variant]
 
     return get

@@ -51,7 +51,7 @@ def per_case_alarm():
 @pytest.fixture(scope="session")
 def fuzz_sources(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     from imp_gguf.convert import convert
-    from imp_gguf.reference.fixtures import make_checkpoint
+    from imp_gguf.fixtures.tiny import make_checkpoint
 
     root = tmp_path_factory.getbasetemp() / "hostile-ckpt"  # shared by the hostile test modules
     src = make_checkpoint(VARIANT, root / VARIANT)

@@ -26,7 +26,7 @@ INDEX = "model.safetensors.index.json"
 
 @pytest.fixture(scope="session")
 def hostile_sources(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    from imp_gguf.reference.fixtures import make_checkpoint
+    from imp_gguf.fixtures.tiny import make_checkpoint
 
     root = tmp_path_factory.getbasetemp() / "hostile-ckpt"  # shared by the hostile test modules
     return {v: make_checkpoint(v, root / v) for v in (VARIANT, "Imp-v1.5-4B-Phi3")}

@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="session")
 def source(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from imp_gguf.reference.fixtures import make_checkpoint
+    from imp_gguf.fixtures.tiny import make_checkpoint
 
     root = tmp_path_factory.getbasetemp() / "hostile-ckpt"  # shared by the hostile test modules
     return make_checkpoint(VARIANT, root / VARIANT)

@@ -11,7 +11,7 @@ VARIANT_NAMES = ["imp-v1-3b", "Imp-v1.5-3B-196", "Imp-v1.5-3B-Phi2", "Imp-v1.5-2
 
 @pytest.fixture(scope="session")
 def tiny_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    from imp_gguf.reference.fixtures import make_all
+    from imp_gguf.fixtures.tiny import make_all
 
     return make_all(tmp_path_factory.mktemp("ckpt"))
 
@@ -36,13 +36,6 @@ def converted(tiny_checkpoints: dict[str, Path], tmp_path_factory: pytest.TempPa
 @pytest.fixture(scope="session")
 def test_image(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A deterministic non-square RGB image (so squash-resizing is exercised)."""
-    import numpy as np
-    from PIL import Image
+    from imp_gguf.synthetic_images import photo_like
 
-    rng = np.random.default_rng(0)
-    yy, xx = np.mgrid[0:90, 0:130]
-    img = np.stack([(xx * 2) % 256, (yy * 3) % 256, ((xx + yy) * 5) % 256], -1).astype(np.float64)
-    img += rng.normal(0, 20, img.shape)
-    path = tmp_path_factory.mktemp("img") / "test.png"
-    Image.fromarray(np.clip(img, 0, 255).astype("uint8")).save(path)
-    return path
+    return photo_like(130, 90, save=tmp_path_factory.mktemp("img") / "test.png")
