@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from gguf import Keys
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, Keys
 
 from imp_gguf.bench.device import Device, cpu_info, load_average, version_info
 from imp_gguf.bench.parse import (cpu_features, parse_bandwidth, parse_llama_bench, parse_mtmd, parse_system_info,
@@ -75,7 +75,7 @@ def model_facts(model: Path, mmproj: Path) -> ModelFacts:
     from imp_gguf.images import mmproj_image_spec
     from imp_gguf.pair import check_pair
 
-    check_pair(model, mmproj)  # both exist: a language model and its own mmproj
+    pair = check_pair(model, mmproj)  # both exist: a language model and its own mmproj
     meta, mm = read_gguf_meta(model), read_gguf_meta(mmproj)
     arch = str(meta.get(Keys.General.ARCHITECTURE, "?"))
     image_size, image_aspect = mmproj_image_spec(mm, f"--mmproj {mmproj}")
@@ -88,16 +88,13 @@ def model_facts(model: Path, mmproj: Path) -> ModelFacts:
         n_params=traffic.n_params, chat_template=meta.get(Keys.Tokenizer.CHAT_TEMPLATE),
         add_bos=bool(meta.get(Keys.Tokenizer.ADD_BOS, False)), image_size=image_size,
         n_image_tokens=image_tokens(mm), traffic=traffic, image_aspect=image_aspect,
-        head_dim=int(meta.get(Keys.Attention.KEY_LENGTH.format(arch=arch)) or 0) or (
-            int(meta.get(Keys.LLM.EMBEDDING_LENGTH.format(arch=arch)) or 0)
-            // max(1, int(meta.get(Keys.Attention.HEAD_COUNT.format(arch=arch)) or 1))),
+        head_dim=int(meta.get(Keys.Attention.KEY_LENGTH.format(arch=arch)) or 0)
+        or pair.n_embd // max(1, int(meta.get(Keys.Attention.HEAD_COUNT.format(arch=arch)) or 1)),
     )
 
 
 def check_kv_type(facts: ModelFacts, kv_type: str) -> None:
     """llama.cpp refuses a quantized KV cache whose block does not divide the head size (Phi-2: 80)."""
-    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
-
     block = GGML_QUANT_SIZES[GGMLQuantizationType[kv_type.upper()]][0]
     if facts.head_dim and facts.head_dim % block:
         raise BadInput(f"--kv-type {kv_type}: {facts.path.name} has heads of {facts.head_dim}, not a multiple of "

@@ -24,6 +24,7 @@ from typing import Any
 from gguf import MODEL_TENSOR, TENSOR_NAMES, Keys
 
 from imp_gguf.errors import BadInput, InternalError
+from imp_gguf.gguf_info import read_gguf_meta, tensor_table
 from imp_gguf.runtime.runner import LocalRunner, require_program
 from imp_gguf.runtime.source import cache_dir
 
@@ -79,8 +80,6 @@ class LmTraffic:
 
 def lm_traffic(model: str | Path, kv_type_bytes: float = 2.0) -> LmTraffic:
     """From the GGUF: tensor bytes and the KV geometry (F16 KV by default, as llama.cpp uses)."""
-    from imp_gguf.gguf_info import read_gguf_meta, tensor_table
-
     meta = read_gguf_meta(model)
     arch = meta.get(Keys.General.ARCHITECTURE, "")
     tensors = tensor_table(model)

@@ -15,7 +15,6 @@ MAX_VALUE = 200  # characters of a metadata value shown in text mode (--json has
 
 def inspect_lines(s: dict, *, tensors: bool = False) -> list[str]:
     """The text report, one fact per line ("key = value", as llama.cpp's gguf-dump), so grep finds them."""
-    ft = s["metadata"].get(Keys.General.FILE_TYPE)
     lines = [f"{s['path']}: arch {s['architecture']}, {s['file_bytes'] / 1e6:.2f} MB, {s['n_params'] / 1e6:.2f} M "
              f"parameters, {s['bpw']:.2f} bits/weight" + (f", file type {s['file_type']}" if s.get("file_type") else ""),
              "", "metadata:"]
@@ -23,7 +22,7 @@ def inspect_lines(s: dict, *, tensors: bool = False) -> list[str]:
     for k, v in s["metadata"].items():
         text = str(v).replace("\n", "\\n")
         if k == Keys.General.FILE_TYPE and s.get("file_type"):
-            text = f"{ft} ({s['file_type']})"
+            text = f"{v} ({s['file_type']})"
         if len(text) > MAX_VALUE:
             text = text[:MAX_VALUE - 3] + "..."
         lines.append(f"  {k:<{width}} = {text}")
