@@ -16,6 +16,7 @@ from imp_gguf.errors import BadInput
 from imp_gguf.converters import detect_family
 from imp_gguf.converters.base import LMFamily, LMHparams
 from imp_gguf.converters.siglip import VisionHparams, add_mmproj_kv, plan as plan_vision, vision_hparams
+from imp_gguf.gguf_info import MMPROJ_ARCH
 from imp_gguf.naming import ENCODINGS, ModelIdentity, add_general
 from imp_gguf.policy import FILE_TYPES, OUTTYPES, tensor_type
 from imp_gguf.chat_templates import resolve_template
@@ -176,7 +177,7 @@ def run_conversion(plan: ConversionPlan, *, force: bool = False,
         lm_size = write_gguf(lm_tmp, fam.arch, kv_adder(lm_general, lambda w: fam.add_arch_kv(w, hp),
                                                         plan.vocab.add_to, defaults_kv("model")), plan.lm_tensors,
                              progress=progress)
-        mm_size = write_gguf(mm_tmp, "clip",
+        mm_size = write_gguf(mm_tmp, MMPROJ_ARCH,
                              kv_adder(mm_general, lambda w: add_mmproj_kv(w, vh), defaults_kv("mmproj")),
                              plan.mm_tensors, progress=progress)
     result = plan.summary()

@@ -8,7 +8,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from gguf import GGML_QUANT_SIZES, GGUF_DEFAULT_ALIGNMENT, GGMLQuantizationType, GGUFReader, GGUFValueType, LlamaFileType
+from gguf import (GGML_QUANT_SIZES, GGUF_DEFAULT_ALIGNMENT, MODEL_ARCH, MODEL_ARCH_NAMES, GGMLQuantizationType,
+                  GGUFReader, GGUFValueType, Keys, LlamaFileType)
 
 from imp_gguf.errors import BadInput
 
@@ -23,6 +24,7 @@ def open_reader(path: str | Path) -> GGUFReader:
         raise BadInput(f"{path.name}: damaged or truncated GGUF ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from exc
 
 
+MMPROJ_ARCH = MODEL_ARCH_NAMES[MODEL_ARCH.MMPROJ]  # "clip": general.architecture of every mmproj
 # Value types by size; STRING and ARRAY are walked item by item.
 _SCALAR_SIZE = {GGUFValueType.UINT8: 1, GGUFValueType.INT8: 1, GGUFValueType.UINT16: 2, GGUFValueType.INT16: 2,
                 GGUFValueType.UINT32: 4, GGUFValueType.INT32: 4, GGUFValueType.FLOAT32: 4, GGUFValueType.BOOL: 1,
@@ -121,10 +123,10 @@ def _walk(buf: Any, name: str) -> dict[str, Any]:
             raise BadInput(f"{name}: damaged GGUF: key {key} has unknown type {vtype}")
         keys[key] = (vtype, value)
     alignment = GGUF_DEFAULT_ALIGNMENT
-    if "general.alignment" in keys:
-        vtype, alignment = keys["general.alignment"]
+    if Keys.General.ALIGNMENT in keys:
+        vtype, alignment = keys[Keys.General.ALIGNMENT]
         if vtype != GGUFValueType.UINT32 or alignment == 0 or alignment & (alignment - 1):
-            raise BadInput(f"{name}: damaged GGUF: general.alignment must be a power of two (uint32)")
+            raise BadInput(f"{name}: damaged GGUF: {Keys.General.ALIGNMENT} must be a power of two (uint32)")
     infos: list[tuple[str, int, int]] = []
     seen: set[str] = set()
     for i in range(n_tensors):
@@ -218,8 +220,8 @@ def summary(path: str | Path) -> dict[str, Any]:
     return {
         "path": str(path),
         "file_bytes": Path(path).stat().st_size,
-        "architecture": meta.get("general.architecture"),
-        "file_type": file_type_name(meta.get("general.file_type")),
+        "architecture": meta.get(Keys.General.ARCHITECTURE),
+        "file_type": file_type_name(meta.get(Keys.General.FILE_TYPE)),
         "n_tensors": len(tensors),
         "n_params": n_el,
         "tensor_bytes": n_b,

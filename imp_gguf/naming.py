@@ -13,6 +13,7 @@ from imp_gguf import __version__
 from imp_gguf.pins import LLAMA_CPP_COMMIT, LLAMA_CPP_PYTHON_VERSION
 
 ENCODINGS = {"f32": "F32", "f16": "F16", "bf16": "BF16", "q8_0": "Q8_0"}
+VERSION_KEY, SOURCE_KEY = "imp_gguf.version", "imp_gguf.source_sha256"  # provenance, read back by pair and quant
 
 
 @dataclass
@@ -70,7 +71,7 @@ def add_general(writer: Any, ident: ModelIdentity, *, file_type: int, kind: str,
     writer.add_file_type(int(file_type))
     writer.add_quantization_version(2)
     # Reproducibility: what made this file, from what.
-    writer.add_string("imp_gguf.version", __version__)
+    writer.add_string(VERSION_KEY, __version__)
     writer.add_string("imp_gguf.variant", variant)
-    writer.add_string("imp_gguf.source_sha256", source_sha256)
+    writer.add_string(SOURCE_KEY, source_sha256)
     writer.add_string("imp_gguf.llama_cpp", f"llama-cpp-python {LLAMA_CPP_PYTHON_VERSION} ({LLAMA_CPP_COMMIT})")

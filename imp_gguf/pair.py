@@ -15,7 +15,8 @@ from typing import Any
 from gguf import Keys
 
 from imp_gguf.errors import BadInput
-from imp_gguf.gguf_info import check_gguf
+from imp_gguf.gguf_info import MMPROJ_ARCH as CLIP, check_gguf
+from imp_gguf.naming import SOURCE_KEY
 
 
 @dataclass(frozen=True)
@@ -34,23 +35,23 @@ def check_pair(model: str | Path, mmproj: str | Path) -> Pair:
     model, mmproj = Path(model), Path(mmproj)
     lm, mm = _header(model, "--model"), _header(mmproj, "--mmproj")
     lm_arch, mm_arch = lm.get(Keys.General.ARCHITECTURE), mm.get(Keys.General.ARCHITECTURE)
-    if lm_arch == "clip" and mm_arch != "clip":
-        raise BadInput(f"--model and --mmproj are swapped: {model.name} is the mmproj (arch clip) and "
+    if lm_arch == CLIP and mm_arch != CLIP:
+        raise BadInput(f"--model and --mmproj are swapped: {model.name} is the mmproj (arch {CLIP}) and "
                        f"{mmproj.name} the language model (arch {mm_arch})")
-    if lm_arch == "clip":
-        raise BadInput(f"--model {model.name} is an mmproj (arch clip), not a language model")
-    if mm_arch != "clip":
-        raise BadInput(f"--mmproj {mmproj.name} is not an mmproj: its arch is {mm_arch}, not clip "
+    if lm_arch == CLIP:
+        raise BadInput(f"--model {model.name} is an mmproj (arch {CLIP}), not a language model")
+    if mm_arch != CLIP:
+        raise BadInput(f"--mmproj {mmproj.name} is not an mmproj: its arch is {mm_arch}, not {CLIP} "
                        "(a language model given twice?)")
     n_embd = lm.get(Keys.LLM.EMBEDDING_LENGTH.format(arch=lm_arch))
     width = mm.get(Keys.ClipVision.PROJECTION_DIM)
     if isinstance(n_embd, int) and isinstance(width, int) and n_embd != width:
         raise BadInput(f"{mmproj.name} projects to width {width} but {model.name} is {n_embd} wide: "
                        "they are from different models")
-    a, b = lm.get("imp_gguf.source_sha256"), mm.get("imp_gguf.source_sha256")
+    a, b = lm.get(SOURCE_KEY), mm.get(SOURCE_KEY)
     if a and b and a != b:
         raise BadInput(f"{model.name} and {mmproj.name} were converted from different checkpoints "
-                       f"(imp_gguf.source_sha256 {a[:12]} vs {b[:12]})")
+                       f"({SOURCE_KEY} {a[:12]} vs {b[:12]})")
     return Pair(model, mmproj, str(lm_arch), int(n_embd or 0), int(mm.get(Keys.ClipVision.IMAGE_SIZE) or 0))
 
 

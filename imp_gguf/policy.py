@@ -7,12 +7,12 @@ K-quants are not produced here: they come from llama.cpp's quantizer (imp_gguf.q
 
 from __future__ import annotations
 
-from gguf import GGMLQuantizationType as T, LlamaFileType
+from gguf import MODEL_TENSOR, TENSOR_NAMES, GGMLQuantizationType as T, LlamaFileType
 
 OUTTYPES = {"f32": T.F32, "f16": T.F16, "bf16": T.BF16, "q8_0": T.Q8_0}
 FILE_TYPES = {"f32": LlamaFileType.ALL_F32, "f16": LlamaFileType.MOSTLY_F16,
               "bf16": LlamaFileType.MOSTLY_BF16, "q8_0": LlamaFileType.MOSTLY_Q8_0}
-ALWAYS_F32 = ("v.position_embd.weight",)
+ALWAYS_F32 = (TENSOR_NAMES[MODEL_TENSOR.V_ENC_EMBD_POS] + ".weight",)
 
 
 def tensor_type(name: str, shape: tuple[int, ...], outtype: str) -> tuple[T, str | None]:
@@ -20,7 +20,7 @@ def tensor_type(name: str, shape: tuple[int, ...], outtype: str) -> tuple[T, str
     want = OUTTYPES[outtype]
     if want == T.F32 or len(shape) == 1 or name.endswith("norm.weight") or name in ALWAYS_F32:
         return T.F32, None
-    if name == "v.patch_embd.weight":
+    if name == TENSOR_NAMES[MODEL_TENSOR.V_ENC_EMBD_PATCH] + ".weight":
         return T.F16, None
     if want == T.Q8_0 and shape[-1] % 32:
         return T.F16, f"{name}: rows of {shape[-1]} are not divisible by 32, written as F16"

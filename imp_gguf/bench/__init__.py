@@ -20,7 +20,6 @@ from imp_gguf.bench.protocols import (DEFAULT_TARGET_TPS, PAPER_ROW, PROTOCOLS, 
                                       check_kv_type, exit_code, model_facts)
 from imp_gguf.errors import BadInput
 from imp_gguf.names import unknown
-from imp_gguf.pair import check_pair
 
 __all__ = ["DEFAULT_TARGET_TPS", "PAPER_ROW", "PROTOCOLS", "BenchConfig", "BenchSession", "Device", "bench",
            "exit_code", "model_facts", "open_device"]
@@ -44,9 +43,7 @@ def bench(models: Sequence[str | Path], mmprojs: Sequence[str | Path], *, device
     if len(mmprojs) not in (1, len(models)):
         raise BadInput(f"give one --mmproj, or one per --model ({len(models)}), not {len(mmprojs)}")
     pairs = [(Path(m), Path(mmprojs[0] if len(mmprojs) == 1 else mmprojs[i])) for i, m in enumerate(models)]
-    for m, mm in pairs:  # each pair belongs together, before any work
-        check_pair(m, mm)
-    facts = [model_facts(m, mm) for m, mm in pairs]  # validate every file before touching the device
+    facts = [model_facts(m, mm) for m, mm in pairs]  # each pair checked (pair.check_pair) before any work
     for f in facts:
         check_kv_type(f, cfg.kv_type)
     if cfg.image is not None and not Path(cfg.image).is_file():

@@ -1,6 +1,6 @@
 """The two benchmark protocols and the result rows.
 
-paper:       the Imp paper's Table 4 protocol (arXiv 2405.12107 §5.2): one image, a fixed 41-token text
+paper:       the Imp paper's Table 4 protocol (arXiv 2405.12107): one image, a fixed 41-token text
              prompt, 64 generated tokens (EOS ignored), greedy, model loading excluded. Runs
              llama-mtmd-cli and reads its own timing lines: T_VE (image encode), prompt tokens/s
              (text + image tokens), decode tokens/s, T_total = T_VE + prompt time + decode time.
@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, Keys
 
 from imp_gguf.bench.device import Device, cpu_info, load_average, version_info
 from imp_gguf.bench.parse import (cpu_features, parse_bandwidth, parse_llama_bench, parse_mtmd, parse_system_info,
@@ -32,7 +33,6 @@ from imp_gguf.runtime.context import image_tokens, job_context
 from imp_gguf.native_log import quiet_native_stderr
 from imp_gguf.synthetic_images import photo_like
 
-# Imp-3B@196, 4-bit, Snapdragon 8 Gen 3 (paper Table 4; imp-checkpoints.md §6.2)
 PAPER_ROW = {
     "source": "Imp paper Table 4 (arXiv 2405.12107): Imp-3B@196, 4-bit, Snapdragon 8 Gen 3, llama.cpp",
     "vision_encode_s": 2.10, "prompt_tps": 15.64, "decode_tps": 12.73, "total_s": 22.72,
@@ -74,34 +74,28 @@ class ModelFacts:
 def model_facts(model: Path, mmproj: Path) -> ModelFacts:
     from imp_gguf.gguf_info import file_type_name, read_gguf_meta
     from imp_gguf.images import mmproj_image_spec
+    from imp_gguf.pair import check_pair
 
-    for p, what in ((model, "--model"), (mmproj, "--mmproj")):
-        if not Path(p).is_file():
-            raise BadInput(f"{what} {p} does not exist")
-    meta = read_gguf_meta(model)
-    mm = read_gguf_meta(mmproj)
-    arch = str(meta.get("general.architecture", "?"))
-    if mm.get("general.architecture") != "clip":
-        raise BadInput(f"--mmproj {mmproj} is not an mmproj (clip) GGUF")
+    pair = check_pair(model, mmproj)  # both exist: a language model and its own mmproj
+    meta, mm = read_gguf_meta(model), read_gguf_meta(mmproj)
+    arch = str(meta.get(Keys.General.ARCHITECTURE, "?"))
     image_size, image_aspect = mmproj_image_spec(mm, f"--mmproj {mmproj}")
     traffic = lm_traffic(model)
-    ft_name = file_type_name(meta.get("general.file_type")) or str(meta.get("general.file_type", "?"))
-    size_label = meta.get("general.size_label") or "?B"
+    ft_name = file_type_name(meta.get(Keys.General.FILE_TYPE)) or str(meta.get(Keys.General.FILE_TYPE, "?"))
+    size_label = meta.get(Keys.General.SIZE_LABEL) or "?B"
     return ModelFacts(
         path=Path(model), mmproj=Path(mmproj), arch=arch, model_type=f"{arch} {size_label} {ft_name}",
         model_size=Path(model).stat().st_size, mmproj_size=Path(mmproj).stat().st_size,
-        n_params=traffic.n_params, chat_template=meta.get("tokenizer.chat_template"),
-        add_bos=bool(meta.get("tokenizer.ggml.add_bos_token", False)), image_size=image_size,
+        n_params=traffic.n_params, chat_template=meta.get(Keys.Tokenizer.CHAT_TEMPLATE),
+        add_bos=bool(meta.get(Keys.Tokenizer.ADD_BOS, False)), image_size=image_size,
         n_image_tokens=image_tokens(mm), traffic=traffic, image_aspect=image_aspect,
-        head_dim=int(meta.get(f"{arch}.attention.key_length") or 0) or (
-            int(meta.get(f"{arch}.embedding_length") or 0) // max(1, int(meta.get(f"{arch}.attention.head_count") or 1))),
+        head_dim=int(meta.get(Keys.Attention.KEY_LENGTH.format(arch=arch)) or 0)
+        or pair.n_embd // max(1, int(meta.get(Keys.Attention.HEAD_COUNT.format(arch=arch)) or 1)),
     )
 
 
 def check_kv_type(facts: ModelFacts, kv_type: str) -> None:
     """llama.cpp refuses a quantized KV cache whose block does not divide the head size (Phi-2: 80)."""
-    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
-
     block = GGML_QUANT_SIZES[GGMLQuantizationType[kv_type.upper()]][0]
     if facts.head_dim and facts.head_dim % block:
         raise BadInput(f"--kv-type {kv_type}: {facts.path.name} has heads of {facts.head_dim}, not a multiple of "

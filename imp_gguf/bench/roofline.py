@@ -21,7 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gguf import MODEL_TENSOR, TENSOR_NAMES, Keys
+
 from imp_gguf.errors import BadInput, InternalError
+from imp_gguf.gguf_info import read_gguf_meta, tensor_table
 from imp_gguf.runtime.runner import LocalRunner, require_program
 from imp_gguf.runtime.source import cache_dir
 
@@ -77,23 +80,21 @@ class LmTraffic:
 
 def lm_traffic(model: str | Path, kv_type_bytes: float = 2.0) -> LmTraffic:
     """From the GGUF: tensor bytes and the KV geometry (F16 KV by default, as llama.cpp uses)."""
-    from imp_gguf.gguf_info import read_gguf_meta, tensor_table
-
     meta = read_gguf_meta(model)
-    arch = meta.get("general.architecture", "")
+    arch = meta.get(Keys.General.ARCHITECTURE, "")
     tensors = tensor_table(model)
     weight = sum(t["n_bytes"] for t in tensors)
-    embd = next((t for t in tensors if t["name"] == "token_embd.weight"), None)
+    embd = next((t for t in tensors if t["name"] == TENSOR_NAMES[MODEL_TENSOR.TOKEN_EMBD] + ".weight"), None)
     embd_bytes = embd["n_bytes"] if embd else 0
     embd_row = embd_bytes // embd["shape"][1] if embd and len(embd["shape"]) == 2 and embd["shape"][1] else 0
 
     def key(name: str, default: Any = None) -> Any:
-        return meta.get(f"{arch}.{name}", default)
+        return meta.get(name.format(arch=arch), default)
 
-    n_layer = int(key("block_count", 0))
-    n_embd = int(key("embedding_length", 0))
-    n_head = int(key("attention.head_count", 1) or 1)
-    n_head_kv = key("attention.head_count_kv", n_head)
+    n_layer = int(key(Keys.LLM.BLOCK_COUNT, 0))
+    n_embd = int(key(Keys.LLM.EMBEDDING_LENGTH, 0))
+    n_head = int(key(Keys.Attention.HEAD_COUNT, 1) or 1)
+    n_head_kv = key(Keys.Attention.HEAD_COUNT_KV, n_head)
     if isinstance(n_head_kv, list):
         n_head_kv = max(n_head_kv)
     head_dim = n_embd // n_head if n_head else 0

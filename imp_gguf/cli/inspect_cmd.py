@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from gguf import Keys
 
 from imp_gguf.cli._common import echo, print_json
 from imp_gguf.gguf_info import summary
@@ -14,15 +15,14 @@ MAX_VALUE = 200  # characters of a metadata value shown in text mode (--json has
 
 def inspect_lines(s: dict, *, tensors: bool = False) -> list[str]:
     """The text report, one fact per line ("key = value", as llama.cpp's gguf-dump), so grep finds them."""
-    ft = s["metadata"].get("general.file_type")
     lines = [f"{s['path']}: arch {s['architecture']}, {s['file_bytes'] / 1e6:.2f} MB, {s['n_params'] / 1e6:.2f} M "
              f"parameters, {s['bpw']:.2f} bits/weight" + (f", file type {s['file_type']}" if s.get("file_type") else ""),
              "", "metadata:"]
     width = max((len(k) for k in s["metadata"]), default=0)
     for k, v in s["metadata"].items():
         text = str(v).replace("\n", "\\n")
-        if k == "general.file_type" and s.get("file_type"):
-            text = f"{ft} ({s['file_type']})"
+        if k == Keys.General.FILE_TYPE and s.get("file_type"):
+            text = f"{v} ({s['file_type']})"
         if len(text) > MAX_VALUE:
             text = text[:MAX_VALUE - 3] + "..."
         lines.append(f"  {k:<{width}} = {text}")

@@ -112,7 +112,9 @@ def render(rows: list[dict[str, Any]], width: int = 80) -> list[str]:
 def recipe_card(name: str | Path, plan: str | Path | None = None) -> dict[str, Any]:
     """One recipe's settings, its predicted shape fallbacks on the released models and (plan: an F16
     GGUF, model or mmproj) the type each of that file's tensors gets."""
-    from imp_gguf.gguf_info import read_gguf_meta, tensor_table
+    from gguf import Keys
+
+    from imp_gguf.gguf_info import MMPROJ_ARCH, read_gguf_meta, tensor_table
     from imp_gguf.quant.recipes import load_recipe
     from imp_gguf.quant.released import released_fallbacks
     from imp_gguf.quant.rules import expected_types
@@ -122,9 +124,9 @@ def recipe_card(name: str | Path, plan: str | Path | None = None) -> dict[str, A
     out["released_fallbacks"] = released_fallbacks(recipe)
     if plan is not None:
         meta = read_gguf_meta(plan)
-        arch = meta.get("general.architecture")
-        part = "mmproj" if arch == "clip" else "lm"
-        n_layer = 0 if part == "mmproj" else int(meta.get(f"{arch}.block_count") or 0)
+        arch = meta.get(Keys.General.ARCHITECTURE)
+        part = "mmproj" if arch == MMPROJ_ARCH else "lm"
+        n_layer = 0 if part == "mmproj" else int(meta.get(Keys.LLM.BLOCK_COUNT.format(arch=arch)) or 0)
         choices = expected_types(recipe, tensor_table(plan), n_layer, part=part)
         out["plan"] = {"file": str(plan), "part": part, "tensors": [c.to_dict() for c in choices]}
     return out

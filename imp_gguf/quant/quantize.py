@@ -16,16 +16,18 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from gguf import LlamaFileType
+from gguf import Keys, LlamaFileType
 
 from imp_gguf import __version__
 from imp_gguf.errors import BadInput, InternalError, OutputExists
-from imp_gguf.gguf_info import read_gguf_meta, summary, tensor_table
-from imp_gguf.naming import ModelIdentity
+from imp_gguf.gguf_info import MMPROJ_ARCH, read_gguf_meta, summary, tensor_table
+from imp_gguf.naming import SOURCE_KEY, VERSION_KEY, ModelIdentity
 from imp_gguf.native_log import quiet_native_stderr
 from imp_gguf.quant.recipes import QuantSpec, Recipe, ftype_id, ggml_type_id, load_recipe
 from imp_gguf.quant.rules import TypeChoice, estimated_bytes, expected_types, fallbacks
 from imp_gguf.writer import atomic_outputs
+
+RECIPE_KEY = "imp_gguf.recipe"  # written by the quantizer only: the converter's copy lacks it
 
 
 def quantize_file(src: Path, dst: Path, spec: QuantSpec, *, provenance: dict[str, str] | None = None,
@@ -65,10 +67,10 @@ def quantize_file(src: Path, dst: Path, spec: QuantSpec, *, provenance: dict[str
 
 def identity_from_gguf(meta: dict[str, Any], fallback_name: str) -> ModelIdentity:
     """The naming identity written by the converter (general.*), so quantized names match the F16 ones."""
-    name = meta.get("general.name") or fallback_name
-    return ModelIdentity(model_id=name, name=name, basename=meta.get("general.basename") or name,
-                         organization=meta.get("general.organization"), finetune=meta.get("general.finetune"),
-                         version=meta.get("general.version"), size_label=meta.get("general.size_label") or "")
+    name = meta.get(Keys.General.NAME) or fallback_name
+    return ModelIdentity(model_id=name, name=name, basename=meta.get(Keys.General.BASENAME) or name,
+                         organization=meta.get(Keys.General.ORGANIZATION), finetune=meta.get(Keys.General.FINETUNE),
+                         version=meta.get(Keys.General.VERSION), size_label=meta.get(Keys.General.SIZE_LABEL) or "")
 
 
 def check_types(path: Path, expected: list[TypeChoice]) -> None:
@@ -84,10 +86,9 @@ def check_types(path: Path, expected: list[TypeChoice]) -> None:
 
 
 def _block_count(meta: dict[str, Any]) -> int:
-    arch = meta.get("general.architecture")
-    n = meta.get(f"{arch}.block_count")
-    if not isinstance(n, int):
-        raise BadInput(f"language model has no {arch}.block_count")
+    key = Keys.LLM.BLOCK_COUNT.format(arch=meta.get(Keys.General.ARCHITECTURE))
+    if not isinstance(n := meta.get(key), int):
+        raise BadInput(f"language model has no {key}")
     return n
 
 
@@ -95,13 +96,13 @@ def plan_recipe(recipe: Recipe | str | Path, f16_model: str | Path, f16_mmproj: 
     """Predicted types of both files (no writing): {"lm": [TypeChoice], "mmproj": [TypeChoice]}."""
     recipe = load_recipe(recipe)
     lm_meta, mm_meta = read_gguf_meta(f16_model), read_gguf_meta(f16_mmproj)
-    if lm_meta.get("general.architecture") == "clip":
+    if lm_meta.get(Keys.General.ARCHITECTURE) == MMPROJ_ARCH:
         raise BadInput(f"{Path(f16_model).name} is an mmproj, not a language model")
-    if mm_meta.get("general.architecture") != "clip":
-        raise BadInput(f"{Path(f16_mmproj).name} is not an mmproj (arch {mm_meta.get('general.architecture')})")
+    if mm_meta.get(Keys.General.ARCHITECTURE) != MMPROJ_ARCH:
+        raise BadInput(f"{Path(f16_mmproj).name} is not an mmproj (arch {mm_meta.get(Keys.General.ARCHITECTURE)})")
     return {"lm": expected_types(recipe, tensor_table(f16_model), _block_count(lm_meta), part="lm"),
             "mmproj": expected_types(recipe, tensor_table(f16_mmproj), 0, part="mmproj"),
-            "lm_meta": lm_meta}
+            "lm_meta": lm_meta, "mm_meta": mm_meta}
 
 
 def _produce(src: Path, tmp: Path, spec: QuantSpec, provenance: dict[str, str], verbose: bool) -> None:
@@ -136,10 +137,9 @@ def apply_recipe(recipe: Recipe | str | Path, f16_model: str | Path, f16_mmproj:
     out.mkdir(parents=True, exist_ok=True)
     lm_out = out / ident.lm_filename(recipe.encoding)
     mm_out = out / ident.mmproj_filename(recipe.mmproj_encoding)
-    provenance = {"imp_gguf.recipe": recipe.name, "imp_gguf.recipe_sha256": recipe.digest,
+    provenance = {RECIPE_KEY: recipe.name, "imp_gguf.recipe_sha256": recipe.digest,
                   "imp_gguf.quantized_by": f"imp-gguf {__version__}"}
-    reused = not force and mmproj_reuse(mm_out, read_gguf_meta(f16_mmproj).get("imp_gguf.source_sha256"),
-                                        recipe.mmproj) == "reuse"
+    reused = not force and mmproj_reuse(mm_out, plan["mm_meta"].get(SOURCE_KEY), recipe.mmproj) == "reuse"
     jobs = [(src, dst, spec, exp) for src, dst, spec, exp in
             ((f16_model, lm_out, recipe.lm, plan["lm"]), (f16_mmproj, mm_out, recipe.mmproj, plan["mmproj"]))
             if not (dst.exists() and dst.resolve() == src.resolve())  # f16 recipe in place: nothing to do
@@ -215,11 +215,10 @@ def mmproj_reuse(path: Path, source_sha256: str | None, spec: QuantSpec) -> str:
     except BadInput:
         return "different"
     want_type = int(LlamaFileType.MOSTLY_F16) if spec.is_copy else ftype_id(spec.ftype)
-    same = (source_sha256 is not None and meta.get("imp_gguf.source_sha256") == source_sha256
-            and meta.get("general.file_type") == want_type
-            and meta.get("imp_gguf.version") == __version__
-            and meta.get("general.architecture") == "clip"
-            and ("imp_gguf.recipe" in meta) == (not spec.is_copy))  # quantizer output vs converter copy
+    same = (source_sha256 is not None and meta.get(SOURCE_KEY) == source_sha256
+            and meta.get(Keys.General.FILE_TYPE) == want_type and meta.get(VERSION_KEY) == __version__
+            and meta.get(Keys.General.ARCHITECTURE) == MMPROJ_ARCH
+            and (RECIPE_KEY in meta) == (not spec.is_copy))  # quantizer output vs converter copy
     return "reuse" if same else "different"
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
+from imp_gguf.converters.base import T, gguf_name
 from imp_gguf.quant.recipes import Recipe
 from imp_gguf.quant.rules import estimated_bytes, expected_types, fallbacks
 
@@ -20,26 +21,25 @@ SIGLIP = (1152, 4304, 26)  # width, FFN, blocks run by Imp
 
 
 def lm_tensors(n_embd: int, n_ff: int, n_layer: int, n_vocab: int, fused_qkv: bool) -> list[dict[str, Any]]:
-    ts = [{"name": "token_embd.weight", "type": "F16", "shape": [n_embd, n_vocab]},
-          {"name": "output.weight", "type": "F16", "shape": [n_embd, n_vocab]},
-          {"name": "output_norm.weight", "type": "F32", "shape": [n_embd]}]
-    attn = [("attn_qkv", [n_embd, 3 * n_embd])] if fused_qkv else [(f"attn_{x}", [n_embd, n_embd]) for x in "qkv"]
-    for i in range(n_layer):
-        for name, shape in [*attn, ("attn_output", [n_embd, n_embd]), ("ffn_up", [n_embd, n_ff]),
-                            ("ffn_down", [n_ff, n_embd])]:
-            ts.append({"name": f"blk.{i}.{name}.weight", "type": "F16", "shape": shape})
-    return ts
+    ts = [{"name": gguf_name(T.TOKEN_EMBD), "type": "F16", "shape": [n_embd, n_vocab]},
+          {"name": gguf_name(T.OUTPUT), "type": "F16", "shape": [n_embd, n_vocab]},
+          {"name": gguf_name(T.OUTPUT_NORM), "type": "F32", "shape": [n_embd]}]
+    sq = [n_embd, n_embd]
+    attn = [(T.ATTN_QKV, [n_embd, 3 * n_embd])] if fused_qkv else [(t, sq) for t in (T.ATTN_Q, T.ATTN_K, T.ATTN_V)]
+    return ts + _f16_blocks(n_layer, [*attn, (T.ATTN_OUT, sq), (T.FFN_UP, [n_embd, n_ff]), (T.FFN_DOWN, [n_ff, n_embd])])
 
 
 def mmproj_tensors(n_embd_lm: int) -> list[dict[str, Any]]:
     width, ff, blocks = SIGLIP
-    ts = [{"name": "mm.0.weight", "type": "F16", "shape": [width, n_embd_lm]},
-          {"name": "mm.2.weight", "type": "F16", "shape": [n_embd_lm, n_embd_lm]}]
-    for i in range(blocks):
-        for name, shape in (("attn_q", [width, width]), ("attn_k", [width, width]), ("attn_v", [width, width]),
-                            ("attn_out", [width, width]), ("ffn_up", [width, ff]), ("ffn_down", [ff, width])):
-            ts.append({"name": f"v.blk.{i}.{name}.weight", "type": "F16", "shape": shape})
-    return ts
+    ts = [{"name": gguf_name(T.V_MMPROJ).format(bid=i), "type": "F16", "shape": shape}
+          for i, shape in ((0, [width, n_embd_lm]), (2, [n_embd_lm, n_embd_lm]))]
+    attn = [(t, [width, width]) for t in (T.V_ENC_ATTN_Q, T.V_ENC_ATTN_K, T.V_ENC_ATTN_V, T.V_ENC_ATTN_O)]
+    return ts + _f16_blocks(blocks, [*attn, (T.V_ENC_FFN_UP, [width, ff]), (T.V_ENC_FFN_DOWN, [ff, width])])
+
+
+def _f16_blocks(n_layer: int, kinds: list[tuple[T, list[int]]]) -> list[dict[str, Any]]:
+    return [{"name": gguf_name(t).format(bid=i), "type": "F16", "shape": shape}
+            for i in range(n_layer) for t, shape in kinds]
 
 
 def _role(name: str) -> str:

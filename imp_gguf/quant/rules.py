@@ -50,7 +50,7 @@ class TypeChoice:
 
 
 def category(name: str) -> str:
-    """tensor_get_category: broad roles by name substring, checked in llama.cpp's order."""
+    """tensor_get_category: broad roles by the literal name substrings llama-quant.cpp checks, in its order."""
     if name == "output.weight":
         return "output"
     if name in ("token_embd.weight", "per_layer_token_embd.weight"):

@@ -14,10 +14,11 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+from gguf import Keys
 
 from imp_gguf.chat_templates import MEDIA_MARKER, render
 from imp_gguf.errors import BadInput
-from imp_gguf.gguf_info import check_gguf, read_gguf_meta
+from imp_gguf.gguf_info import MMPROJ_ARCH, check_gguf, read_gguf_meta
 from imp_gguf.images import load_image, mmproj_image_spec
 
 
@@ -34,8 +35,8 @@ class Session:
         mtmd_cpp.mtmd_helper_log_set(llama_log_callback, ctypes.c_void_p(0))
         # A header walk (fast) instead of gguf-py's full parse, which takes seconds on a 150k vocabulary:
         # damaged files are refused before llama.cpp could abort the process on them.
-        if check_gguf(model).get("general.architecture") == "clip":
-            raise BadInput(f"{Path(model).name} is an mmproj (arch clip), not a language model")
+        if check_gguf(model).get(Keys.General.ARCHITECTURE) == MMPROJ_ARCH:
+            raise BadInput(f"{Path(model).name} is an mmproj (arch {MMPROJ_ARCH}), not a language model")
         self.n_threads = n_threads or max(1, os.cpu_count() or 1)
         # Parity checks want an F32 KV cache: the default F16 cache rounds keys and values.
         kv = {"type_k": 0, "type_v": 0} if f32_kv else {}
@@ -44,7 +45,7 @@ class Session:
                                        n_threads=self.n_threads, logits_all=True, verbose=verbose, **kv)
         except ValueError as exc:
             raise BadInput(f"llama.cpp cannot load {Path(model).name}: {exc}") from exc
-        self.chat_template = self.llm.metadata.get("tokenizer.chat_template") or ""
+        self.chat_template = self.llm.metadata.get(Keys.Tokenizer.CHAT_TEMPLATE) or ""
         self.vocab = self.llm._model.vocab
         self.mtmd_ctx = None
         self.image_size, self.image_aspect = 0, "square"
@@ -59,10 +60,10 @@ class Session:
     def _load_mmproj(self, mmproj: str | Path, verbose: bool) -> None:
         mtmd_cpp = self._mtmd
         mm_meta = read_gguf_meta(mmproj)
-        if mm_meta.get("general.architecture") != "clip":
-            raise BadInput(f"{Path(mmproj).name} is not an mmproj (arch {mm_meta.get('general.architecture')})")
+        if (arch := mm_meta.get(Keys.General.ARCHITECTURE)) != MMPROJ_ARCH:
+            raise BadInput(f"{Path(mmproj).name} is not an mmproj (arch {arch})")
         self.image_size, self.image_aspect = mmproj_image_spec(mm_meta, Path(mmproj).name)
-        width = int(mm_meta.get("clip.vision.projection_dim", 0))
+        width = int(mm_meta.get(Keys.ClipVision.PROJECTION_DIM, 0))
         if width and width != self.llm.n_embd():
             raise BadInput(f"mmproj output width {width} does not match the model's width {self.llm.n_embd()}")
         params = mtmd_cpp.mtmd_context_params_default()

@@ -30,7 +30,7 @@ TARGETS = ("host", "linux-arm64", "android-arm64", "termux")
 BUILT_TARGETS = ("host", "linux-arm64", "android-arm64")
 TOOLS = ("llama-mtmd-cli", "llama-bench", "llama-quantize", "llama-server", "llama-perplexity")
 # Snapdragon 8 Gen 3 (Cortex-X4/A720/A520, Armv9.2) has all of these; i8mm and dotprod select the
-# repacked Q4_0/Q4_K/Q6_K/Q8_0 kernels that make decode fast (see llama-cpp-runtime.md 4.2).
+# repacked Q4_0/Q4_K/Q6_K/Q8_0 kernels that make decode fast (ggml-cpu's repack.cpp checks for them).
 ARM_ARCH = "armv8.6-a+dotprod+i8mm+fp16"
 ANDROID_MARCH = "-march=armv8.7a"  # implies dotprod, i8mm, bf16 (llama.cpp docs/android.md)
 ANDROID_NDK_TOOLCHAIN = "build/cmake/android.toolchain.cmake"

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from gguf import Keys
+
 CTX_ROUND = 256
 TEXT_BUDGET = 256  # question + chat template tokens, where the question is not known in advance (run.sh)
 GEN_BUDGET = 256  # generated tokens, where no limit is given (run.sh)
@@ -28,8 +30,8 @@ def text_tokens_bound(question: str, template_tokens: int = 64) -> int:
 
 def image_tokens(mmproj_meta: dict) -> int:
     """Image tokens an mmproj gives one image: (image size // patch size) squared (one slice)."""
-    size = int(mmproj_meta.get("clip.vision.image_size") or 0)
-    patch = int(mmproj_meta.get("clip.vision.patch_size") or 14)
+    size = int(mmproj_meta.get(Keys.ClipVision.IMAGE_SIZE) or 0)
+    patch = int(mmproj_meta.get(Keys.ClipVision.PATCH_SIZE) or 14)
     return (size // patch) ** 2
 
 

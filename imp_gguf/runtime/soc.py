@@ -1,9 +1,8 @@
 """Thread count and big-core mask per phone SoC: one table, and how a device's own report picks a row.
 
-What public measurements and llama.cpp's discussions agree on (../shared/reference/llama-cpp-runtime.md
-§4.4): on big.LITTLE Snapdragons the little cores cost 30-40% of decode, so the threads go to the big
-cores only, pinned there (`-C MASK --cpu-strict 1`); flash attention on CPU has to be tried per device
-(`bench --sweep`), so the table leaves it to llama.cpp's default.
+Public measurements and llama.cpp's discussions agree: on big.LITTLE Snapdragons the little cores cost
+30-40% of decode, so the threads go to the big cores only, pinned there (`-C MASK --cpu-strict 1`); flash
+attention on CPU has to be tried per device (`bench --sweep`), so the table leaves it to llama.cpp's default.
 
 A device reports itself with `getprop ro.soc.model` (Android, over adb or in Termux), else the
 `Hardware` line of /proc/cpuinfo (older kernels); without either, the per-core `cpuinfo_max_freq` values
