@@ -122,7 +122,8 @@ class Runner:
         self.check()
         local_argv, local_cwd, local_env = self._prepare(argv, cwd, env)
         with contextlib.ExitStack() as stack:
-            files = [stack.enter_context(tempfile.TemporaryFile("w+", errors="replace")) for _ in "oe" if to_files]
+            files = [stack.enter_context(tempfile.TemporaryFile("w+", errors="replace"))
+                     for _ in range(2 if to_files else 0)]
             streams = {"stdout": files[0], "stderr": files[1]} if to_files else {"capture_output": capture}
             try:
                 proc = subprocess.run(local_argv, cwd=local_cwd, env=local_env, timeout=timeout, text=True,
@@ -131,9 +132,9 @@ class Runner:
                 raise ToolMissing(f"{local_argv[0]} not found: {exc.strerror}") from exc
             except subprocess.TimeoutExpired as exc:
                 raise InternalError(f"{Path(local_argv[0]).name} did not finish within {timeout:g} s") from exc
-            for f in files:
-                f.seek(0)
             if to_files:
+                for f in files:
+                    f.seek(0)
                 proc.stdout, proc.stderr = files[0].read(), files[1].read()
             return proc
 
