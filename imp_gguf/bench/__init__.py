@@ -3,9 +3,9 @@
     from imp_gguf.bench import BenchConfig, bench
     rows = bench(["model.gguf"], ["mmproj.gguf"], device="ssh://u0_a1@phone:8022", cfg=BenchConfig(runs=5))
 
-Modules: device (where it runs, staging), protocols (paper / llama-bench protocols, verdict), parse
-(llama.cpp output), roofline (bandwidth probe, bytes per token), report (tables, JSON), plot (PNG).
-Full-size checkpoints for speed figures: imp_gguf.fixtures.fullsize.
+Modules: protocols (paper / llama-bench protocols, verdict), roofline (bandwidth probe, bytes per token),
+report (tables, JSON), plot (PNG), sweep. Where it runs is imp_gguf.runtime.devices; llama.cpp's output is
+parsed by imp_gguf.runtime.parse; full-size checkpoints for speed figures: imp_gguf.fixtures.fullsize.
 """
 
 from __future__ import annotations
@@ -15,11 +15,12 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from imp_gguf.bench.device import Device, open_device, soc_choice
 from imp_gguf.bench.protocols import (DEFAULT_TARGET_TPS, PAPER_ROW, PROTOCOLS, BenchConfig, BenchSession,
                                       check_kv_type, exit_code, model_facts)
+from imp_gguf.bench.roofline import COMPILERS, build_probe
 from imp_gguf.errors import BadInput
 from imp_gguf.names import unknown
+from imp_gguf.runtime.devices import Device, open_device, soc_choice
 
 __all__ = ["DEFAULT_TARGET_TPS", "PAPER_ROW", "PROTOCOLS", "BenchConfig", "BenchSession", "Device", "bench",
            "exit_code", "model_facts", "open_device"]
@@ -50,6 +51,8 @@ def bench(models: Sequence[str | Path], mmprojs: Sequence[str | Path], *, device
         raise BadInput(f"--image {cfg.image} does not exist")
     dev = dev or open_device(device, ssh_options=ssh_options, remote_target=remote_target, remote_dir=remote_dir,
                              log=log)
+    if "bandwidth" not in dev.tools and dev.target in COMPILERS:  # the probe goes where the tools went
+        dev.add_tools({"bandwidth": build_probe(dev.target)}, log)
     soc = soc_choice(dev)
     if cfg.threads is None and cfg.cpu_mask is None:  # the SoC default: big cores only, pinned
         cfg = replace(cfg, threads=soc.threads, cpu_mask=soc.mask, cpu_strict=soc.mask is not None)

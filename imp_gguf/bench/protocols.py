@@ -24,13 +24,13 @@ from typing import Any
 import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, Keys
 
-from imp_gguf.bench.device import Device, cpu_info, load_average, version_info
-from imp_gguf.bench.parse import (cpu_features, parse_bandwidth, parse_llama_bench, parse_mtmd, parse_system_info,
-                                  parse_time_v)
 from imp_gguf.bench.roofline import LmTraffic, lm_traffic, roofline
 from imp_gguf.errors import BadInput, InternalError
-from imp_gguf.runtime.context import image_tokens, job_context
 from imp_gguf.native_log import quiet_native_stderr
+from imp_gguf.runtime.context import image_tokens, job_context
+from imp_gguf.runtime.devices import Device, cpu_info, load_average, version_info
+from imp_gguf.runtime.parse import (cpu_features, parse_bandwidth, parse_llama_bench, parse_mtmd, parse_system_info,
+                                    parse_time_v)
 from imp_gguf.synthetic_images import photo_like
 
 PAPER_ROW = {

@@ -167,7 +167,7 @@ def _soc_of(row: dict):
 
 
 def _slug(text) -> str:
-    from imp_gguf.runtime.remote import safe_name
+    from imp_gguf.runtime.runner import safe_name
 
     return safe_name(str(text or "device").replace(" ", "-")).lower()
 

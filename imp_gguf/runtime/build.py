@@ -29,6 +29,9 @@ from imp_gguf.runtime.source import Source, cache_dir, ensure_source, file_lock
 TARGETS = ("host", "linux-arm64", "android-arm64", "termux")
 BUILT_TARGETS = ("host", "linux-arm64", "android-arm64")
 TOOLS = ("llama-mtmd-cli", "llama-bench", "llama-quantize", "llama-server", "llama-perplexity")
+# A device (bench, phone) gets the rest pushed; quantizing and serving happen on this machine.
+HOST_ONLY_TOOLS = ("llama-quantize", "llama-server")
+DEVICE_TOOLS = tuple(t for t in TOOLS if t not in HOST_ONLY_TOOLS)
 # Snapdragon 8 Gen 3 (Cortex-X4/A720/A520, Armv9.2) has all of these; i8mm and dotprod select the
 # repacked Q4_0/Q4_K/Q6_K/Q8_0 kernels that make decode fast (ggml-cpu's repack.cpp checks for them).
 ARM_ARCH = "armv8.6-a+dotprod+i8mm+fp16"

@@ -6,7 +6,7 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
-from imp_gguf.errors import BadInput, InternalError
+from imp_gguf.errors import InternalError
 from imp_gguf.gguf_info import read_gguf_meta
 from imp_gguf.images import load_image, mmproj_image_spec
 from imp_gguf.runtime.runner import LocalRunner, Runner

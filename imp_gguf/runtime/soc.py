@@ -108,9 +108,7 @@ def _hardware(cpuinfo: str) -> str:
     return ""
 
 
-# The report a device gives, as argv lists for its runner (each quoted for the remote shell there).
-SOC_MODEL_ARGV = ["getprop", "ro.soc.model"]
-CPUINFO_ARGV = ["cat", "/proc/cpuinfo"]
+# The per-core max frequencies, as an argv for the device's runner (quoted for the remote shell there).
 MAX_FREQ_SCRIPT = "for f in /sys/devices/system/cpu/cpu[0-9]*/cpufreq/cpuinfo_max_freq; do echo \"$f $(cat \"$f\")\"; done"
 MAX_FREQ_ARGV = ["sh", "-c", MAX_FREQ_SCRIPT]
 

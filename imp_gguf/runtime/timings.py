@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from imp_gguf.runtime.parse import parse_mtmd
+
 KEYS = ("encode_ms", "prefill_ms", "prompt_tokens", "decode_ms", "decode_tokens", "decode_tps")
 
 
@@ -31,8 +33,6 @@ def normalize(raw: dict[str, Any]) -> dict[str, Any]:
 
 def from_mtmd_log(stdout: str, stderr: str) -> dict[str, Any]:
     """llama-mtmd-cli's own figures (its "image slice encoded" and llama_perf lines)."""
-    from imp_gguf.bench.parse import parse_mtmd
-
     r = parse_mtmd(stdout, stderr)
     image = None if r.vision_encode_ms is None else r.vision_encode_ms + (r.image_decode_ms or 0.0)
     text = None if r.prompt_eval_ms is None else max(0.0, r.prompt_eval_ms - (r.image_decode_ms or 0.0))

@@ -54,7 +54,7 @@ def test_unknown_socs_fall_back_to_frequencies_then_cores():
 # ---------------------------------------------------------------- the device report, over adb and ssh
 
 def test_report_argv_is_quoted_for_the_remote_shell():
-    from imp_gguf.runtime.remote import AdbRunner, SshRunner
+    from imp_gguf.runtime.runner import AdbRunner, SshRunner
 
     adb = AdbRunner(serial="R5CX 1")
     assert adb.wrap(MAX_FREQ_ARGV) == [
@@ -90,8 +90,8 @@ def _fake_phone(tmp_path: Path, soc: str) -> Path:
 
 
 def test_soc_choice_over_adb_uses_getprop(tmp_path, monkeypatch):
-    from imp_gguf.bench.device import Device, soc_choice
-    from imp_gguf.runtime.remote import AdbRunner
+    from imp_gguf.runtime.devices import Device, soc_choice
+    from imp_gguf.runtime.runner import AdbRunner
 
     monkeypatch.setenv("PATH", f"{_fake_phone(tmp_path, 'SM8550')}{os.pathsep}{os.environ['PATH']}")
     runner = AdbRunner(serial="FAKE1", workdir=str(tmp_path))

@@ -22,8 +22,8 @@ from pathlib import Path
 import pytest
 
 from imp_gguf.bench import BenchConfig, bench, exit_code
-from imp_gguf.bench.device import Device
-from imp_gguf.bench.parse import (cpu_features, parse_bandwidth, parse_llama_bench, parse_mtmd, parse_time_v,
+from imp_gguf.runtime.devices import Device
+from imp_gguf.runtime.parse import (cpu_features, parse_bandwidth, parse_llama_bench, parse_mtmd, parse_time_v,
                                   parse_version)
 from imp_gguf.bench.protocols import TextCounter, fit_question, model_facts, paper_comparison, spread, verdict
 from imp_gguf.bench.roofline import LmTraffic, build_probe, roofline
@@ -268,9 +268,9 @@ def sshd(tmp_path_factory):
 
 @pytest.mark.slow
 def test_ssh_runner_real_quoting(sshd, tmp_path):
-    from imp_gguf.runtime.remote import SshRunner
+    from imp_gguf.runtime.runner import SshRunner
 
-    from tests.test_remote import DUMP, HOSTILE
+    from tests.unit.test_remote import DUMP, HOSTILE
 
     url, opts, _ = sshd
     r = SshRunner.from_url(url, options=opts)
@@ -327,8 +327,8 @@ sys.exit(1)
 
 @pytest.mark.slow
 def test_bench_over_fake_adb(tiny, host_tools, tmp_path, monkeypatch):
-    from imp_gguf.bench.device import open_device
-    from imp_gguf.runtime.remote import AdbRunner
+    from imp_gguf.runtime.devices import open_device
+    from imp_gguf.runtime.runner import AdbRunner
 
     fake = tmp_path / "bin" / "adb"
     fake.parent.mkdir()

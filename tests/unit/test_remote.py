@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from imp_gguf.errors import BadInput
-from imp_gguf.runtime.remote import ADB_WORKDIR, AdbRunner, SshRunner, parse_device, safe_name
-from imp_gguf.runtime.runner import LocalRunner, QemuRunner
+from imp_gguf.runtime.devices import parse_device
+from imp_gguf.runtime.runner import ADB_WORKDIR, AdbRunner, LocalRunner, QemuRunner, SshRunner, safe_name
 
 HOSTILE = [
     "What's in the image?",
