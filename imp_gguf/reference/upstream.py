@@ -5,9 +5,7 @@ plain transformers checkpoint: a reference to test our converter against, never 
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -16,6 +14,7 @@ from safetensors.torch import save_file
 
 from imp_gguf.checkpoint import open_checkpoint
 from imp_gguf.converters import detect_family
+from imp_gguf.runtime.runner import LocalRunner
 
 # Tiny test tokenizers have no known pre-tokenizer hash; the family decides it, as in imp-gguf.
 _SHIM = """
@@ -48,8 +47,7 @@ def stage_plain_checkpoint(ckpt_dir: str | Path, dest: str | Path) -> Path:
 def run_upstream(staged: Path, outfile: Path, llama_cpp_dir: Path, tokenizer_pre: str, outtype: str = "f32") -> Path:
     args = [str(staged), "--outfile", str(outfile), "--outtype", outtype]
     code = _SHIM.format(root=str(llama_cpp_dir), pre=tokenizer_pre, args=args)
-    env = dict(os.environ, NO_LOCAL_GGUF="1")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
+    proc = LocalRunner().run([sys.executable, "-c", code], env={"NO_LOCAL_GGUF": "1"}, timeout=600)
     if proc.returncode != 0:
         raise RuntimeError(f"upstream converter failed:\n{proc.stderr[-3000:]}")
     return outfile
