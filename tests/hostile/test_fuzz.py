@@ -13,7 +13,6 @@ import json
 import random
 import re
 import shutil
-import signal
 import struct
 import time
 from pathlib import Path
@@ -25,36 +24,18 @@ import pytest
 from imp_gguf import gguf_info
 from imp_gguf.cli.main import main
 from imp_gguf.errors import BadInput
+from tests.hostile.conftest import Timeout, alarm_after, hostile_checkpoint
 
-VARIANT = "Imp-v1.5-3B-196"
 SHARD = "model-00002-of-00002.safetensors"
 CASE_SECONDS = 5
 INTERESTING = [0, 1, 7, 8, 255, 2**16, 2**31 - 1, 2**31, 2**32 - 1, 2**32, 2**62, 2**63 - 1, 2**63, 2**64 - 1]
 
 
-class CaseTimeout(BaseException):
-    """A BaseException, so no `except Exception` in the code under test can swallow it."""
-
-
-def _fire(signum, frame):
-    raise CaseTimeout()
-
-
-@pytest.fixture
-def per_case_alarm():
-    old = signal.signal(signal.SIGALRM, _fire)
-    yield
-    signal.alarm(0)
-    signal.signal(signal.SIGALRM, old)
-
-
 @pytest.fixture(scope="session")
 def fuzz_sources(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     from imp_gguf.convert import convert
-    from imp_gguf.fixtures.tiny import make_checkpoint
 
-    root = tmp_path_factory.getbasetemp() / "hostile-ckpt"  # shared by the hostile test modules
-    src = make_checkpoint(VARIANT, root / VARIANT)
+    src = hostile_checkpoint(tmp_path_factory)
     r = convert(src, tmp_path_factory.mktemp("fuzz-gguf"))
     return {"checkpoint": src, "model": Path(r["model"]), "mmproj": Path(r["mmproj"])}
 
@@ -67,19 +48,17 @@ def run_cases(n: int, make: Callable[[int], bytes], target: Path, check: Callabl
     for i in range(n):
         data = make(i)
         target.write_bytes(data)
-        signal.alarm(CASE_SECONDS)
         try:
-            check(target)
+            with alarm_after(CASE_SECONDS):
+                check(target)
             outcome["ok"] += 1
         except BadInput as exc:
             assert str(exc) and "\n" not in str(exc).strip(), str(exc)
             outcome["refused"] += 1
-        except CaseTimeout:
+        except Timeout:
             failures.append((i, f"no answer within {CASE_SECONDS} s"))
         except Exception as exc:  # noqa: BLE001 - exactly what this test hunts
             failures.append((i, f"{type(exc).__name__}: {exc}"))
-        finally:
-            signal.alarm(0)
         if failures and failures[-1][0] == i:
             failures_dir.mkdir(exist_ok=True)
             (failures_dir / f"case-{i}{target.suffix}").write_bytes(data)
@@ -134,7 +113,7 @@ def gguf_mutator(src: Path, seed: int) -> Callable[[int], bytes]:
 
 
 @pytest.mark.parametrize("which, n, seed", [("mmproj", 250, 1), ("model", 100, 2)])
-def test_fuzz_gguf_summary_and_inspect(capsys, fuzz_sources, tmp_path, per_case_alarm, which, n, seed):
+def test_fuzz_gguf_summary_and_inspect(capsys, fuzz_sources, tmp_path, which, n, seed):
     t0 = time.monotonic()
 
     def check(path: Path) -> None:
@@ -200,7 +179,7 @@ def safetensors_mutator(src: Path, seed: int) -> Callable[[int], bytes]:
     return make
 
 
-def test_fuzz_safetensors_loader(fuzz_sources, tmp_path, per_case_alarm):
+def test_fuzz_safetensors_loader(fuzz_sources, tmp_path):
     from imp_gguf.checkpoint import open_checkpoint
     from imp_gguf.convert import plan_conversion
     from imp_gguf.safetensors_io import read_header

@@ -10,7 +10,6 @@ import json
 import os
 import pickle
 import shutil
-import signal
 import struct
 from pathlib import Path
 from typing import Any, Callable
@@ -18,18 +17,15 @@ from typing import Any, Callable
 import pytest
 
 from imp_gguf.cli.main import main
+from tests.hostile.conftest import VARIANT, alarm_after, hostile_checkpoint
 
-VARIANT = "Imp-v1.5-3B-196"  # phi-msft layout, BPE tokenizer, 56 px: the quickest fixture
 SHARD2 = "model-00002-of-00002.safetensors"
 INDEX = "model.safetensors.index.json"
 
 
 @pytest.fixture(scope="session")
 def hostile_sources(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    from imp_gguf.fixtures.tiny import make_checkpoint
-
-    root = tmp_path_factory.getbasetemp() / "hostile-ckpt"  # shared by the hostile test modules
-    return {v: make_checkpoint(v, root / v) for v in (VARIANT, "Imp-v1.5-4B-Phi3")}
+    return {v: hostile_checkpoint(tmp_path_factory, v) for v in (VARIANT, "Imp-v1.5-4B-Phi3")}
 
 
 @pytest.fixture
@@ -75,20 +71,10 @@ def tensors_of(header: dict) -> list[str]:
     return [k for k in header if k != "__metadata__"]
 
 
-class Timeout(BaseException):
-    """Not an Exception, so no handler in the code under test can swallow it."""
-
-
 @pytest.fixture
 def alarm():
-    def fire(signum, frame):
-        raise Timeout()
-
-    old = signal.signal(signal.SIGALRM, fire)
-    signal.alarm(20)
-    yield
-    signal.alarm(0)
-    signal.signal(signal.SIGALRM, old)
+    with alarm_after(20):
+        yield
 
 
 # ---------------------------------------------------------------- config

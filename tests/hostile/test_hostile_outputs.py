@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 
 from imp_gguf.cli.main import main
+from tests.hostile.conftest import VARIANT, hostile_checkpoint
 
-VARIANT = "Imp-v1.5-3B-196"
 LM = f"{VARIANT}-F16.gguf"
 MMPROJ = f"mmproj-{VARIANT}-F16.gguf"
 REPO = Path(__file__).resolve().parents[2]
@@ -29,10 +29,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="session")
 def source(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from imp_gguf.fixtures.tiny import make_checkpoint
-
-    root = tmp_path_factory.getbasetemp() / "hostile-ckpt"  # shared by the hostile test modules
-    return make_checkpoint(VARIANT, root / VARIANT)
+    return hostile_checkpoint(tmp_path_factory)
 
 
 def convert(capsys, src: Path, out: Path, *extra: str) -> tuple[int, str]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import io
 import resource
-import signal
 import struct
 import time
 import zlib
@@ -25,39 +24,27 @@ from imp_gguf import gguf_info
 from imp_gguf.cli.main import main
 from imp_gguf.errors import BadInput
 from imp_gguf.images import load_image
+from tests.hostile.conftest import VARIANT, alarm_after, hostile_checkpoint
 
-VARIANT = "Imp-v1.5-3B-196"
 SIZE = 56  # the fixture's encoder resolution
-
-
-class Timeout(BaseException):
-    pass
 
 
 @pytest.fixture(autouse=True)
 def alarm():
     """No case may hang: 30 s per test, raised as a BaseException nothing under test can swallow."""
-
-    def fire(signum, frame):
-        raise Timeout()
-
-    old = signal.signal(signal.SIGALRM, fire)
-    signal.alarm(30)
-    yield
-    signal.alarm(0)
-    signal.signal(signal.SIGALRM, old)
+    with alarm_after(30):
+        yield
 
 
 @pytest.fixture(scope="session")
 def ggufs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """The fixture converted (LLM width 256), plus the mmproj of a 512-wide twin."""
     from imp_gguf.convert import convert
-    from imp_gguf.fixtures.tiny import dims_with, make_checkpoint
+    from imp_gguf.fixtures.tiny import dims_with
 
-    root = tmp_path_factory.getbasetemp() / "hostile-ckpt"  # shared by the hostile test modules
-    src = make_checkpoint(VARIANT, root / VARIANT)
+    src = hostile_checkpoint(tmp_path_factory)
     # phi-msft configs say n_inner=null (4 x width), so the wide twin's FFN must be 4 x 512.
-    wide = make_checkpoint(VARIANT, root / f"{VARIANT}-wide", dims=dims_with(n_embd=512, n_ff_phi2=2048))
+    wide = hostile_checkpoint(tmp_path_factory, f"{VARIANT}-wide", VARIANT, dims=dims_with(n_embd=512, n_ff_phi2=2048))
     out = tmp_path_factory.mktemp("hostile-gguf")
     r = convert(src, out / "narrow")
     w = convert(wide, out / "wide")
