@@ -19,7 +19,6 @@ from imp_gguf.bench.protocols import (DEFAULT_TARGET_TPS, PAPER_ROW, PROTOCOLS, 
                                       check_kv_type, exit_code, model_facts)
 from imp_gguf.bench.roofline import COMPILERS, build_probe
 from imp_gguf.errors import BadInput
-from imp_gguf.names import unknown
 from imp_gguf.runtime.devices import Device, open_device, soc_choice
 
 __all__ = ["DEFAULT_TARGET_TPS", "PAPER_ROW", "PROTOCOLS", "BenchConfig", "BenchSession", "Device", "bench",
@@ -35,10 +34,6 @@ def bench(models: Sequence[str | Path], mmprojs: Sequence[str | Path], *, device
     Without threads or a CPU mask, the device's SoC default is used (imp_gguf.runtime.soc); `sweep`
     ({"threads": ["2", "4"], ...}) runs the paper protocol under each configuration instead."""
     cfg = cfg or BenchConfig()
-    if cfg.protocol not in PROTOCOLS:
-        raise unknown("--protocol", cfg.protocol, PROTOCOLS)
-    if cfg.runs < 1:
-        raise BadInput("--runs must be at least 1")
     if not models:
         raise BadInput("give at least one --model")
     if len(mmprojs) not in (1, len(models)):

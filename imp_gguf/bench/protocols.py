@@ -26,6 +26,7 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, Keys
 
 from imp_gguf.bench.roofline import LmTraffic, lm_traffic, roofline
 from imp_gguf.errors import BadInput, InternalError
+from imp_gguf.names import unknown
 from imp_gguf.native_log import quiet_native_stderr
 from imp_gguf.runtime.context import image_tokens, job_context
 from imp_gguf.runtime.devices import Device, cpu_info, load_average, version_info
@@ -42,6 +43,15 @@ PAPER_TEXT_TOKENS = 41
 PAPER_GEN_TOKENS = 64
 DEFAULT_TARGET_TPS = 13.0
 PROTOCOLS = ("paper", "llama-bench")
+FA = ("on", "off", "auto")
+KV = ("f16", "q8_0", "q4_0")
+
+
+def is_hex_mask(v: str) -> bool:
+    try:
+        return v.lower().startswith("0x") and int(v, 16) > 0
+    except ValueError:
+        return False
 
 # Words used to pad the question to the protocol's token count (then " a" fills the last tokens).
 QUESTION = ("What is in the image? Describe the objects, their colours, shapes and positions, the background, "
@@ -206,6 +216,19 @@ class BenchConfig:
     cpu_strict: bool = False  # --cpu-strict 1: one thread per CPU of the mask
     mmap: bool = False  # load the model by mmap (llama.cpp's default) or read it (-lm none; see tuning_args)
     llama_bench_check: bool = True  # paper protocol: also run llama-bench tg at the same depth, same flags
+
+    def __post_init__(self) -> None:
+        """Checked here, whoever builds it (CLI, sweep, profile, library): the values end up as tool flags."""
+        if self.protocol not in PROTOCOLS:
+            raise unknown("--protocol", self.protocol, PROTOCOLS)
+        if self.runs < 1:
+            raise BadInput("--runs must be at least 1")
+        if self.kv_type not in KV:
+            raise unknown("--kv-type", self.kv_type, KV)
+        if self.flash_attn is not None and self.flash_attn not in FA:
+            raise unknown("--fa", self.flash_attn, FA)
+        if self.cpu_mask is not None and not is_hex_mask(self.cpu_mask):
+            raise BadInput(f"--cpu-mask {self.cpu_mask}: expected a hex CPU mask such as 0xfc")
 
     def tuning_args(self) -> list[str]:
         """Flags llama-mtmd-cli and llama-bench share (same spelling in both at this pin).

@@ -18,13 +18,12 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
+from imp_gguf.bench.protocols import FA, KV, BenchConfig, check_kv_type, is_hex_mask
 from imp_gguf.errors import BadInput
 from imp_gguf.names import unknown
 from imp_gguf.runtime.soc import SocChoice
 
 AXES = ("threads", "fa", "mask", "kv")
-FA = ("on", "off", "auto")
-KV = ("f16", "q8_0", "q4_0")
 PROFILE_VERSION = 1
 
 
@@ -55,15 +54,8 @@ def _check(axis: str, v: str) -> None:
         raise unknown("--sweep fa", v, FA)
     if axis == "kv" and v not in KV:
         raise unknown("--sweep kv", v, KV)
-    if axis == "mask" and v not in ("big", "none") and not _is_hex(v):
+    if axis == "mask" and v not in ("big", "none") and not is_hex_mask(v):
         raise BadInput(f"--sweep mask={v}: expected big, none or a hex CPU mask such as 0xfc")
-
-
-def _is_hex(v: str) -> bool:
-    try:
-        return v.lower().startswith("0x") and int(v, 16) > 0
-    except ValueError:
-        return False
 
 
 def points(axes: dict[str, list[str]]) -> list[dict[str, str]]:
@@ -109,8 +101,6 @@ def best(summary: list[dict[str, Any]]) -> dict[str, Any]:
 def run_sweep(session: Any, facts: Any, axes: dict[str, list[str]], soc: SocChoice,
               log: Callable[[str], None]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Every point through the paper protocol on one device session; (rows, summary)."""
-    from imp_gguf.bench.protocols import check_kv_type
-
     base = replace(session.cfg, llama_bench_check=False)
     for kv in axes.get("kv", []):  # before the first run, not at the point that would fail
         check_kv_type(facts, kv)
@@ -170,11 +160,26 @@ def load_profile(path: Path) -> dict[str, Any]:
         raise BadInput(f"--profile {path}: 'args' must be a list of flag, value pairs")
     for flag, value in zip(args[::2], args[1::2]):
         rule = ALLOWED_FLAGS.get(flag)
-        ok = (rule == "int" and value.isdigit() and int(value) > 0) or (rule == "hex" and _is_hex(value)) or (
+        ok = (rule == "int" and value.isdigit() and int(value) > 0) or (rule == "hex" and is_hex_mask(value)) or (
             isinstance(rule, tuple) and value in rule)
         if not ok:
             raise BadInput(f"--profile {path}: flag {flag} {value!r} is not one a profile may set")
     return data
+
+
+def apply_profile(cfg: BenchConfig, args: list[str]) -> BenchConfig:
+    """`cfg` with a profile's flags (load_profile has checked them)."""
+    flags = dict(zip(args[::2], args[1::2]))
+    kw: dict[str, Any] = {"threads": int(flags["-t"])} if "-t" in flags else {}
+    if "-C" in flags:
+        kw.update(cpu_mask=flags["-C"], cpu_strict=flags.get("--cpu-strict", "1") == "1")
+    if "-fa" in flags:
+        kw["flash_attn"] = flags["-fa"]
+    if "-ctk" in flags:
+        kw["kv_type"] = flags["-ctk"]
+    if "-lm" in flags:
+        kw["mmap"] = flags["-lm"] == "mmap"
+    return replace(cfg, **kw)
 
 
 def table(summary: list[dict[str, Any]]) -> list[dict[str, str]]:

@@ -75,17 +75,12 @@ def bench_cmd(
     from imp_gguf.bench.plot import available, plot_rows
     from imp_gguf.bench.report import print_table, write_json
 
-    from imp_gguf.bench.sweep import FA, KV, load_profile, make_profile, parse_axes, table, write_profile
+    from imp_gguf.bench.sweep import apply_profile, load_profile, make_profile, parse_axes, table, write_profile
     from imp_gguf.errors import BadInput
-    from imp_gguf.names import unknown
 
     opts = list(ssh_option)
     if ssh_key is not None:
         opts = ["-i", str(ssh_key), *opts]
-    if kv_type not in KV:
-        raise unknown("--kv-type", kv_type, KV)
-    if fa is not None and fa not in FA:
-        raise unknown("--fa", fa, FA)
     if sweep_more and not sweep:
         raise BadInput(f"unexpected argument {sweep_more[0]!r} (sweep axes follow --sweep)")
     axes = parse_axes([*sweep, *(sweep_more or [])]) if sweep else None
@@ -95,10 +90,8 @@ def bench_cmd(
                       n_text=n_text, n_gen=n_gen, image=image, bandwidth=not no_bandwidth, kv_type=kv_type,
                       flash_attn=fa, cpu_mask=cpu_mask, cpu_strict=cpu_mask is not None, mmap=mmap,
                       llama_bench_check=not no_decode_check)
-    if cpu_mask is not None and not _hex(cpu_mask):
-        raise BadInput(f"--cpu-mask {cpu_mask}: expected a hex CPU mask such as 0xfc")
     if profile is not None:
-        cfg = _with_profile(cfg, load_profile(profile)["args"])
+        cfg = apply_profile(cfg, load_profile(profile)["args"])
     rows = bench(model, mmproj, device=device, cfg=cfg, ssh_options=opts, remote_target=remote_target,
                  remote_dir=remote_dir, log=_log, sweep=axes)
     if axes:
@@ -136,30 +129,6 @@ def bench_cmd(
 
 def register(app: typer.Typer) -> None:
     app.command("bench")(bench_cmd)
-
-
-def _hex(v: str) -> bool:
-    try:
-        return v.lower().startswith("0x") and int(v, 16) > 0
-    except ValueError:
-        return False
-
-
-def _with_profile(cfg, args: list[str]):
-    """A BenchConfig carrying a profile's flags (load_profile has checked them)."""
-    from dataclasses import replace
-
-    flags = dict(zip(args[::2], args[1::2]))
-    kw = {"threads": int(flags["-t"])} if "-t" in flags else {}
-    if "-C" in flags:
-        kw.update(cpu_mask=flags["-C"], cpu_strict=flags.get("--cpu-strict", "1") == "1")
-    if "-fa" in flags:
-        kw["flash_attn"] = flags["-fa"]
-    if "-ctk" in flags:
-        kw["kv_type"] = flags["-ctk"]
-    if "-lm" in flags:
-        kw["mmap"] = flags["-lm"] == "mmap"
-    return replace(cfg, **kw)
 
 
 def _soc_of(row: dict):
