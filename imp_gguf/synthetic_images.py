@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -36,9 +35,9 @@ def shapes_image(background: RGB, shapes: Sequence[tuple[str, RGB, tuple[float, 
     return im
 
 
-def photo_like(width: int, height: int, seed: int = 0, save: Path | None = None) -> Any:
-    """A photo-like test image: colour gradients, noise and two shapes (make it non-square, like photos,
-    so the resize or padding is exercised). With `save`: written there as PNG, the path returned."""
+def photo_like(dest: Path, width: int, height: int, seed: int = 0) -> Path:
+    """Write a photo-like test image to dest (PNG): colour gradients, noise and two shapes. Make it
+    non-square, like photos, so the resize or padding is exercised."""
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:height, 0:width]
     img = np.stack([(xx * 255 / width), (yy * 255 / height), ((xx + yy) * 128 / (width + height)) + 60], -1)
@@ -47,7 +46,5 @@ def photo_like(width: int, height: int, seed: int = 0, save: Path | None = None)
     d = ImageDraw.Draw(im)
     draw_shape(d, "ellipse", [width * 0.1, height * 0.2, width * 0.35, height * 0.55], (220, 40, 40))
     draw_shape(d, "rectangle", [width * 0.55, height * 0.5, width * 0.85, height * 0.85], (40, 60, 220))
-    if save is None:
-        return im
-    im.save(save, format="PNG")
-    return save
+    im.save(dest, format="PNG")
+    return dest

@@ -309,7 +309,7 @@ class BenchSession:
         from imp_gguf.images import load_image
 
         cfg, dev = self.cfg, self.dev
-        src_img = cfg.image or photo_like(448, 336, save=self.tmp / "default-image.png")
+        src_img = cfg.image or photo_like(self.tmp / "default-image.png", 448, 336)
         prepared = self.tmp / f"image-{facts.image_size}.png"
         # as Imp prepares it (padded if the mmproj says so, squash-resized): clip.cpp copies it unchanged
         load_image(src_img, facts.image_size, facts.image_aspect).save(prepared)

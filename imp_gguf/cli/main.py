@@ -23,13 +23,9 @@ from imp_gguf.cli import (bench, bundle, convert, demo, evaluate, fixtures, insp
 from imp_gguf.cli._common import STATE, err_console, hoist_verbose, typer_factory
 from imp_gguf.errors import ImpGgufError, ToolMissing
 
-# typer >= 0.26 vendors its own click (typer._click) and no longer depends on click, so click is not
-# one of our dependencies: take the usage errors of the click typer runs on, whichever it is.
-try:
-    from typer._click.exceptions import ClickException
-except ImportError:  # older typer runs on click itself (and depends on it)
-    from click import ClickException
-USAGE_ERRORS = (ClickException,)
+# typer >= 0.26 vendors its own click, older typer runs on click itself: either way the usage errors
+# are ClickException, reached through the BadParameter typer re-exports (click is not our dependency).
+USAGE_ERRORS = tuple(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
 EXITS = (typer.Exit,)  # click's own Exit and Abort in older typer, typer's in newer
 ABORTS = (typer.Abort,)
 

@@ -27,7 +27,7 @@ def verify(ckpt: str | Path, model: str | Path, mmproj: str | Path, *, image: st
     report: dict[str, Any] = {"checkpoint": str(ckpt), "model": str(model), "mmproj": str(mmproj),
                               "variant": ref.family.name}
     with tempfile.TemporaryDirectory() as td, Session(model, mmproj, f32_kv=True, n_threads=n_threads) as s:
-        img = Path(image) if image else photo_like(2 * ref.vh.image_size, ref.vh.image_size, save=Path(td) / "probe.png")
+        img = Path(image) if image else photo_like(Path(td) / "probe.png", 2 * ref.vh.image_size, ref.vh.image_size)
         ids = tok.encode(DEFAULT_PROMPT)[:16]
         want, got = ref.logits(ids), s.text_logits(ids)
         report["text_logits_std"] = float(want.std())  # a flat reference would make every error look small

@@ -38,4 +38,4 @@ def test_image(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A deterministic non-square RGB image (so squash-resizing is exercised)."""
     from imp_gguf.synthetic_images import photo_like
 
-    return photo_like(130, 90, save=tmp_path_factory.mktemp("img") / "test.png")
+    return photo_like(tmp_path_factory.mktemp("img") / "test.png", 130, 90)
