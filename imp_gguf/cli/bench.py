@@ -8,6 +8,7 @@ they measured. 2 for bad input, as everywhere.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 import typer
 
@@ -22,7 +23,8 @@ def bench_cmd(
     image: Path = typer.Option(None, "--image", help="Image (default: a built-in synthetic photo)."),
     device: str = typer.Option("local", "--device", "-d",
                                help="local | qemu | adb[:SERIAL] | ssh://user@host[:port]"),
-    threads: int = typer.Option(0, "--threads", "-t", help="Threads (default: all cores, minus 2 on 8+ cores)."),
+    threads: Optional[int] = typer.Option(None, "--threads", "-t",
+                                          help="Threads (default: all cores, minus 2 on 8+ cores)."),
     runs: int = typer.Option(5, "--runs", "-r", help="Measured runs (after one discarded warm-up)."),
     target_tps: float = typer.Option(13.0, "--target-tps", help="Decode tokens/s a device must reach."),
     protocol: str = typer.Option("paper", "--protocol", help="paper (llama-mtmd-cli, Table 4) | llama-bench"),

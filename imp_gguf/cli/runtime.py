@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from typing import Optional
 
 import typer
 
@@ -36,13 +37,17 @@ sub = typer_factory("Build and locate the llama.cpp tools pinned by imp-gguf (ca
 @sub.command("build")
 def build_cmd(
     target: str = typer.Option("host", "--target", help=TARGET_HELP),
-    jobs: int = typer.Option(0, "--jobs", "-j", help="Parallel compile jobs (default: all cores)."),
+    jobs: Optional[int] = typer.Option(None, "--jobs", "-j", help="Parallel compile jobs (default: all cores)."),
     force: bool = typer.Option(False, "--force", help="Delete the cached build and rebuild from scratch."),
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
 ) -> None:
     """Build llama-mtmd-cli, llama-bench, llama-quantize, llama-server, llama-perplexity for a target."""
-    if target == "termux":
-        sys.stdout.write(rt.termux_instructions())
+    if target == "termux":  # nothing is built here: the steps run on the phone
+        steps = rt.termux_instructions()
+        if json_out:
+            print_json({"target": target, "built": False, "script": steps})
+        else:
+            sys.stdout.write(steps)
         return
     bar, update = _progress_printer()
 
