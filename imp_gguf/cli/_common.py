@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import re
 import sys
+import threading
+import time
 from typing import Any, Callable
 
 import typer
@@ -14,7 +16,8 @@ from rich.console import Console
 # redirect like llama-gguf's, hf's and git's; progress, notes and errors go to stderr.
 err_console = Console(stderr=True, highlight=False)
 
-STATE = {"verbose": False}
+# Set from the root options (-v/--verbose, -q/--quiet), which work before or after any command.
+STATE = {"verbose": False, "quiet": False}
 
 
 # Help is plain click formatting: paragraphs are re-filled to the terminal (up to 120 columns), "\\b"
@@ -76,8 +79,97 @@ def print_json(obj: Any) -> None:
 
 def info(msg: str) -> None:
     """A log line on stderr, verbatim: no markup, highlighting or wrapping, so paths, tensor names
-    and "[n/N]" reach logs intact."""
-    err_console.print(msg, markup=False, highlight=False, soft_wrap=True)
+    and "[n/N]" reach logs intact. Nothing with --quiet (errors are not logged through here)."""
+    if not STATE["quiet"]:
+        err_console.print(msg, markup=False, highlight=False, soft_wrap=True)
+
+
+def show_bars() -> bool:
+    """A live progress bar only on a terminal, and not with --quiet."""
+    return err_console.is_terminal and not STATE["quiet"]
+
+
+PROGRESS_SECONDS = 5.0  # on a pipe or log, long work says where it is this often
+
+
+class ProgressLines:
+    """Progress of long work as lines on stderr (for pipes and logs, where a bar prints nothing): a line when
+    a phase starts, then every `every` seconds "phase: done / total MB (n%), t s"; quiet when disabled."""
+
+    def __init__(self, say: Callable[[str], None] = info, every: float = PROGRESS_SECONDS, enabled: bool = True):
+        self.say, self.every, self.enabled = say, every, enabled
+        self.what, self.done, self.total = "", 0, 0
+        self.t0 = time.monotonic()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> "ProgressLines":
+        if self.enabled:
+            self._thread = threading.Thread(target=self._tick, name="progress-lines", daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def phase(self, what: str, total: int = 0) -> None:
+        with self._lock:
+            self.what, self.done, self.total = what, 0, total
+        self._line()
+
+    def advance(self, n: int) -> None:
+        with self._lock:
+            self.done += n
+
+    def _line(self) -> None:
+        if not self.enabled:
+            return
+        with self._lock:
+            what, done, total = self.what, self.done, self.total
+        elapsed = time.monotonic() - self.t0
+        amount = f": {done / 1e6:.1f} / {total / 1e6:.1f} MB ({100 * done // total}%)" if total else ""
+        self.say(f"  {what}{amount}, {elapsed:.0f} s")
+
+    def _tick(self) -> None:
+        while not self._stop.wait(self.every):
+            self._line()
+
+
+class ProgressBar:
+    """The same calls as ProgressLines, drawn as a transient rich bar (for a terminal)."""
+
+    def __init__(self) -> None:
+        from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TimeRemainingColumn(),
+                            console=err_console, transient=True)
+        self.task: Any = None
+
+    def __enter__(self) -> "ProgressBar":
+        self.bar.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.bar.stop()
+
+    def phase(self, what: str, total: int = 0) -> None:
+        if self.task is not None:
+            self.bar.remove_task(self.task)
+        self.task = self.bar.add_task(what, total=total or None)
+
+    def advance(self, n: int) -> None:
+        self.bar.advance(self.task, n)
+
+
+def progress(enabled: bool = True) -> ProgressBar | ProgressLines:
+    """Progress of long work on stderr: a bar on a terminal, lines every few seconds on a pipe or log,
+    nothing when not enabled (--json) or with --quiet."""
+    if enabled and show_bars():
+        return ProgressBar()
+    return ProgressLines(enabled=enabled and not STATE["quiet"])
 
 
 def every_tenth(say: Callable[[str], None], line: Callable[[int, int, str], str]) -> Callable[[int, int, str], None]:
@@ -93,20 +185,21 @@ def every_tenth(say: Callable[[str], None], line: Callable[[int, int, str], str]
     return update
 
 
-VERBOSE_FLAGS = ("-v", "--verbose")
+# Root options that may also be typed after the command, as with git's and hf's options.
+ROOT_FLAGS = {"-v": "--verbose", "--verbose": "--verbose", "-q": "--quiet", "--quiet": "--quiet"}
 
 
-def hoist_verbose(args: list[str], root: Any) -> list[str]:
-    """-v/--verbose anywhere on the command line (as with git's and hf's options), moved in front of the
-    command where the root callback reads it. A "-v" that is the value of an option (`-p -v`) or comes
-    after "--" is left alone. `root` is the click group typer builds for the app."""
+def hoist_flags(args: list[str], root: Any) -> list[str]:
+    """-v/--verbose and -q/--quiet anywhere on the command line, moved in front of the command where the
+    root callback reads them (spelled long, in ROOT_FLAGS order). A flag that is the value of an option
+    (`-p -v`) or comes after "--" is left alone. `root` is the click group typer builds for the app."""
     out: list[str] = []
-    verbose = False
+    found: set[str] = set()
     cmd, i = root, 0
     while i < len(args) and hasattr(cmd, "commands"):  # root options, then the (sub)command names
         tok = args[i]
-        if tok in VERBOSE_FLAGS:
-            verbose = True
+        if tok in ROOT_FLAGS:
+            found.add(ROOT_FLAGS[tok])
         else:
             out.append(tok)
             cmd = cmd.commands.get(tok, cmd)
@@ -120,12 +213,12 @@ def hoist_verbose(args: list[str], root: Any) -> list[str]:
         if tok == "--":
             out += args[i:]
             break
-        if tok in VERBOSE_FLAGS:
-            verbose = True
+        if tok in ROOT_FLAGS:
+            found.add(ROOT_FLAGS[tok])
         else:
             out.append(tok)
             if tok in takes_value and i + 1 < len(args):
                 out.append(args[i + 1])
                 i += 1
         i += 1
-    return (["--verbose"] if verbose else []) + out
+    return [f for f in dict.fromkeys(ROOT_FLAGS.values()) if f in found] + out

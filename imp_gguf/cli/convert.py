@@ -6,9 +6,8 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 
-from imp_gguf.cli._common import STATE, echo, err_console, info, print_json
+from imp_gguf.cli._common import STATE, echo, info, print_json, progress
 from imp_gguf.convert import dry_run_result, plan_conversion, run_conversion
 
 HELP = """Convert an Imp checkpoint into two GGUF files that llama.cpp runs unchanged.
@@ -21,7 +20,9 @@ mmproj-<Base>-<Size>-<ENC>.gguf (SigLIP + projector, arch clip). With --quant, o
 an identical mmproj already in OUTDIR (same checkpoint and type) is reused, so recipes can be compared in one
 folder. Nothing is overwritten without --force; outputs appear only when complete.
 
-The paths written are printed on stdout (with --json, the whole result); progress goes to stderr.
+The paths written are printed on stdout (with --json, the whole result); progress goes to stderr (a bar
+on a terminal, a line every few seconds in a pipe or log), with the values taken from config-class defaults
+and llama.cpp's shape fallbacks (one summary line; --verbose lists each tensor).
 
 Examples:
 
@@ -53,7 +54,6 @@ def convert_cmd(
     allow_pickle: bool = typer.Option(False, "--allow-pickle",
                                       help="Load pytorch_model.bin with torch.load(weights_only=True) if no "
                                            "safetensors exist."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the output paths."),
     chat_template: Optional[str] = typer.Option(
         None, "--chat-template", metavar="NAME|FILE",
         help="Conversation template stored in the GGUF: imp_phi3 (default for the 4B, with a system turn, as "
@@ -63,15 +63,17 @@ def convert_cmd(
     from imp_gguf.quant.recipes import resolve_convert_options
 
     opts = resolve_convert_options(outtype=outtype, quant=quant, keep_intermediate=keep_intermediate)
+    quiet = STATE["quiet"]  # -q/--quiet (a root option): only the output paths
     if opts.recipe is not None:
         from imp_gguf.quant import convert_and_quantize
 
-        log = (lambda m: None) if (json_out or quiet) else info
-        result = convert_and_quantize(ckpt, outdir, opts.recipe, force=force, keep_intermediate=keep_intermediate,
-                                      model_name=model_name, allow_pickle=allow_pickle, dry_run=dry_run,
-                                      chat_template=chat_template, verbose=STATE["verbose"])
-        if not dry_run and result["mmproj_reused"]:
-            log(f"reused {result['mmproj']} (same checkpoint, same {opts.recipe.mmproj_encoding} mmproj)")
+        with progress(enabled=not (json_out or dry_run)) as prog:
+            result = convert_and_quantize(ckpt, outdir, opts.recipe, force=force, keep_intermediate=keep_intermediate,
+                                          model_name=model_name, allow_pickle=allow_pickle, dry_run=dry_run,
+                                          chat_template=chat_template, verbose=STATE["verbose"],
+                                          progress=prog.advance, phase=prog.phase)
+        if not (dry_run or json_out) and result["mmproj_reused"]:
+            info(f"reused {result['mmproj']} (same checkpoint, same {opts.recipe.mmproj_encoding} mmproj)")
         _show(result, json_out, quiet)
         _refuse_if_blocked(result)
         return
@@ -82,21 +84,31 @@ def convert_cmd(
         _show(result, json_out, quiet)
         _refuse_if_blocked(result)
         return
-    if not (json_out or quiet):
-        info(f"{plan.family.description}: {plan.vh.image_size} px, {plan.vh.n_patches} image tokens, "
-             f"{plan.vh.run_blocks} vision blocks")
-        for note in plan.notes:
-            info(f"  note: {note}")
-    total = plan.lm_bytes + plan.mmproj_bytes
-    with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TimeRemainingColumn(),
-                  console=err_console, disable=json_out or quiet, transient=True) as bar:
-        task = bar.add_task("writing", total=total)
-        result = run_conversion(plan, force=force, progress=lambda n: bar.advance(task, n))
+    if not json_out:
+        _describe(plan.summary())
+    with progress(enabled=not json_out) as prog:
+        prog.phase(f"writing {plan.outtype.upper()}", plan.lm_bytes + plan.mmproj_bytes)
+        result = run_conversion(plan, force=force, progress=prog.advance)
     _show(result, json_out, quiet)
+
+
+def _describe(summary: dict) -> None:
+    """What the run is about to write, on stderr: the variant and every value taken from a default."""
+    dry = summary.get("dry_run", False)
+    info(f"{'dry run: ' if dry else ''}{summary['variant_description']}, {summary['image_size']} px, "
+         f"{summary['image_tokens']} image tokens, {summary['vision_blocks_run']} vision blocks, "
+         f"{summary['lm_tensors']} + {summary['mmproj_tensors']} tensors"
+         + (f", recipe {summary['recipe']}" if "recipe" in summary else ""))
+    for key, d in (summary.get("defaults") or {}).items():  # config.json left them out
+        info(f"  default: {key} = {d['value']} (not in config.json; from {d['from']})")
+    for note in summary.get("notes") or []:
+        info(f"  note: {note}")
 
 
 def _show(result: dict, json_out: bool, quiet: bool) -> None:
     """The result on stdout: JSON, the bare paths (--quiet), or one line per file; notes on stderr."""
+    from imp_gguf.quant.quantize import fallback_summary
+
     if json_out:
         print_json(result)
         return
@@ -106,13 +118,13 @@ def _show(result: dict, json_out: bool, quiet: bool) -> None:
             echo(o["path"])
         return
     if dry:
-        info(f"dry run: {result['variant_description']}, {result['image_size']} px, {result['image_tokens']} "
-             f"image tokens, {result['lm_tensors']} + {result['mmproj_tensors']} tensors"
-             + (f", recipe {result['recipe']}" if "recipe" in result else ""))
-    for note in result.get("notes") or []:
-        info(f"  note: {note}")
-    for fb in result.get("fallbacks") or []:  # llama.cpp's shape fallbacks: shown, never silent
-        info(f"  note: {_fallback_text(fb)}")
+        _describe(result)
+    fallbacks = result.get("fallbacks") or []
+    if fallbacks:  # llama.cpp's shape fallbacks: shown, never silent; once, unless --verbose
+        info(f"  note: {fallback_summary(fallbacks)}" + ("" if STATE["verbose"] else " (--verbose lists them)"))
+        if STATE["verbose"]:
+            for fb in fallbacks:
+                info(f"    {_fallback_text(fb)}")
     verbs = {"write": "would write" if dry else "wrote", "overwrite": "would overwrite" if dry else "overwrote",
              "reuse": "would reuse" if dry else "reused", "blocked": "exists, blocked:"}
     for o in result["outputs"]:
@@ -130,7 +142,7 @@ def _refuse_if_blocked(result: dict) -> None:
 
 def _fallback_text(fb: dict) -> str:
     return (f"{fb.get('tensor')}: {fb.get('wanted')} needs rows divisible by its block, "
-            f"{fb.get('ne0')} are not: written as {fb.get('type')}")
+            f"{fb.get('ne0')} are not: written as {fb.get('type')} (+{fb.get('extra_bytes', 0) / 1e6:.2f} MB)")
 
 
 def register(app: typer.Typer) -> None:

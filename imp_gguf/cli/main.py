@@ -14,13 +14,14 @@ import signal
 import sys
 import threading
 import traceback
+import warnings
 
 import typer
 
 from imp_gguf import __version__
 from imp_gguf.cli import (bench, bundle, convert, demo, evaluate, fixtures, inspect_cmd, recipes, run, runtime,
                           verify)
-from imp_gguf.cli._common import STATE, err_console, hoist_verbose, typer_factory
+from imp_gguf.cli._common import STATE, err_console, hoist_flags, typer_factory
 from imp_gguf.errors import ImpGgufError, ToolMissing
 
 # typer >= 0.26 vendors its own click, older typer runs on click itself: either way the usage errors
@@ -61,10 +62,14 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show tracebacks and tool logs."),
+    verbose: bool = typer.Option(False, "--verbose", "-v",
+                                 help="Show tracebacks, tool logs and library warnings (here or after the command)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q",
+                               help="Print results and errors only: no progress or notes (here or after the "
+                                    "command)."),
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
 ) -> None:
-    STATE["verbose"] = verbose
+    STATE["verbose"], STATE["quiet"] = verbose, quiet
 
 
 for _module in COMMAND_MODULES:
@@ -110,8 +115,16 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(argv: list[str] | None) -> int:
-    args = hoist_verbose(list(sys.argv[1:] if argv is None else argv), typer.main.get_command(app))
-    STATE["verbose"] = args[:1] == ["--verbose"]
+    args = hoist_flags(list(sys.argv[1:] if argv is None else argv), typer.main.get_command(app))
+    STATE["verbose"], STATE["quiet"] = "--verbose" in args[:2], "--quiet" in args[:2]
+    # Libraries' warnings (numpy, torch, transformers) are not the user's business; --verbose shows them.
+    with warnings.catch_warnings():
+        if not STATE["verbose"]:
+            warnings.simplefilter("ignore")
+        return _run_app(args)
+
+
+def _run_app(args: list[str]) -> int:
     try:
         try:
             rv = app(args=args, prog_name="imp-gguf", standalone_mode=False)

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import ctypes
 import os
+import re
 import shutil
 import tempfile
 import time
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -100,9 +102,10 @@ def plan_recipe(recipe: Recipe | str | Path, f16_model: str | Path, f16_mmproj: 
         raise BadInput(f"{Path(f16_model).name} is an mmproj, not a language model")
     if mm_meta.get(Keys.General.ARCHITECTURE) != MMPROJ_ARCH:
         raise BadInput(f"{Path(f16_mmproj).name} is not an mmproj (arch {mm_meta.get(Keys.General.ARCHITECTURE)})")
-    return {"lm": expected_types(recipe, tensor_table(f16_model), _block_count(lm_meta), part="lm"),
-            "mmproj": expected_types(recipe, tensor_table(f16_mmproj), 0, part="mmproj"),
-            "lm_meta": lm_meta, "mm_meta": mm_meta}
+    lm_t, mm_t = tensor_table(f16_model), tensor_table(f16_mmproj)
+    return {"lm": expected_types(recipe, lm_t, _block_count(lm_meta), part="lm"),
+            "mmproj": expected_types(recipe, mm_t, 0, part="mmproj"),
+            "lm_tensors": lm_t, "mm_tensors": mm_t, "lm_meta": lm_meta, "mm_meta": mm_meta}
 
 
 def _produce(src: Path, tmp: Path, spec: QuantSpec, provenance: dict[str, str], verbose: bool) -> None:
@@ -115,9 +118,47 @@ def _produce(src: Path, tmp: Path, spec: QuantSpec, provenance: dict[str, str], 
         quantize_file(src, tmp, spec, provenance=provenance, verbose=verbose)
 
 
-def fallback_rows(part: str, choices: list[TypeChoice]) -> list[dict[str, Any]]:
-    return [{"part": part, "tensor": c.name, "ne0": c.ne0, "wanted": c.wanted, "type": c.type, "rule": c.rule}
-            for c in fallbacks(choices)]
+def fallback_rows(part: str, choices: list[TypeChoice], tensors: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """llama.cpp's shape fallbacks among `choices` (tensors: their tensor_table rows), each with the bytes it
+    costs over the type the recipe wanted."""
+    rows = []
+    for c in fallbacks(choices):
+        got, _ = estimated_bytes([c], tensors)
+        wanted, _ = estimated_bytes([replace(c, type=c.wanted)], tensors)
+        rows.append({"part": part, "tensor": c.name, "ne0": c.ne0, "wanted": c.wanted, "type": c.type,
+                     "rule": c.rule, "extra_bytes": got - wanted})
+    return rows
+
+
+def _numbers(ns: list[int]) -> str:
+    """[0, 1, 2, 5] -> "0-2,5"."""
+    runs: list[list[int]] = []
+    for n in sorted(set(ns)):
+        if runs and n == runs[-1][-1] + 1:
+            runs[-1].append(n)
+        else:
+            runs.append([n])
+    return ",".join(f"{r[0]}-{r[-1]}" if len(r) > 2 else ",".join(map(str, r)) for r in runs)
+
+
+def fallback_summary(rows: list[dict[str, Any]]) -> str | None:
+    """fallback_rows as one sentence: which tensors (blocks folded: v.blk.{0-25}.ffn_down.weight), why, and
+    the size they cost; None when there are none."""
+    if not rows:
+        return None
+    groups: dict[tuple, list[int | None]] = {}
+    for r in rows:
+        m = re.match(r"^(.*?blk\.)(\d+)(\..*)$", r["tensor"])
+        name, blk = (f"{m[1]}{{}}{m[3]}", int(m[2])) if m else (r["tensor"], None)
+        groups.setdefault((name, r["part"], r["ne0"], r["wanted"], r["type"]), []).append(blk)
+    parts = []
+    for (name, part, ne0, wanted, typ), blks in groups.items():
+        shown = name.format("{" + _numbers([b for b in blks if b is not None]) + "}") if "{}" in name else name
+        parts.append(f"{shown} ({part}, rows of {ne0}) {wanted} -> {typ}")
+    extra = sum(r.get("extra_bytes", 0) for r in rows)
+    return (f"{len(rows)} tensor{'s' if len(rows) > 1 else ''} written wider than the recipe asks, because "
+            f"their rows do not divide into the type's blocks (llama.cpp's fallback): {'; '.join(parts)}; "
+            f"+{extra / 1e6:.2f} MB")
 
 
 def apply_recipe(recipe: Recipe | str | Path, f16_model: str | Path, f16_mmproj: str | Path, outdir: str | Path, *,
@@ -165,7 +206,8 @@ def apply_recipe(recipe: Recipe | str | Path, f16_model: str | Path, f16_mmproj:
         "mmproj_bpw": mm_sum["bpw"],
         "tensor_types": lm_sum["tensor_types"],
         "mmproj_tensor_types": mm_sum["tensor_types"],
-        "fallbacks": fallback_rows("lm", plan["lm"]) + fallback_rows("mmproj", plan["mmproj"]),
+        "fallbacks": fallback_rows("lm", plan["lm"], plan["lm_tensors"])
+                     + fallback_rows("mmproj", plan["mmproj"], plan["mm_tensors"]),
         "overridden": [c.name for c in plan["lm"] if c.rule.startswith("override")],
         "mmproj_reused": reused,
     }
@@ -290,7 +332,7 @@ def plan_convert_and_quantize(conv_plan: Any, recipe: Recipe | str | Path, outdi
         "mmproj_bpw": round(8.0 * mm_bytes / mm_n, 4) if mm_n else 0.0,
         "tensor_types": lm_types,
         "mmproj_tensor_types": mm_types,
-        "fallbacks": fallback_rows("lm", lm_c) + fallback_rows("mmproj", mm_c),
+        "fallbacks": fallback_rows("lm", lm_c, lm_t) + fallback_rows("mmproj", mm_c, mm_t),
         "overridden": [c.name for c in lm_c if c.rule.startswith("override")],
         "mmproj_reused": outputs[1]["action"] == "reuse",
         "intermediate": ({"model": str(conv_plan.lm_path), "mmproj": str(conv_plan.mmproj_path)}
@@ -306,13 +348,14 @@ def convert_and_quantize(source: str | Path, outdir: str | Path, recipe: Recipe 
                          keep_intermediate: bool = False, progress: Callable[[int], None] | None = None,
                          model_name: str | None = None, allow_pickle: bool = False,
                          dry_run: bool = False, chat_template: str | None = None,
-                         verbose: bool = False) -> dict[str, Any]:
+                         verbose: bool = False, phase: Callable[[str, int], None] | None = None) -> dict[str, Any]:
     """Checkpoint -> F16 (in a temporary folder inside outdir unless keep_intermediate) -> recipe outputs.
 
     Returns the final files only (plan_convert_and_quantize's keys, measured): the converter's summary,
     the recipe's result, "intermediate" (the kept F16 paths, or None) and "outputs" (each final file with
     its type, size and whether it was written, overwritten or reused). With dry_run, the same keys,
-    estimated, plus "dry_run": True, and nothing is written.
+    estimated, plus "dry_run": True, and nothing is written. `phase(what, total_bytes)` is called as each
+    step starts (the conversion's bytes then go to `progress`).
     """
     from imp_gguf.convert import plan_conversion, run_conversion, source_sha256_or_none
 
@@ -336,7 +379,11 @@ def convert_and_quantize(source: str | Path, outdir: str | Path, recipe: Recipe 
         for o in final["outputs"]:
             if o["action"] == "blocked" and not (direct and Path(o["path"]) in (plan.lm_path, plan.mmproj_path)):
                 raise OutputExists(final["blocked"][0])
+        if phase:
+            phase("converting to F16", plan.lm_bytes + plan.mmproj_bytes)
         run_conversion(plan, force=force, progress=progress)
+        if phase:
+            phase(f"quantizing to {recipe.encoding} + {recipe.mmproj_encoding} mmproj", 0)
         result = apply_recipe(recipe, plan.lm_path, plan.mmproj_path, out, force=force,
                               keep_intermediate=direct, identity=plan.identity, verbose=verbose)
     actions = {o["role"]: o["action"] for o in final["outputs"]}

@@ -385,14 +385,14 @@ def test_compare_outdir_and_its_old_spelling(capsys):
 def test_verbose_is_hoisted_but_not_from_option_values():
     import typer
 
-    from imp_gguf.cli._common import hoist_verbose
+    from imp_gguf.cli._common import hoist_flags
     from imp_gguf.cli.main import app
 
     root = typer.main.get_command(app)
-    assert hoist_verbose(["convert", "x", "-v", "-o", "y"], root) == ["--verbose", "convert", "x", "-o", "y"]
-    assert hoist_verbose(["recipes", "show", "q4_k", "--verbose"], root) == ["--verbose", "recipes", "show", "q4_k"]
-    assert hoist_verbose(["run", "-p", "-v", "-m", "m"], root) == ["run", "-p", "-v", "-m", "m"]  # a question "-v"
-    assert hoist_verbose(["bench", "--ssh-option", "-v", "--", "-v"], root) == ["bench", "--ssh-option", "-v", "--", "-v"]
+    assert hoist_flags(["convert", "x", "-v", "-o", "y"], root) == ["--verbose", "convert", "x", "-o", "y"]
+    assert hoist_flags(["recipes", "show", "q4_k", "--verbose"], root) == ["--verbose", "recipes", "show", "q4_k"]
+    assert hoist_flags(["run", "-p", "-v", "-m", "m"], root) == ["run", "-p", "-v", "-m", "m"]  # a question "-v"
+    assert hoist_flags(["bench", "--ssh-option", "-v", "--", "-v"], root) == ["bench", "--ssh-option", "-v", "--", "-v"]
 
 
 def test_verbose_after_the_subcommand(capsys):
