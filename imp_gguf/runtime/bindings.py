@@ -7,11 +7,12 @@ embeddings, image+text prompt evaluation, greedy generation.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 from gguf import Keys
@@ -20,6 +21,36 @@ from imp_gguf.chat_templates import MEDIA_MARKER, render
 from imp_gguf.errors import BadInput
 from imp_gguf.gguf_info import MMPROJ_ARCH, check_gguf, read_gguf_meta
 from imp_gguf.images import load_image, mmproj_image_spec
+
+
+def _cpu_has_amx() -> bool:
+    try:
+        return " amx_int8" in Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def _without_amx(llama_cpp: Any) -> Iterator[None]:
+    """On a CPU with AMX, load the model without llama.cpp's extra weight buffers: the pinned build's AMX
+    buffer segfaults in the first decode of every quantized model (seen on Xeon with amx_int8, 0.3.36).
+    Llama() takes its model parameters from llama_model_default_params and has no switch for this."""
+    if not _cpu_has_amx():
+        yield
+        return
+    module = llama_cpp.llama_cpp
+    default = module.llama_model_default_params
+
+    def params() -> Any:
+        p = default()
+        p.use_extra_bufts = False
+        return p
+
+    module.llama_model_default_params = params
+    try:
+        yield
+    finally:
+        module.llama_model_default_params = default
 
 
 class Session:
@@ -41,8 +72,9 @@ class Session:
         # Parity checks want an F32 KV cache: the default F16 cache rounds keys and values.
         kv = {"type_k": 0, "type_v": 0} if f32_kv else {}
         try:
-            self.llm = llama_cpp.Llama(model_path=str(model), n_ctx=n_ctx, n_batch=n_batch, n_ubatch=n_batch,
-                                       n_threads=self.n_threads, logits_all=True, verbose=verbose, **kv)
+            with _without_amx(llama_cpp):
+                self.llm = llama_cpp.Llama(model_path=str(model), n_ctx=n_ctx, n_batch=n_batch, n_ubatch=n_batch,
+                                           n_threads=self.n_threads, logits_all=True, verbose=verbose, **kv)
         except ValueError as exc:
             raise BadInput(f"llama.cpp cannot load {Path(model).name}: {exc}") from exc
         self.chat_template = self.llm.metadata.get(Keys.Tokenizer.CHAT_TEMPLATE) or ""
