@@ -25,6 +25,13 @@ class ToolMissing(ImpGgufError):
     exit_code = 2
 
 
+class CheckFailed(ImpGgufError):
+    """A check ran and failed: parity (verify), a baseline regression (recipes compare --baseline), a device
+    missing its target (bench). Exit status 3; the report is on stdout, the reason in the error line."""
+
+    exit_code = 3
+
+
 class InternalError(ImpGgufError):
     """A bug or an unexpected failure of an external tool. Exit status 1."""
 

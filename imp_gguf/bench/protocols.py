@@ -25,7 +25,7 @@ import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, Keys
 
 from imp_gguf.bench.roofline import LmTraffic, lm_traffic, roofline
-from imp_gguf.errors import BadInput, InternalError
+from imp_gguf.errors import BadInput, CheckFailed, InternalError
 from imp_gguf.names import unknown
 from imp_gguf.native_log import quiet_native_stderr
 from imp_gguf.runtime.context import image_tokens, job_context
@@ -496,5 +496,6 @@ def paper_comparison(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def exit_code(rows: list[dict[str, Any]]) -> int:
-    """1 if any device result missed its target; 0 otherwise (off-device results never fail)."""
-    return 1 if any(r.get("passed") is False for r in rows) else 0
+    """CheckFailed's status (3) if any device result missed its target; 0 otherwise (off-device results
+    never fail)."""
+    return CheckFailed.exit_code if any(r.get("passed") is False for r in rows) else 0

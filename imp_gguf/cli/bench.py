@@ -1,7 +1,7 @@
 """`imp-gguf bench`: wiring only; the work is in imp_gguf.bench.
 
-Exit status: 0, or 1 when a device result (adb/ssh on an aarch64 device) misses --target-tps, so a
-device runner in CI can gate on it. Off-device (local host, qemu) results never fail: they only say what
+Exit status: 0, or 3 (a check that failed, as verify's and recipes compare --baseline's) when a device
+result (adb/ssh on an aarch64 device) misses --target-tps, so a device runner in CI can gate on it. Off-device (local host, qemu) results never fail: they only say what
 they measured. 2 for bad input, as everywhere.
 """
 
@@ -71,7 +71,8 @@ def bench_cmd(
     profile for `bundle --profile`. Without --threads or --cpu-mask, adb and ssh devices get their SoC's
     default (big cores only, pinned), read from the device (getprop ro.soc.model, /proc/cpuinfo, cpufreq).
 
-    The table (or, with --json, the rows) goes to stdout, progress to stderr.
+    The table (or, with --json, the rows) goes to stdout, progress to stderr. Exit status 3 when a device
+    misses --target-tps.
     """
     from imp_gguf.bench import BenchConfig, bench, exit_code
     from imp_gguf.bench.plot import available, plot_rows
@@ -124,9 +125,11 @@ def bench_cmd(
             _log(f"wrote {chart}")
         else:
             _log("matplotlib is not installed: no chart (pip install 'imp-gguf[plot]')")
-    code = exit_code(rows)
-    if code:
-        raise typer.Exit(code)
+    if exit_code(rows):
+        from imp_gguf.errors import CheckFailed
+
+        missed = [f"{r.get('model_filename') or r.get('model')}: {r.get('verdict')}" for r in rows if r.get("passed") is False]
+        raise CheckFailed("below --target-tps: " + "; ".join(missed))
 
 
 def register(app: typer.Typer) -> None:

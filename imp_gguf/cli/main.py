@@ -1,7 +1,8 @@
 """Entry point `imp-gguf`: wires the command modules and turns errors into exit codes.
 
 Exit status: 0 success, 1 internal error (a bug or a tool that failed unexpectedly),
-2 bad input (checkpoint, file, image, flag or device), 130 interrupted (Ctrl-C, SIGINT),
+2 bad input (checkpoint, file, image, flag or device), 3 a check failed (parity, baseline, bench target),
+130 interrupted (Ctrl-C, SIGINT),
 143 terminated (SIGTERM). See docs/exit-codes.md.
 
 SIGTERM is turned into the same exception path as Ctrl-C, so `finally` blocks run: the writer's

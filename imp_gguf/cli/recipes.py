@@ -55,7 +55,7 @@ def compare_cmd(
                                           ".toml paths (default: every shipped recipe)."),
     out: Path = typer.Option(Path("recipe-compare"), "--outdir", "-o", help="Folder for the GGUFs and the report."),
     out_old: Optional[Path] = typer.Option(None, "--out", hidden=True, help="Old spelling of --outdir."),
-    baseline: Optional[Path] = typer.Option(None, "--baseline", help="Fail (exit 1) if a recipe's KL, size or "
+    baseline: Optional[Path] = typer.Option(None, "--baseline", help="Fail (exit 3) if a recipe's KL, size or "
                                             "held-out accuracy regresses beyond this baseline's tolerance."),
     write_baseline: Optional[Path] = typer.Option(None, "--write-baseline", help="Write a baseline from this run."),
     runs: int = typer.Option(3, "--runs", help="Speed runs per recipe (the median is reported)."),

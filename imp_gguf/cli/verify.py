@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from imp_gguf.cli._common import echo, print_json
-from imp_gguf.errors import ToolMissing
+from imp_gguf.errors import CheckFailed, ToolMissing
 
 
 def verify_cmd(
@@ -20,7 +20,7 @@ def verify_cmd(
     json_out: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
 ) -> None:
     """Run MODEL + MMPROJ in llama.cpp and the checkpoint in PyTorch; report logits, image-embedding and
-    tokenizer parity on stdout. Exit 1 if parity fails.
+    tokenizer parity on stdout. Exit 3 if parity fails (or cannot be measured: the error line says why).
 
     Needs the PyTorch side: pip install 'imp-gguf[reference]'.
     """
@@ -36,10 +36,11 @@ def verify_cmd(
         print_json(report)
     else:
         for k, v in report.items():
-            echo(f"{k:34s} {v}")
+            if k not in ("ok", "problems"):
+                echo(f"{k:34s} {'undefined' if v is None else v}")
         echo("parity OK" if report["ok"] else "parity FAILED")
     if not report["ok"]:
-        raise typer.Exit(1)
+        raise CheckFailed("parity failed: " + "; ".join(report["problems"]))
 
 
 def register(app: typer.Typer) -> None:

@@ -21,7 +21,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from imp_gguf import __version__
-from imp_gguf.errors import BadInput, ImpGgufError, OutputExists
+from imp_gguf.errors import BadInput, CheckFailed, ImpGgufError, OutputExists
 from imp_gguf.pins import LLAMA_CPP_COMMIT, LLAMA_CPP_PYTHON_VERSION
 from imp_gguf.quant.evalset import EvalSet, build_evalset
 from imp_gguf.quant.quantize import Scorer, run_recipes
@@ -37,10 +37,8 @@ BASELINE_SCHEMA = "imp-gguf/recipes-baseline/1"
 Log = Callable[[str], None]
 
 
-class BaselineRegression(ImpGgufError):
-    """A recipe's KL divergence or size got worse than the committed baseline allows. Exit status 1."""
-
-    exit_code = 1
+class BaselineRegression(CheckFailed):
+    """A recipe's KL divergence, size or accuracy got worse than the baseline allows (exit status 3)."""
 
 
 # ---------------------------------------------------------------- metrics

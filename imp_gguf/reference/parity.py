@@ -31,12 +31,15 @@ def verify(ckpt: str | Path, model: str | Path, mmproj: str | Path, *, image: st
         ids = tok.encode(DEFAULT_PROMPT)[:16]
         want, got = ref.logits(ids), s.text_logits(ids)
         report["text_logits_std"] = float(want.std())  # a flat reference would make every error look small
-        report["text_logits_max_err_over_std"] = float(np.abs(got - want).max() / want.std())
-        report["text_top1_agreement"] = float((got.argmax(-1) == want.argmax(-1)).mean())
+        report["text_logits_max_err_over_std"] = _err_over_std(got, want)
+        # top-1 of a constant row is a tie that any output "matches": undefined, like the error above
+        report["text_top1_agreement"] = (float((got.argmax(-1) == want.argmax(-1)).mean())
+                                         if report["text_logits_max_err_over_std"] is not None else None)
         feats, emb = ref.image_features(img), s.image_embeddings(img)
-        cos = (emb * feats).sum(-1) / (np.linalg.norm(emb, axis=-1) * np.linalg.norm(feats, axis=-1))
-        report["image_cos_min"] = float(cos.min())
-        report["image_cos_mean"] = float(cos.mean())
+        norms = np.linalg.norm(emb, axis=-1) * np.linalg.norm(feats, axis=-1)
+        cos = (emb * feats).sum(-1) / norms if np.all(norms > 0) else None
+        report["image_cos_min"] = float(cos.min()) if cos is not None else None
+        report["image_cos_mean"] = float(cos.mean()) if cos is not None else None
         prompt = imp_prompt(TEMPLATES[ref.family.chat_template], "What colour is the shape?")
         before, after = prompt.split(MEDIA_MARKER)
         ids_before = [i for i in tok.encode(before)]
@@ -45,10 +48,39 @@ def verify(ckpt: str | Path, model: str | Path, mmproj: str | Path, *, image: st
             ids_before = [bos] + [i for i in ids_before if i != bos]
         want_l = ref.logits_with_image(ids_before, feats, tok.encode(after, add_special_tokens=False))
         got_l = s.eval_prompt(prompt, [img])
-        report["image_prompt_max_err_over_std"] = float(np.abs(got_l - want_l).max() / want_l.std())
-        report["image_prompt_top1_match"] = bool(got_l.argmax() == want_l.argmax())
+        report["image_prompt_max_err_over_std"] = _err_over_std(got_l, want_l)
+        report["image_prompt_top1_match"] = (bool(got_l.argmax() == want_l.argmax())
+                                             if report["image_prompt_max_err_over_std"] is not None else None)
         mism = [t for t in TOKENIZER_PROBES if s.tokenize(t) != tok.encode(t, add_special_tokens=False)]
         report["tokenizer_mismatches"] = mism
-    report["ok"] = bool(report["image_cos_min"] >= 0.99 and report["text_top1_agreement"] >= 0.9
-                        and report["image_prompt_top1_match"] and not mism)
+    report["problems"] = problems(report)
+    report["ok"] = not report["problems"]
     return report
+
+
+def _err_over_std(got: np.ndarray, want: np.ndarray) -> float | None:
+    """Largest error relative to the reference's spread; None (undefined) when the reference is constant."""
+    std = float(want.std())
+    return float(np.abs(got - want).max() / std) if std > 0 and np.isfinite(std) else None
+
+
+# What makes a comparison undefined (the report holds None there instead of a NaN).
+UNDEFINED = {"text_logits_max_err_over_std": "the PyTorch text logits are constant",
+             "image_cos_min": "an image embedding is all zeros",
+             "image_prompt_max_err_over_std": "the PyTorch image-prompt logits are constant"}
+
+
+def problems(report: dict[str, Any]) -> list[str]:
+    """Why parity failed, one phrase each (empty: it passed); an undefined comparison says why it is."""
+    undefined = [why for key, why in UNDEFINED.items() if report.get(key) is None]
+    out = [f"undefined: {', '.join(undefined)} (all-zero weights?), so no error can be measured against them"
+           ] if undefined else []
+    if report.get("image_cos_min") is not None and report["image_cos_min"] < 0.99:
+        out.append(f"image embeddings: cosine {report['image_cos_min']:.4f} < 0.99")
+    if report.get("text_top1_agreement") is not None and report["text_top1_agreement"] < 0.9:
+        out.append(f"text top-1 agreement {report['text_top1_agreement']:.2f} < 0.9")
+    if report.get("image_prompt_top1_match") is False:
+        out.append("the image prompt's top-1 token differs")
+    if report.get("tokenizer_mismatches"):
+        out.append(f"the tokenizer differs on {len(report['tokenizer_mismatches'])} probe(s)")
+    return out
