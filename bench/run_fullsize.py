@@ -18,6 +18,8 @@ import sys
 import time
 from pathlib import Path
 
+from imp_gguf.quant.catalog import SPEED
+
 WORK = Path(os.environ.get("IMP_FULLSIZE_WORK", "/tmp/imp-fullsize"))
 RESULTS = Path(__file__).resolve().parent / "results"
 RUNS = int(os.environ.get("IMP_FULLSIZE_RUNS", "3"))
@@ -63,6 +65,11 @@ def mmproj_384_q8() -> Path:
     return dst
 
 
+def result_file(kind: str) -> Path:
+    """The 196-px rows are what `imp-gguf recipes list` shows as tok/s: they ship inside the package."""
+    return SPEED if kind == "196" else RESULTS / f"fullsize-{kind}.json"
+
+
 def bench(args: list[str], json_out: Path) -> list[dict]:
     cmd = [sys.executable, "-m", "imp_gguf.cli.main", "bench", *args, "--out", str(json_out)]
     log("$ " + " ".join(cmd))
@@ -81,11 +88,12 @@ def main() -> None:
     threads = os.environ.get("IMP_FULLSIZE_THREADS", str(os.cpu_count() or 2))
     common = ["--runs", str(RUNS), "--threads", threads]
     rows = bench([*sum((["--model", str(m[0])] for m in models.values()), []),
-                  "--mmproj", str(models[RECIPES[0]][1]), *common], RESULTS / "fullsize-196.json")
+                  "--mmproj", str(models[RECIPES[0]][1]), "--chart", str(RESULTS / "fullsize-196.png"), *common],
+                 result_file("196"))
     rows384 = bench(["--model", str(models[RECIPES[0]][0]), "--mmproj", str(mm384), *common,
-                     "--no-bandwidth"], RESULTS / "fullsize-384.json")
+                     "--no-bandwidth"], result_file("384"))
     rows_lb = bench(["--model", str(models[RECIPES[0]][0]), "--mmproj", str(models[RECIPES[0]][1]),
-                     "--protocol", "llama-bench", *common], RESULTS / "fullsize-llama-bench.json")
+                     "--protocol", "llama-bench", *common], result_file("llama-bench"))
     write_markdown(rows, rows384, rows_lb)
 
 
@@ -161,7 +169,7 @@ def write_markdown(rows: list[dict], rows384: list[dict], rows_lb: list[dict]) -
               markdown(rows_lb) if rows_lb else "(not run: out of time; `bench/run_fullsize.sh` runs it)",
               "", "llama-bench ran in its own session, so its bandwidth probe and load differ from the paper-protocol "
               f"session above (its ceiling uses {_f(rows_lb[0].get('bandwidth_gbps')) if rows_lb else '-'} GB/s).",
-              "", "Files: `fullsize-196.json`, `fullsize-384.json`, `fullsize-llama-bench.json` (rows: llama-bench "
+              "", "Files: `imp_gguf/data/measured/fullsize-196.json`, `fullsize-384.json`, `fullsize-llama-bench.json` (rows: llama-bench "
               "JSON fields + imp-gguf's), `fullsize-196.png`.", ""]
     (RESULTS / "RESULTS.md").write_text("\n".join(lines))
     log(f"wrote {RESULTS / 'RESULTS.md'}")
@@ -169,8 +177,7 @@ def write_markdown(rows: list[dict], rows384: list[dict], rows_lb: list[dict]) -
 
 if __name__ == "__main__":
     if sys.argv[1:] == ["--markdown-only"]:  # rewrite RESULTS.md from the JSON files already written
-        write_markdown(*(json.loads((RESULTS / f"fullsize-{k}.json").read_text())
-                         if (RESULTS / f"fullsize-{k}.json").is_file() else []
+        write_markdown(*(json.loads(result_file(k).read_text()) if result_file(k).is_file() else []
                          for k in ("196", "384", "llama-bench")))
     else:
         main()

@@ -4,7 +4,8 @@
 #      (`pip install -e . && imp-gguf demo`): it must succeed and every answer match its golden answer;
 #   2. `pip wheel --no-deps` of another copy, installed into another new virtual environment, used from
 #      an empty folder: `imp-gguf demo --json` (checked the same way), `run` and `inspect` on its files,
-#      `bench --help`, the probe source inside the installed package, and scripts/check_base_deps.py
+#      `bench --help`, `recipes list`'s measured columns and the probe source inside the installed package,
+#      and scripts/check_base_deps.py
 #      (every module imports, every --help works, commands needing the reference extra exit 2 saying so).
 # No extras are installed: an import that only the test extra brings fails here, not on a user's machine.
 # After the first llama-cpp-python compile (~10 min), pip's wheel cache makes both installs cheap.
@@ -83,6 +84,13 @@ out = subprocess.run([*cli, "run", "-m", r["model"], "--mmproj", r["mmproj"], "-
 assert json.loads(out)["answer"] == a["answer"], f"run answered {out!r}, the demo {a['answer']!r}"
 for args in (["inspect", r["model"]], ["bench", "--help"]):
     subprocess.run([*cli, *args], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, check=True)
+# The measured columns of `recipes list` ship in the wheel (imp_gguf/data/measured), as in a checkout.
+listing = json.loads(subprocess.run([*cli, "recipes", "list", "--json"], stdin=subprocess.DEVNULL,
+                                    stdout=subprocess.PIPE, check=True, text=True).stdout)["recipes"]
+for col in ("kl_mean", "lm_bytes", "accuracy"):
+    assert any(row["tiny_imp"][col] is not None for row in listing), f"recipes list (wheel): no {col} column"
+assert any(row["decode_tps_3b"] is not None for row in listing), "recipes list (wheel): no tok/s column"
+print("recipes list: measured columns present")
 EOF
 "$venv/bin/python" "$work/src-wheel/scripts/check_base_deps.py" </dev/null || fail "scripts/check_base_deps.py"
 t3=$SECONDS

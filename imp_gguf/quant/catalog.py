@@ -14,17 +14,18 @@ from typing import Any
 from imp_gguf.quant.recipes import DEFAULT_RECIPE, accepted_names, ftype_names, list_recipes
 from imp_gguf.quant.released import released_size
 
-BENCH = Path(__file__).resolve().parents[2] / "bench"
-BASELINE = BENCH / "baselines" / "recipes-tiny-imp.json"
-SPEED = BENCH / "results" / "fullsize-196.json"  # imp-gguf bench on the full-size 3B (196 px), this repo's VM
-MEASURED = ("lm_bytes", "kl_mean", "accuracy")
+# What `recipes list` shows ships inside the package, so an installed wheel shows what a checkout shows.
+MEASURED = Path(__file__).resolve().parents[1] / "data" / "measured"
+BASELINE = MEASURED / "recipes-tiny-imp.json"  # `recipes compare` on the tiny Imp (--write-baseline)
+SPEED = MEASURED / "fullsize-196.json"  # imp-gguf bench on the full-size 3B (196 px), this repo's VM
+MEASURED_KEYS = ("lm_bytes", "kl_mean", "accuracy")
 
 
 def _read(path: Path) -> Any:
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError):
-        return None  # an installed wheel has no bench/ folder: no measured columns
+        return None  # not measured: no columns
 
 
 def _speeds(path: Path) -> dict[str, float]:
@@ -52,7 +53,7 @@ def catalog(baseline: Path | None = None, speed: Path | None = None) -> list[dic
                      "overrides": {p: t for p, t in r.lm.overrides}, "output": r.lm.output,
                      "token_embd": r.lm.token_embd, "description": r.description,
                      "bpw_3b": round(bpw, 2), "lm_bytes_3b": nbytes, "decode_tps_3b": speeds.get(r.encoding),
-                     "tiny_imp": {k: base.get(k) for k in MEASURED}})
+                     "tiny_imp": {k: base.get(k) for k in MEASURED_KEYS}})
     return rows
 
 
@@ -90,9 +91,9 @@ def render(rows: list[dict[str, Any]], width: int = 80) -> list[str]:
         f"* recommended ({default}).",
         "bpw, 3B GB: the Phi-2 language model of Imp-v1.5-3B-196 (and imp-v1-3b) under the recipe, predicted "
         "by llama.cpp's rules (shape fallbacks included); tok/s: its decode speed measured by imp-gguf bench "
-        "on a 2-core x86_64 VM (bench/results/fullsize-196.json).",
+        "on a 2-core x86_64 VM (imp_gguf/data/measured/fullsize-196.json).",
         "tiny MB, KL (mean KL divergence from F16, nats), acc (held-out accuracy): measured on the bundled "
-        "tiny Imp (bench/baselines/recipes-tiny-imp.json). -: not measured.",
+        "tiny Imp (imp_gguf/data/measured/recipes-tiny-imp.json). -: not measured.",
     ]
     al = aliases()
     names = "; ".join(f"{' or '.join(sorted(al[r['name']], reverse=True))} = {r['name']}"

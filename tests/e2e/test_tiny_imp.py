@@ -243,12 +243,13 @@ def test_eval_refuses_checkpoints_without_the_task(tiny_checkpoints: dict[str, P
 
 def test_recipe_comparison_gates_accuracy_on_the_committed_baseline(ckpt: Path, tmp_path: Path,
                                                                      capsys: pytest.CaptureFixture) -> None:
-    """What CI compares recipes with: accuracy next to KL and size, against bench/baselines/recipes-tiny-imp.json."""
+    """What CI compares recipes with: accuracy next to KL and size, against the shipped baseline
+    (imp_gguf/data/measured/recipes-tiny-imp.json, what `recipes list` shows)."""
     pytest.importorskip("torch")
     from imp_gguf.cli.main import main
     from imp_gguf.quant.compare import load_baseline
 
-    baseline = Path(__file__).resolve().parents[2] / "bench" / "baselines" / "recipes-tiny-imp.json"
+    from imp_gguf.quant.catalog import BASELINE as baseline
     assert all("accuracy" in r for r in load_baseline(baseline)["recipes"].values())
     rc = main(["recipes", "compare", str(ckpt), "--recipes", "q8_0,q4_k,q3_k", "--out", str(tmp_path / "cmp"),
                "--baseline", str(baseline), "--runs", "1", "--threads", "1", "--json"])
