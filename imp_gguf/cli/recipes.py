@@ -26,12 +26,14 @@ sub = typer_factory("Quantization recipes (quant_recipes/*.toml): list them, sho
 
 @sub.command("list")
 def list_cmd(json_out: bool = typer.Option(False, "--json", help="Print the recipes as JSON on stdout.")) -> None:
-    """List the shipped recipes on stdout: bits per weight and size on the released 3B model, size, KL,
-    accuracy and speed measured on the tiny Imp, the recommended one, and the names --quant accepts."""
-    from imp_gguf.quant.catalog import aliases, catalog, render
+    """List the shipped recipes on stdout: bits per weight, size and decode speed on the released 3B model,
+    size, KL (with its spread over seeds) and accuracy measured on the tiny Imp, whether KL falls as bits
+    rise, the recommended one, and the names --quant accepts."""
+    from imp_gguf.quant.catalog import accuracy_note, aliases, catalog, kl_order, render
 
     rows = catalog()
-    _print({"recipes": rows, "aliases": aliases()} if json_out else None, lambda: render(rows))
+    _print({"recipes": rows, "aliases": aliases(), "kl_order": kl_order(rows), "accuracy_note": accuracy_note(rows)}
+           if json_out else None, lambda: render(rows))
 
 
 @sub.command("show")

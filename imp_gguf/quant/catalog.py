@@ -18,7 +18,9 @@ from imp_gguf.quant.released import released_size
 MEASURED = Path(__file__).resolve().parents[1] / "data" / "measured"
 BASELINE = MEASURED / "recipes-tiny-imp.json"  # `recipes compare` on the tiny Imp (--write-baseline)
 SPEED = MEASURED / "fullsize-196.json"  # imp-gguf bench on the full-size 3B (196 px), this repo's VM
-MEASURED_KEYS = ("lm_bytes", "kl_mean", "accuracy")
+MEASURED_KEYS = ("lm_bytes", "bpw", "kl_mean", "kl_seeds", "accuracy", "lm_fallbacks")
+# llama.cpp's mixtures, one per bit width: their KL from F16 must fall as their bits per weight rise.
+LADDER = ("q8_0", "q6_k", "q5_k", "q4_k", "q3_k")
 
 
 def _read(path: Path) -> Any:
@@ -57,6 +59,32 @@ def catalog(baseline: Path | None = None, speed: Path | None = None) -> list[dic
     return rows
 
 
+def kl_order(rows: list[dict[str, Any]], ladder: tuple[str, ...] = LADDER) -> dict[str, Any]:
+    """Whether the ladder's KL on the tiny Imp falls as its bits per weight rise, overall and in every seed;
+    each break names the pair and the shape fallbacks of the recipe that measured worse than it should."""
+    by = {r["name"]: r["tiny_imp"] for r in rows}
+    steps = [n for n in sorted(ladder, key=lambda n: -(by.get(n, {}).get("bpw") or 0))
+             if by.get(n, {}).get("kl_mean") is not None]
+    seeds = sorted({s for n in steps for s in (by[n].get("kl_seeds") or {})}, key=str)
+    breaks = []
+    for hi, lo in zip(steps, steps[1:]):  # hi has more bits: its KL must be the lower one
+        worse = [s for s in seeds if (by[hi]["kl_seeds"] or {}).get(s, 0) > (by[lo]["kl_seeds"] or {}).get(s, 0)]
+        if by[hi]["kl_mean"] > by[lo]["kl_mean"] or worse:
+            breaks.append({"higher_bits": hi, "lower_bits": lo, "seeds": worse,
+                           "fallbacks": by[hi].get("lm_fallbacks") or []})
+    return {"recipes": steps, "seeds": seeds, "ordered": bool(steps) and not breaks, "breaks": breaks}
+
+
+def accuracy_note(rows: list[dict[str, Any]]) -> str | None:
+    """A sentence instead of the accuracy column when every measured recipe scores the same: then the
+    tiny Imp's held-out questions cannot separate the recipes, and a column would read as a measured tie."""
+    accs = {r["tiny_imp"]["accuracy"] for r in rows if r["tiny_imp"].get("accuracy") is not None}
+    if len(accs) != 1:
+        return None
+    return (f"acc: every recipe answers the tiny Imp's held-out questions as well as F16 ({accs.pop():.3f}): its "
+            "greedy answers never change, so accuracy cannot separate the recipes there; KL does.")
+
+
 def aliases() -> dict[str, list[str]]:
     """recipe (or llama.cpp file type without a shipped recipe) -> llama-quantize's names and aliases
     that --quant accepts for it."""
@@ -75,16 +103,20 @@ def _fmt(x: Any, width: int, prec: int, scale: float = 1.0) -> str:
 def render(rows: list[dict[str, Any]], width: int = 80) -> list[str]:
     """The table as plain lines no longer than `width`: one line of figures per recipe, its trade-off
     wrapped under it, then what the columns mean and which names are accepted."""
+    same_acc = accuracy_note(rows)
     head = f"  {'recipe':<11} {'LM':<7} {'mmproj':<6} {'bpw':>5} {'3B GB':>6} {'tok/s':>5}  {'tiny MB':>7} " \
-           f"{'KL':>7} {'acc':>5}"
+           f"{'KL':>6} {'seeds':>13}" + ("" if same_acc else f" {'acc':>5}")
     lines = [head]
     wrap = textwrap.TextWrapper(width=width, initial_indent=" " * 4, subsequent_indent=" " * 4,
                                 break_long_words=False, break_on_hyphens=False)
     for r in rows:
         t = r["tiny_imp"]
+        seeds = list((t.get("kl_seeds") or {}).values())
+        spread = f"{min(seeds):.4f}-{max(seeds):.4f}" if seeds else "-"
         lines.append(f"{'*' if r['default'] else ' '} {r['name']:<11} {r['ftype']:<7} {r['mmproj']:<6} "
                      f"{r['bpw_3b']:>5.2f} {r['lm_bytes_3b'] / 1e9:>6.2f} {_fmt(r['decode_tps_3b'], 5, 1)}  "
-                     f"{_fmt(t['lm_bytes'], 7, 2, 1e-6)} {_fmt(t['kl_mean'], 7, 4)} {_fmt(t['accuracy'], 5, 3)}")
+                     f"{_fmt(t['lm_bytes'], 7, 2, 1e-6)} {_fmt(t['kl_mean'], 6, 4)} {spread:>13}"
+                     + ("" if same_acc else f" {_fmt(t['accuracy'], 5, 3)}"))
         lines += wrap.wrap(r["description"])
     default = next((r["name"] for r in rows if r["default"]), DEFAULT_RECIPE)
     notes = [
@@ -92,9 +124,21 @@ def render(rows: list[dict[str, Any]], width: int = 80) -> list[str]:
         "bpw, 3B GB: the Phi-2 language model of Imp-v1.5-3B-196 (and imp-v1-3b) under the recipe, predicted "
         "by llama.cpp's rules (shape fallbacks included); tok/s: its decode speed measured by imp-gguf bench "
         "on a 2-core x86_64 VM (imp_gguf/data/measured/fullsize-196.json).",
-        "tiny MB, KL (mean KL divergence from F16, nats), acc (held-out accuracy): measured on the bundled "
-        "tiny Imp (imp_gguf/data/measured/recipes-tiny-imp.json). -: not measured.",
+        "tiny MB, KL (mean KL divergence from F16, nats, over the F16 model's own answers about seeded "
+        "scenes), seeds (the lowest and highest per-seed mean)" + ("" if same_acc else ", acc (held-out accuracy)")
+        + ": measured on the bundled tiny Imp (imp_gguf/data/measured/recipes-tiny-imp.json). -: not measured.",
     ]
+    if same_acc:
+        notes.append(same_acc)
+    order = kl_order(rows)
+    if order["recipes"]:
+        ladder = " < ".join(order["recipes"])
+        notes.append(f"KL order: {ladder}, as their bits per weight, overall and in each of {len(order['seeds'])} "
+                     "seeds." if order["ordered"] else f"KL order ({ladder} expected) breaks: " + "; ".join(
+                         f"{b['higher_bits']} above {b['lower_bits']}"
+                         + (f" in seeds {', '.join(map(str, b['seeds']))}" if b["seeds"] else "")
+                         + (f" (its shape fallbacks: {', '.join(b['fallbacks'])})" if b["fallbacks"]
+                            else " (no shape fallback explains it)") for b in order["breaks"]) + ".")
     al = aliases()
     names = "; ".join(f"{' or '.join(sorted(al[r['name']], reverse=True))} = {r['name']}"
                       for r in rows if al.get(r["name"]))

@@ -1,9 +1,11 @@
 """Compare recipes on one checkpoint: convert once to F16, quantize by each recipe, and measure size,
 fidelity against the F16 files (all through llama.cpp) and speed on this host.
 
-Fidelity: KL(P_f16 || P_quant) of next-token distributions over every position of the text prompts
-and the last position of each image+text prompt, top-1 agreement on the same positions, and the
-cosine (min over image tokens) of the quantized mmproj's image embeddings against the F16 mmproj's.
+Fidelity: KL(P_f16 || P_quant) of next-token distributions at every position of the answers the F16
+files sample to questions about seeded synthetic scenes (evalset.Scene), as a mean, per seed and its
+spread; top-1 agreement on the same positions; the mean KL over the fixed text prompts (every position)
+and image prompts (last position) as kl_text_mean; and the cosine (min over image tokens) of the
+quantized mmproj's image embeddings against the F16 mmproj's.
 Speed: medians over `runs` (after one warm-up) of prefill and decode tokens/s and image-encode ms.
 """
 
@@ -23,7 +25,7 @@ import numpy as np
 from imp_gguf import __version__
 from imp_gguf.errors import BadInput, CheckFailed, ImpGgufError, OutputExists
 from imp_gguf.pins import LLAMA_CPP_COMMIT, LLAMA_CPP_PYTHON_VERSION
-from imp_gguf.quant.evalset import EvalSet, build_evalset
+from imp_gguf.quant.evalset import EvalSet, Scene, build_evalset
 from imp_gguf.quant.quantize import Scorer, run_recipes
 from imp_gguf.quant.recipes import Recipe, list_recipes, load_recipe
 from imp_gguf.writer import atomic_outputs
@@ -75,10 +77,40 @@ class Reference:
     image_prompts: list[str]  # rendered chat prompts with the media marker
     image_logp: list[np.ndarray]  # [V]: last position of each image prompt
     image_embd: list[np.ndarray]  # [P, H] per image
+    answers: list[tuple[Scene, str, list[int], np.ndarray]]  # scene, prompt, sampled answer, its [T, V] log-probs
 
     @property
     def n_positions(self) -> int:
-        return sum(len(t) for t in self.text_tokens) + len(self.image_prompts)
+        return sum(len(t) for t in self.answers_tokens())
+
+    def answers_tokens(self) -> list[list[int]]:
+        return [toks for _, _, toks, _ in self.answers]
+
+
+def answer_logits(session: Any, prompt: str, image: Path, tokens: list[int]) -> np.ndarray:
+    """[len(tokens), V]: the logits that predicted each token of an answer to an image prompt."""
+    first = session.eval_prompt(prompt, [image])
+    llm = session.llm
+    n0 = llm.n_tokens
+    if len(tokens) > 1:
+        llm.eval(tokens[:-1])
+    rest = np.array(llm.scores[n0:n0 + len(tokens) - 1], dtype=np.float32).reshape(len(tokens) - 1, -1)
+    return np.concatenate([first[None], rest])
+
+
+def sample_answer(session: Any, prompt: str, image: Path, n: int, rng: np.random.Generator) -> list[int]:
+    """Up to n tokens sampled (temperature 1) from the session's own distribution; stops after an end token."""
+    logits = session.eval_prompt(prompt, [image])
+    llm, out = session.llm, []
+    for _ in range(n):
+        p = np.exp(log_softmax(logits))
+        tok = int(rng.choice(p.size, p=p / p.sum()))
+        out.append(tok)
+        if session.is_eog(tok):
+            break
+        llm.eval([tok])
+        logits = np.array(llm.scores[llm.n_tokens - 1], dtype=np.float32)
+    return out
 
 
 def reference_outputs(session: Any, ev: EvalSet) -> Reference:
@@ -87,25 +119,36 @@ def reference_outputs(session: Any, ev: EvalSet) -> Reference:
     prompts = [session.chat_prompt(p.question, image=True) for p in ev.images]
     image_logp = [log_softmax(session.eval_prompt(pr, [p.image])) for pr, p in zip(prompts, ev.images)]
     embd = [session.image_embeddings(p.image) for p in ev.images]
-    return Reference(tokens, text_logp, prompts, image_logp, embd)
+    answers = []
+    for sc in ev.scenes:
+        prompt = session.chat_prompt(sc.question, image=True)
+        toks = sample_answer(session, prompt, sc.image, ev.answer_tokens, np.random.default_rng([sc.seed, sc.index]))
+        answers.append((sc, prompt, toks, log_softmax(answer_logits(session, prompt, sc.image, toks))))
+    return Reference(tokens, text_logp, prompts, image_logp, embd, answers)
 
 
 def fidelity(session: Any, ev: EvalSet, ref: Reference) -> dict[str, Any]:
-    kls, agree = [], []
+    text_kls = []
     for toks, ref_logp in zip(ref.text_tokens, ref.text_logp):
-        logits = session.text_logits(toks)
-        kls.append(kl_divergence(ref_logp, logits))
-        agree.append(ref_logp.argmax(-1) == logits.argmax(-1))
+        text_kls.append(kl_divergence(ref_logp, session.text_logits(toks)))
     for prompt, p, ref_logp in zip(ref.image_prompts, ev.images, ref.image_logp):
-        logits = session.eval_prompt(prompt, [p.image])
-        kls.append(kl_divergence(ref_logp[None], logits[None]))
-        agree.append(np.array([ref_logp.argmax() == logits.argmax()]))
+        text_kls.append(kl_divergence(ref_logp[None], session.eval_prompt(prompt, [p.image])[None]))
+    by_seed: dict[int, list[np.ndarray]] = {}
+    agree = []
+    for sc, prompt, toks, ref_logp in ref.answers:
+        logits = answer_logits(session, prompt, sc.image, toks)
+        by_seed.setdefault(sc.seed, []).append(kl_divergence(ref_logp, logits))
+        agree.append(ref_logp.argmax(-1) == logits.argmax(-1))
     cos = [float(cosine_rows(e, session.image_embeddings(p.image)).min()) for p, e in zip(ev.images, ref.image_embd)]
-    kl = np.concatenate(kls)
+    kl = np.concatenate([k for ks in by_seed.values() for k in ks])
+    seeds = {str(seed): float(np.concatenate(ks).mean()) for seed, ks in by_seed.items()}
     return {
         "kl_mean": float(kl.mean()),
+        "kl_seeds": seeds,  # the mean per seed: its spread says how far kl_mean can be trusted
+        "kl_spread": [min(seeds.values()), max(seeds.values())],
         "kl_p99": float(np.percentile(kl, 99)),
         "kl_max": float(kl.max()),
+        "kl_text_mean": float(np.concatenate(text_kls).mean()) if text_kls else None,
         "top1": float(np.concatenate(agree).mean()),
         "image_cos_min": min(cos) if cos else None,
         "n_positions": int(kl.size),
@@ -164,8 +207,7 @@ class FidelityAndSpeed:
         self.say(f"{recipe.name}: measuring fidelity and speed ({self.runs} runs)")
         with Session(result["model"], result["mmproj"], n_threads=self.n_threads) as s:
             fid = fidelity(s, self.ev, self.ref)
-            return {**{k: fid[k] for k in ("kl_mean", "kl_p99", "kl_max", "top1", "image_cos_min", "n_positions")},
-                    **speed(s, self.ev, self.runs)}
+            return {**fid, **speed(s, self.ev, self.runs)}
 
 
 def optional(scorer: Scorer, say: Log) -> Scorer:
@@ -231,6 +273,7 @@ def compare_recipes(source: str | Path, recipes: list[str | Path | Recipe] | Non
         "reference": {"model": str(f16_model), "mmproj": str(f16_mmproj),
                       "lm_bytes": f16_model.stat().st_size, "mmproj_bytes": f16_mmproj.stat().st_size},
         "evalset": {"texts": len(ev.texts), "images": len(ev.images), "positions": ref.n_positions,
+                    "seeds": list(ev.seeds), "scenes": len(ev.scenes), "answer_tokens": ev.answer_tokens,
                     "speed_prompt_tokens": rows[0]["prefill_tokens"] if rows else None,
                     "decode_tokens": ev.decode_tokens},
         "host": {"machine": platform.machine(), "system": platform.system(), "cpu_count": os.cpu_count(),
@@ -259,21 +302,26 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"# Recipe comparison: {Path(report['checkpoint']).name}",
         "",
         (f"Variant `{report['variant']}`; reference: the F16 files (LM {_mb(report['reference']['lm_bytes'])} MB, "
-         f"mmproj {_mb(report['reference']['mmproj_bytes'])} MB). Fidelity over {report['evalset']['positions']} "
-         f"next-token positions ({report['evalset']['texts']} text prompts, all positions; "
-         f"{report['evalset']['images']} image prompts, last position). Speed on this host "
+         f"mmproj {_mb(report['reference']['mmproj_bytes'])} MB). KL and top-1 over {report['evalset']['positions']} "
+         f"next-token positions: the F16 files' own sampled answers (up to {report['evalset'].get('answer_tokens')} "
+         f"tokens) to questions about {report['evalset'].get('scenes')} synthetic scenes in "
+         f"{len(report['evalset'].get('seeds') or [])} seeds; KL seeds: the lowest and highest per-seed mean. "
+         f"KL text: {report['evalset']['texts']} fixed text prompts (all positions) and "
+         f"{report['evalset']['images']} image prompts (last position). Speed on this host "
          f"({host['machine']}, {host['threads']} threads), medians of {host['runs']} runs, through llama-cpp-python "
          f"{report['versions']['llama_cpp_python']} (logits kept for every position, so prefill includes the "
          "output layer on each token; `imp-gguf bench` has llama-bench numbers)."),
         "",
-        ("| recipe | LM MB | mmproj MB | LM bpw | KL mean | KL p99 | top-1 | image cos min | prefill t/s | "
-         "decode t/s | encode ms | Pareto |"),
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|:-:|",
+        ("| recipe | LM MB | mmproj MB | LM bpw | KL mean | KL seeds | KL p99 | KL text | top-1 | image cos min | "
+         "prefill t/s | decode t/s | encode ms | Pareto |"),
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|:-:|",
     ]
     for r in rows:
+        spread = "-".join(f"{x:.5f}" for x in r["kl_spread"]) if r.get("kl_spread") else "n/a"
         lines.append(
             f"| {r['recipe']} | {_mb(r['lm_bytes'])} | {_mb(r['mmproj_bytes'])} | {r['bpw']:.2f} | "
-            f"{r['kl_mean']:.5f} | {r['kl_p99']:.5f} | {r['top1']:.3f} | {_fmt(r['image_cos_min'], '.5f')} | "
+            f"{r['kl_mean']:.5f} | {spread} | {r['kl_p99']:.5f} | {_fmt(r.get('kl_text_mean'), '.5f')} | "
+            f"{r['top1']:.3f} | {_fmt(r['image_cos_min'], '.5f')} | "
             f"{r['prefill_tps']:.1f} | {r['decode_tps']:.1f} | {_fmt(r['encode_ms'], '.2f')} | "
             f"{'yes' if r.get('pareto') else ''} |")
     if any("accuracy" in r for r in rows):
@@ -336,8 +384,13 @@ def make_baseline(report: dict[str, Any], tolerance: dict[str, float] | None = N
         "variant": report.get("variant"),
         "versions": report.get("versions"),
         "tolerance": dict(tolerance or DEFAULT_TOLERANCE),
-        "recipes": {r["recipe"]: {"kl_mean": r["kl_mean"], "lm_bytes": r["lm_bytes"],
-                                  **({"accuracy": r["accuracy"]} if "accuracy" in r else {})} for r in report["recipes"]},
+        "evalset": {k: report.get("evalset", {}).get(k) for k in ("seeds", "scenes", "answer_tokens", "positions")},
+        "heldout": report.get("heldout"),
+        "recipes": {r["recipe"]: {"kl_mean": r["kl_mean"], "kl_seeds": r.get("kl_seeds"), "lm_bytes": r["lm_bytes"],
+                                  "bpw": r["bpw"], **({"accuracy": r["accuracy"]} if "accuracy" in r else {}),
+                                  "lm_fallbacks": [f"{f['tensor']} {f['wanted']}->{f['type']}" for f in r["fallbacks"]
+                                                   if f["part"] == "lm"]}
+                    for r in report["recipes"]},
     }
 
 

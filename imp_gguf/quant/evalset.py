@@ -1,13 +1,18 @@
 """The fixed evaluation set for recipe comparison: text prompts and synthetic images with questions.
 
-Everything is deterministic (fixed strings, images drawn from fixed parameters), so two runs on any
-machine score the same inputs and a committed baseline stays meaningful.
+Everything is deterministic (fixed strings, images drawn from fixed parameters or from a seed), so two
+runs on any machine score the same inputs and a committed baseline stays meaningful. KL divergence is
+measured on seeded scenes: per seed, `scenes_per_seed` random pictures of shapes, each with a question
+whose answer the F16 model samples (with that seed); the spread over seeds says how far the mean can
+be trusted, and enough positions per seed keep the order of the recipes the same in every seed.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 from imp_gguf.synthetic_images import shapes_image
 
@@ -39,9 +44,29 @@ _SHAPES = (
 
 IMAGE_SIDE = 224  # any size works: images are squash-resized to the encoder's side when loaded
 
+# Seeded scenes for KL: 4 seeds x 12 scenes x up to 32 sampled answer tokens (about 1500 positions) keep
+# q8_0 < q6_k < q5_k < q4_k < q3_k in every seed on the tiny Imp; 4 images of fixed text did not.
+SEEDS = (0, 1, 2, 3)
+SCENES_PER_SEED = 12
+ANSWER_TOKENS = 32
+SCENE_QUESTIONS = ("What shape is in the picture, and what colour is it?", "How many shapes do you see?",
+                   "What colour is the background?", "Describe this image.", "Where is the shape?",
+                   "What colour is the shape at the top?")
+SCENE_SHAPES = ("ellipse", "rectangle", "triangle")
+
 
 @dataclass(frozen=True)
 class ImagePrompt:
+    image: Path
+    question: str
+
+
+@dataclass(frozen=True)
+class Scene:
+    """An image question whose answer the F16 model samples with `seed` (KL is scored on that answer)."""
+
+    seed: int
+    index: int
     image: Path
     question: str
 
@@ -53,20 +78,58 @@ class EvalSet:
     # Speed: one longer text for prefill, a fixed number of decoded tokens.
     speed_text: str
     decode_tokens: int
+    scenes: tuple[Scene, ...] = ()
+    answer_tokens: int = ANSWER_TOKENS
+
+    @property
+    def seeds(self) -> tuple[int, ...]:
+        return tuple(dict.fromkeys(s.seed for s in self.scenes))
+
+
+def _write_png(path: Path, image) -> None:
+    """Idempotent: the same name always holds the same picture."""
+    if not path.exists():
+        tmp = path.with_suffix(".png.partial")
+        image.save(tmp, format="PNG")
+        tmp.replace(path)
+
+
+def scene_image(seed: int, index: int):
+    """A random scene (background, one to three shapes) drawn from (seed, index) alone."""
+    rng = np.random.default_rng([seed, index])
+    colour = lambda: tuple(int(c) for c in rng.integers(0, 256, 3))  # noqa: E731
+    shapes = []
+    for _ in range(int(rng.integers(1, 4))):
+        x0, y0 = rng.uniform(0.0, 0.6, 2)
+        side = rng.uniform(0.2, 0.4)
+        shapes.append((SCENE_SHAPES[int(rng.integers(len(SCENE_SHAPES)))], colour(),
+                       (float(x0), float(y0), float(x0 + side), float(y0 + side))))
+    return shapes_image(colour(), shapes, IMAGE_SIDE)
+
+
+def build_scenes(folder: str | Path, seeds: tuple[int, ...] = SEEDS, per_seed: int = SCENES_PER_SEED) -> tuple[Scene, ...]:
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    for seed in seeds:
+        for i in range(per_seed):
+            path = folder / f"scene-s{seed}-{i:02d}.png"
+            _write_png(path, scene_image(seed, i))
+            out.append(Scene(seed, i, path, SCENE_QUESTIONS[(seed + i) % len(SCENE_QUESTIONS)]))
+    return tuple(out)
 
 
 def build_evalset(folder: str | Path, *, n_texts: int | None = None, n_images: int | None = None,
-                  decode_tokens: int = 32) -> EvalSet:
+                  decode_tokens: int = 32, seeds: tuple[int, ...] = SEEDS, scenes_per_seed: int = SCENES_PER_SEED,
+                  answer_tokens: int = ANSWER_TOKENS) -> EvalSet:
     """Write the images into `folder` (idempotent) and return the evaluation set."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     prompts = []
     for stem, bg, shapes, question in _SHAPES[:n_images]:
         path = folder / f"{stem}.png"
-        if not path.exists():
-            tmp = path.with_suffix(".png.partial")
-            shapes_image(bg, shapes, IMAGE_SIDE).save(tmp, format="PNG")
-            tmp.replace(path)
+        _write_png(path, shapes_image(bg, shapes, IMAGE_SIDE))
         prompts.append(ImagePrompt(path, question))
     texts = TEXT_PROMPTS[:n_texts]
-    return EvalSet(texts, tuple(prompts), speed_text=" ".join(TEXT_PROMPTS), decode_tokens=decode_tokens)
+    return EvalSet(texts, tuple(prompts), speed_text=" ".join(TEXT_PROMPTS), decode_tokens=decode_tokens,
+                   scenes=build_scenes(folder, seeds, scenes_per_seed), answer_tokens=answer_tokens)
