@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -10,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from imp_gguf.cli._common import STATE, echo, err_console, info, print_json
+from imp_gguf.cli._common import STATE, echo, err_console, info, print_json, show_bars
 from imp_gguf.errors import BadInput, OutputExists
 
 HELP = """Held-out accuracy of a tiny Imp (the bundled one by default) in PyTorch and, through llama.cpp,
@@ -35,7 +34,7 @@ def _progress(enabled: bool):
     """(context manager, factory of per-runtime ticks): a rich bar on a terminal, nothing otherwise."""
     import contextlib
 
-    if not enabled or not sys.stderr.isatty():
+    if not enabled or not show_bars():
         return contextlib.nullcontext(), None
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from imp_gguf.cli._common import STATE, echo, err_console, every_tenth, info, print_json, typer_factory
+from imp_gguf.cli._common import STATE, echo, err_console, every_tenth, info, print_json, show_bars, typer_factory
 from imp_gguf.runtime import build as rt
 
 
@@ -16,7 +16,7 @@ TARGET_HELP = "host | linux-arm64 (static, Snapdragon 8 Gen 3) | android-arm64 (
 
 def _progress_printer():
     """A rich progress bar on a terminal; on a pipe/log, one line every 10% so logs stay short."""
-    if err_console.is_terminal:
+    if show_bars():
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
         bar = Progress(TextColumn("building"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),

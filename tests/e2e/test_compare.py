@@ -88,7 +88,9 @@ def test_committed_baseline_is_well_formed() -> None:
     assert {"q8_0", "q4_k", "q3_k"} <= set(data["recipes"])
     for row in data["recipes"].values():
         assert row["kl_mean"] >= 0 and row["lm_bytes"] > 0
-    assert set(data["tolerance"]) == {"kl_mean_rel", "kl_mean_abs", "lm_bytes_rel"}
+    assert {"kl_mean_rel", "kl_mean_abs", "lm_bytes_rel"} <= set(data["tolerance"])
+    for row in data["recipes"].values():  # KL per seed: its spread is part of the measurement
+        assert len(row["kl_seeds"]) >= 3 and min(row["kl_seeds"].values()) <= row["kl_mean"] <= max(row["kl_seeds"].values())
 
 
 def test_evalset_is_deterministic(tmp_path: Path) -> None:
@@ -96,6 +98,10 @@ def test_evalset_is_deterministic(tmp_path: Path) -> None:
     assert len(a.texts) >= 4 and len(a.images) >= 3
     for pa, pb in zip(a.images, b.images):
         assert pa.image.read_bytes() == pb.image.read_bytes() and pa.question == pb.question
+    assert len(a.seeds) >= 3 and len(a.scenes) == len(b.scenes) >= 30
+    for sa, sb in zip(a.scenes, b.scenes):  # seeded scenes: the same pictures and questions on every machine
+        assert sa.image.read_bytes() == sb.image.read_bytes() and (sa.seed, sa.question) == (sb.seed, sb.question)
+    assert a.scenes[0].image.read_bytes() != a.scenes[1].image.read_bytes()
 
 
 # ---------------------------------------------------------------- the comparison on every variant
@@ -125,7 +131,8 @@ def test_kl_orders_recipes(variant: str, tiny_checkpoints, tmp_path: Path, monke
     monkeypatch.setattr("imp_gguf.tiny_imp.evaluate.heldout_accuracy", lambda m, mm, n_threads=None: 0.5)
     monkeypatch.setattr("imp_gguf.tiny_imp.evaluate._pytorch_accuracy", lambda source: 0.625)
     # One thread: tiny models gain nothing from more, and a busy CI box makes thread barriers crawl.
-    quick = build_evalset(tmp_path / "evalset", n_texts=3, n_images=2, decode_tokens=8)
+    quick = build_evalset(tmp_path / "evalset", n_texts=3, n_images=2, decode_tokens=8, seeds=(0, 1),
+                          scenes_per_seed=2, answer_tokens=8)
     report = compare_recipes(tiny_checkpoints[variant], ["q8_0", "q4_k", "q3_k"], tmp_path, runs=1, n_threads=1,
                              evalset=quick, scorers=[accuracy_scorer(tiny_checkpoints[variant], n_threads=1)])
     rows = {r["recipe"]: r for r in report["recipes"]}
@@ -142,12 +149,13 @@ def test_kl_orders_recipes(variant: str, tiny_checkpoints, tmp_path: Path, monke
         assert Path(r["model"]).is_file() and Path(r["mmproj"]).is_file()
         assert r["accuracy"] == 0.5
     assert rows["q8_0"]["top1"] >= rows["q3_k"]["top1"]
-    assert report["evalset"]["positions"] > 10
+    assert report["evalset"]["positions"] > 10 and report["evalset"]["seeds"] == [0, 1]
+    assert all(set(r["kl_seeds"]) == {"0", "1"} and r["kl_text_mean"] > 0 for r in rows.values())
     assert all(r["pareto"] for r in rows.values())  # smaller and lossier, one after the other
     assert (tmp_path / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert json.loads((tmp_path / "report.json").read_text())["recipes"][0]["recipe"] == "q8_0"
     md = (tmp_path / "report.md").read_text()
-    assert "| q4_k |" in md and "KL mean" in md
+    assert "| q4_k |" in md and "KL mean" in md and "KL seeds" in md
     assert report["heldout"]["pytorch_accuracy"] == 0.625 and "PyTorch 0.625" in md
     if variant == "Imp-v1.5-2B-Qwen1.5":  # the fallback is in the report, not silent
         assert "blk.1.ffn_down.weight" in md and "Q6_K -> **Q8_0**" in md
