@@ -122,7 +122,10 @@ def _run(argv: list[str] | None) -> int:
     with warnings.catch_warnings():
         if not STATE["verbose"]:
             warnings.simplefilter("ignore")
-        return _run_app(args)
+        try:
+            return _run_app(args)
+        finally:
+            STATE["quiet"] = False  # a library caller's next log line is not silenced by this command's -q
 
 
 def _run_app(args: list[str]) -> int:
