@@ -105,17 +105,17 @@ def render(rows: list[dict[str, Any]], width: int = 80) -> list[str]:
     wrapped under it, then what the columns mean and which names are accepted."""
     same_acc = accuracy_note(rows)
     head = f"  {'recipe':<11} {'LM':<7} {'mmproj':<6} {'bpw':>5} {'3B GB':>6} {'tok/s':>5}  {'tiny MB':>7} " \
-           f"{'KL':>6} {'seeds':>13}" + ("" if same_acc else f" {'acc':>5}")
-    lines = [head]
+           f"{'KL':>6} {'±':<7}" + ("" if same_acc else f" {'acc':>5}")
+    lines = [head.rstrip()]
     wrap = textwrap.TextWrapper(width=width, initial_indent=" " * 4, subsequent_indent=" " * 4,
                                 break_long_words=False, break_on_hyphens=False)
     for r in rows:
         t = r["tiny_imp"]
         seeds = list((t.get("kl_seeds") or {}).values())
-        spread = f"{min(seeds):.4f}-{max(seeds):.4f}" if seeds else "-"
+        spread = f"±{(max(seeds) - min(seeds)) / 2:.4f}" if seeds else "-"
         lines.append(f"{'*' if r['default'] else ' '} {r['name']:<11} {r['ftype']:<7} {r['mmproj']:<6} "
                      f"{r['bpw_3b']:>5.2f} {r['lm_bytes_3b'] / 1e9:>6.2f} {_fmt(r['decode_tps_3b'], 5, 1)}  "
-                     f"{_fmt(t['lm_bytes'], 7, 2, 1e-6)} {_fmt(t['kl_mean'], 6, 4)} {spread:>13}"
+                     f"{_fmt(t['lm_bytes'], 7, 2, 1e-6)} {_fmt(t['kl_mean'], 6, 4)} {spread:<7}"
                      + ("" if same_acc else f" {_fmt(t['accuracy'], 5, 3)}"))
         lines += wrap.wrap(r["description"])
     default = next((r["name"] for r in rows if r["default"]), DEFAULT_RECIPE)
@@ -125,7 +125,7 @@ def render(rows: list[dict[str, Any]], width: int = 80) -> list[str]:
         "by llama.cpp's rules (shape fallbacks included); tok/s: its decode speed measured by imp-gguf bench "
         "on a 2-core x86_64 VM (imp_gguf/data/measured/fullsize-196.json).",
         "tiny MB, KL (mean KL divergence from F16, nats, over the F16 model's own answers about seeded "
-        "scenes), seeds (the lowest and highest per-seed mean)" + ("" if same_acc else ", acc (held-out accuracy)")
+        "scenes) ± half the range of its per-seed means" + ("" if same_acc else ", acc (held-out accuracy)")
         + ": measured on the bundled tiny Imp (imp_gguf/data/measured/recipes-tiny-imp.json). -: not measured.",
     ]
     if same_acc:

@@ -177,7 +177,7 @@ def test_recipes_list_reports_the_kl_ladder_with_its_spread_and_no_accuracy_tie(
     for name in LADDER:
         seeds = base[name]["kl_seeds"].values()
         row = next(ln for ln in proc.stdout.splitlines() if ln[2:].startswith(f"{name} "))
-        assert f"{min(seeds):.4f}-{max(seeds):.4f}" in row  # the spread over seeds
+        assert f"±{(max(seeds) - min(seeds)) / 2:.4f}" in row  # the spread over seeds
     listing = json.loads(sh("imp-gguf recipes list --json").stdout)
     assert listing["kl_order"]["ordered"] and listing["kl_order"]["recipes"] == list(LADDER)
 
