@@ -115,10 +115,12 @@ class ProgressLines:
         if self._thread is not None:
             self._thread.join()
 
-    def phase(self, what: str, total: int = 0) -> None:
+    def phase(self, what: str, total: int = 0, *, announce: bool = True) -> None:
+        """A new step; announce=False when the caller has already logged it (the ticks still name it)."""
         with self._lock:
             self.what, self.done, self.total = what, 0, total
-        self._line()
+        if announce:
+            self._line()
 
     def advance(self, n: int) -> None:
         with self._lock:
@@ -129,6 +131,8 @@ class ProgressLines:
             return
         with self._lock:
             what, done, total = self.what, self.done, self.total
+        if not what:  # nothing started yet
+            return
         elapsed = time.monotonic() - self.t0
         amount = f": {done / 1e6:.1f} / {total / 1e6:.1f} MB ({100 * done // total}%)" if total else ""
         self.say(f"  {what}{amount}, {elapsed:.0f} s")

@@ -8,7 +8,7 @@ from typing import Any, Callable, Optional
 
 import typer
 
-from imp_gguf.cli._common import STATE, echo, info, print_json, typer_factory
+from imp_gguf.cli._common import STATE, ProgressLines, echo, info, print_json, show_bars, typer_factory
 from imp_gguf.errors import BadInput
 
 
@@ -79,9 +79,15 @@ def compare_cmd(
     names = [n.strip() for n in recipes.split(",") if n.strip()] if recipes else None
     if recipes is not None and not names:
         raise BadInput("--recipes is empty")
-    report = compare_recipes(checkpoint, names, out, runs=runs, force=force, n_threads=threads,
-                             log=lambda m: info(f" -- {m}"), keep_files=not clean, verbose=STATE["verbose"],
-                             scorers=[accuracy_scorer(checkpoint, n_threads=threads)])
+    # Each step is logged; on a pipe or log a long one (the F16 reference, a recipe) also ticks every few seconds.
+    with ProgressLines(enabled=not (show_bars() or STATE["quiet"])) as ticker:
+        def log(m: str) -> None:
+            info(f" -- {m}")
+            ticker.phase(m, announce=False)
+
+        report = compare_recipes(checkpoint, names, out, runs=runs, force=force, n_threads=threads, log=log,
+                                 keep_files=not clean, verbose=STATE["verbose"],
+                                 scorers=[accuracy_scorer(checkpoint, n_threads=threads)])
     problems = apply_baseline(report, baseline, out) if baseline else []
     if write_baseline:
         save_baseline(report, write_baseline, force=force)
