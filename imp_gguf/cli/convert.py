@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Optional
 
@@ -14,7 +15,11 @@ from imp_gguf.convert import dry_run_result, plan_conversion, run_conversion
 HELP = """Convert an Imp checkpoint into two GGUF files that llama.cpp runs unchanged.
 
 CKPT is a local checkpoint folder (config.json, safetensors single or sharded, tokenizer files) or a hub repo id
-(MILVLG/Imp-v1.5-3B-196[@revision], needs huggingface_hub and network).
+(MILVLG/Imp-v1.5-3B-196[@revision]). A hub id is downloaded into the standard Hugging Face cache (shared with
+other tools, reused and resumed): only config, index, safetensors shards, tokenizer files and README.md, never
+remote code or pickle weights (those only with --allow-pickle); each shard is checked against the sha256 the hub
+advertises. HF_TOKEN, HF_ENDPOINT, HF_HOME and HF_HUB_OFFLINE=1 are honoured; download progress goes to stderr.
+A dry run on a hub id downloads no weights (it reads the shards' headers). The GGUFs record the repo and commit.
 
 Writes <Base>-<Size>-<ENC>.gguf (arch phi2, qwen2 or phi3, with the tokenizer and Imp's chat template) and
 mmproj-<Base>-<Size>-<ENC>.gguf (SigLIP + projector, arch clip). With --quant, only the recipe's files are kept;
@@ -48,6 +53,8 @@ def convert_cmd(
                                  help="Print the files the run would write (types, estimated sizes) and what would "
                                       "block it; write nothing."),
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
+    revision: Optional[str] = typer.Option(None, "--revision",
+                                           help="With a hub id: branch, tag or commit to download (default main)."),
     model_name: Optional[str] = typer.Option(None, "--model-name",
                                              help="Name for files and general.name (default: from CKPT)."),
     allow_pickle: bool = typer.Option(False, "--allow-pickle",
@@ -62,6 +69,9 @@ def convert_cmd(
 ) -> None:
     from imp_gguf.quant.recipes import resolve_convert_options
 
+    ckpt = _with_revision(ckpt, revision)
+    if json_out or quiet:  # read by huggingface_hub when it is first imported (hub ids only)
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     opts = resolve_convert_options(outtype=outtype, quant=quant, keep_intermediate=keep_intermediate)
     if opts.recipe is not None:
         from imp_gguf.quant import convert_and_quantize
@@ -93,6 +103,19 @@ def convert_cmd(
         task = bar.add_task("writing", total=total)
         result = run_conversion(plan, force=force, progress=lambda n: bar.advance(task, n))
     _show(result, json_out, quiet)
+
+
+def _with_revision(ckpt: str, revision: str | None) -> str:
+    """CKPT with --revision folded in as @REVISION (a folder cannot take one)."""
+    if revision is None:
+        return ckpt
+    from imp_gguf.errors import BadInput
+    from imp_gguf.hub import HUB_ID, split_spec
+
+    if Path(ckpt).expanduser().exists() or not HUB_ID.match(ckpt):
+        raise BadInput(f"--revision applies to a hub repo id, and {ckpt} is not one")
+    repo, rev = split_spec(ckpt, revision)
+    return f"{repo}@{rev}"
 
 
 def _show(result: dict, json_out: bool, quiet: bool) -> None:
