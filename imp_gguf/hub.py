@@ -109,9 +109,10 @@ def hub_error(repo: str, rev: str | None, exc: BaseException) -> str:
     if isinstance(exc, e.GatedRepoError):
         return f"hub repo {repo} is gated: accept its terms on the hub, then set HF_TOKEN"
     if isinstance(exc, e.RepositoryNotFoundError):
-        code = exc.response.status_code if getattr(exc, "response", None) is not None else None
-        auth = " or your token is not allowed to read it (HF_TOKEN)" if code == 401 else ""
-        return f"hub repo {repo} not found (check the name; a private repo needs HF_TOKEN){auth}"
+        return f"hub repo {repo} not found (check the name; a private repo needs HF_TOKEN)"
+    status = exc.response.status_code if isinstance(exc, e.HfHubHTTPError) and exc.response is not None else None
+    if status in (401, 403):
+        return f"hub repo {repo}: the hub refused the token (HF_TOKEN or `hf auth login`) with HTTP {status}"
     if isinstance(exc, (e.OfflineModeIsEnabled, e.LocalEntryNotFoundError)):
         offline = _client().constants.HF_HUB_OFFLINE
         why = "HF_HUB_OFFLINE is set" if offline else f"the hub ({_client().constants.ENDPOINT}) cannot be reached"
