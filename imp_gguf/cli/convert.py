@@ -53,6 +53,8 @@ def convert_cmd(
                                  help="Print the files the run would write (types, estimated sizes) and what would "
                                       "block it; write nothing."),
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
+    card: bool = typer.Option(False, "--card", help="Then write OUTDIR's model card and ollama Modelfile "
+                                                    "(`imp-gguf card OUTDIR`)."),
     revision: Optional[str] = typer.Option(None, "--revision",
                                            help="With a hub id: branch, tag or commit to download (default main)."),
     model_name: Optional[str] = typer.Option(None, "--model-name",
@@ -82,7 +84,7 @@ def convert_cmd(
                                       chat_template=chat_template, verbose=STATE["verbose"])
         if not dry_run and result["mmproj_reused"]:
             log(f"reused {result['mmproj']} (same checkpoint, same {opts.recipe.mmproj_encoding} mmproj)")
-        _show(result, json_out, quiet)
+        _card(result, outdir, card and not dry_run, json_out, quiet)
         _refuse_if_blocked(result)
         return
     plan = plan_conversion(ckpt, outdir, outtype=opts.outtype, force=force or dry_run, model_name=model_name,
@@ -102,7 +104,21 @@ def convert_cmd(
                   console=err_console, disable=json_out or quiet, transient=True) as bar:
         task = bar.add_task("writing", total=total)
         result = run_conversion(plan, force=force, progress=lambda n: bar.advance(task, n))
+    _card(result, outdir, card, json_out, quiet)
+
+
+def _card(result: dict, outdir: Path, wanted: bool, json_out: bool, quiet: bool) -> None:
+    """Show the result; with --card, first write the folder's card and Modelfile (in the JSON, or their
+    paths printed after the GGUFs')."""
+    if wanted and json_out:
+        from imp_gguf.cli.card import write_and_show
+
+        result["card"] = write_and_show(outdir, json_out=True)
     _show(result, json_out, quiet)
+    if wanted and not json_out:
+        from imp_gguf.cli.card import write_and_show
+
+        write_and_show(outdir)
 
 
 def _with_revision(ckpt: str, revision: str | None) -> str:
