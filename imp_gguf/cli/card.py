@@ -29,7 +29,7 @@ Examples:
 
 
 def write_and_show(folder: Path, *, publisher: str = "local", force: bool = False, lmstudio: Path | None = None,
-                   json_out: bool = False) -> dict:
+                   json_out: bool = False, quiet: bool = False) -> dict:
     from imp_gguf.share.card import write_card
 
     result = write_card(folder, publisher=publisher, force=force, lmstudio=lmstudio)
@@ -37,7 +37,7 @@ def write_and_show(folder: Path, *, publisher: str = "local", force: bool = Fals
         return result
     for key in ("card", "modelfile", "lmstudio"):
         if result[key]:
-            echo(f"wrote {result[key]}")
+            echo(result[key] if quiet else f"wrote {result[key]}")
     for note in result["notes"]:
         info(f"  note: {note}")
     return result

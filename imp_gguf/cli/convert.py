@@ -118,7 +118,7 @@ def _card(result: dict, outdir: Path, wanted: bool, json_out: bool, quiet: bool)
     if wanted and not json_out:
         from imp_gguf.cli.card import write_and_show
 
-        write_and_show(outdir)
+        write_and_show(outdir, quiet=quiet)
 
 
 def _with_revision(ckpt: str, revision: str | None) -> str:
