@@ -16,7 +16,7 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -83,14 +83,12 @@ def _client():  # noqa: ANN202 - the huggingface_hub module, imported only for h
     return huggingface_hub
 
 
-def download(spec: str, files: Sequence[str], *, revision: str | None = None, quiet: bool = False) -> Path:
+def download(spec: str, files: Sequence[str], *, revision: str | None = None) -> Path:
     """Fetch `files` (names or glob patterns) of hub repo `spec` into the Hugging Face cache and return
     the snapshot folder. Files already cached are not fetched again; weight files are checked against
     the sha256 the hub advertised (a damaged one is removed from the cache and reported)."""
     hf = _client()
     repo, rev = split_spec(spec, revision)
-    if quiet:
-        hf.utils.disable_progress_bars()
     try:
         local = Path(hf.snapshot_download(repo, revision=rev, allow_patterns=list(files)))
     except Exception as exc:  # noqa: BLE001 - translated into one line naming the cause
@@ -121,10 +119,11 @@ def hub_error(repo: str, rev: str | None, exc: BaseException) -> str:
     return f"{where}: download failed ({type(exc).__name__}: {first})"
 
 
-def verify_weights(snapshot: Path, log: Callable[[str], None] | None = None) -> None:
+def verify_weights(snapshot: Path) -> None:
     """sha256 of each weight file of a cache snapshot against its blob's name (the hub's advertised hash).
 
     A mismatch removes the damaged blob and its link, so the next run downloads it again, and raises.
+    Every run hashes the weights again (a few seconds per GB): a cache shared with other tools can change.
     """
     src = cache_source(snapshot)
     if src is None:

@@ -147,7 +147,7 @@ def test_workflow_steps_run_as_written(tmp_path: Path) -> None:
     baseline.write_text(json.dumps(data))
     proc = gh.run(steps[-1])
     assert proc.returncode == 1, (proc.stdout[-2000:], proc.stderr[-4000:])
-    assert f"::error::recipes compare exited" in proc.stdout
+    assert "::error::recipes compare exited" in proc.stdout
     second = gh.summary[len(summary):]
     assert second.startswith(f"## {entry['name']}\n# Recipe comparison") and "## Baseline" in second
     assert "no regression" not in second.split("## Baseline")[1]

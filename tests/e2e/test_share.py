@@ -5,7 +5,6 @@ template renders conversations exactly as the GGUF's Jinja chat template does.""
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
