@@ -192,13 +192,22 @@ def resolve_source(spec: str, *, metadata_only: bool = False, allow_pickle: bool
         return path
     if path.exists():
         raise BadInput(f"{spec}: not a checkpoint folder")
+    missing = f"{spec}: no such checkpoint folder{_nearest(path)}"
     if not HUB_ID.match(spec) or spec.startswith((".", "/", "~")):
-        raise BadInput(f"{spec}: no such checkpoint folder{_nearest(path)}")
-    from imp_gguf.hub import download
+        raise BadInput(missing)
+    from imp_gguf.hub import download, verify_weights
 
-    local = download(spec, HUB_FILES if metadata_only else HUB_FILES + HUB_WEIGHTS)
-    if allow_pickle and not metadata_only and not any(local.glob("*.safetensors")):
-        local = download(spec, [*HUB_FILES, *PICKLE_NAMES])  # no safetensors: the opted-in pickle files
+    try:
+        local = download(spec, HUB_FILES if metadata_only else HUB_FILES + HUB_WEIGHTS)
+        if allow_pickle and not metadata_only and not any(local.glob("*.safetensors")):
+            local = download(spec, [*HUB_FILES, *PICKLE_NAMES])  # no safetensors: the opted-in pickle files
+    except BadInput as exc:
+        if not path.parent.is_dir() or path.parent == Path("."):
+            raise
+        # "models/X" next to an existing models/ folder is more likely a mistyped path than a hub repo
+        raise BadInput(f"{missing}; or, if you meant the hub repo {spec}, check its name and the network "
+                       f"({exc})") from exc
+    verify_weights(local)
     return local
 
 
@@ -231,8 +240,23 @@ def open_checkpoint(spec: str | Path, *, allow_pickle: bool = False, metadata_on
 
         tensors, files = remote_tensors(hub, _shard_names(root)), []
     else:
-        tensors, files = _index_weights(root, allow_pickle)
+        try:
+            tensors, files = _index_weights(root, allow_pickle)
+        except BadInput as exc:
+            _pickle_only(hub, allow_pickle, exc)
+            raise
     return Checkpoint(root=root, config=config, tensors=tensors, weight_files=files, hub=hub)
+
+
+def _pickle_only(hub: HubSource | None, allow_pickle: bool, exc: BadInput) -> None:
+    """A hub repo whose only weights are pickles was downloaded without them: say so, not "no weights"."""
+    from imp_gguf.hub import listed_files
+
+    pickles = [n for n in listed_files(hub) if n in PICKLE_NAMES] if hub and not allow_pickle else []
+    if pickles:
+        raise BadInput(f"{hub.repo} has pickle weights only ({', '.join(pickles)}), which are refused (they can "
+                       "run code): pass --allow-pickle to download them and load them with "
+                       "torch.load(weights_only=True)") from exc
 
 
 def _shard_names(root: Path) -> list[str]:

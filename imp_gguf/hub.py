@@ -85,15 +85,13 @@ def _client():  # noqa: ANN202 - the huggingface_hub module, imported only for h
 
 def download(spec: str, files: Sequence[str], *, revision: str | None = None) -> Path:
     """Fetch `files` (names or glob patterns) of hub repo `spec` into the Hugging Face cache and return
-    the snapshot folder. Files already cached are not fetched again; weight files are checked against
-    the sha256 the hub advertised (a damaged one is removed from the cache and reported)."""
+    the snapshot folder. Files already cached are not fetched again (check the weights with verify_weights)."""
     hf = _client()
     repo, rev = split_spec(spec, revision)
     try:
         local = Path(hf.snapshot_download(repo, revision=rev, allow_patterns=list(files)))
     except Exception as exc:  # noqa: BLE001 - translated into one line naming the cause
         raise BadInput(hub_error(repo, rev, exc)) from exc
-    verify_weights(local)
     return local
 
 
@@ -147,6 +145,15 @@ def verify_weights(snapshot: Path) -> None:
             raise BadInput(f"{rel} of {src.repo}@{src.commit[:12]}: its bytes do not match the sha256 the hub "
                            f"advertises ({blob.name[:16]}..., got {h.hexdigest()[:16]}...): damaged download, "
                            "removed from the cache; run again to download it anew")
+
+
+def listed_files(source: HubSource) -> list[str]:
+    """The repo's files at the commit, as the download listed them (huggingface_hub's cached tree, no
+    network); empty when that cache is not there."""
+    try:
+        return [f.path for f in _client().get_cached_repo_tree(source.repo, revision=source.commit)]
+    except Exception:  # noqa: BLE001 - older huggingface_hub, or no listing cached: nothing to tell
+        return []
 
 
 @dataclass(frozen=True)

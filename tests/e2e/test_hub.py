@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -267,3 +268,25 @@ def test_snapshot_layout_is_the_only_exception(tmp_path: Path) -> None:
     (plain / "config.json").symlink_to(snap.parent.parent / "blobs" / HASH)
     with pytest.raises(BadInput, match="points outside"):
         safe_child(plain, "config.json")
+
+
+def test_pickle_weights_only_with_allow_pickle(hub, tiny_196: Path, tmp_path: Path) -> None:
+    """A repo whose weights are a pytorch_model.bin: not fetched, and said so, unless --allow-pickle."""
+    import torch
+
+    from imp_gguf.checkpoint import open_checkpoint
+
+    src = tmp_path / "src" / "Imp-v1.5-3B-196"
+    shutil.copytree(tiny_196, src, ignore=shutil.ignore_patterns("*.safetensors*"))
+    state = {name: torch.from_numpy(ref.load()).to(torch.float16)
+             for name, ref in open_checkpoint(tiny_196).tensors.items()}
+    torch.save(state, src / "pytorch_model.bin")
+    hub.add(REPO, src)
+    refused = cli(hub, tmp_path, "convert", REPO, "-o", "out")
+    assert refused.returncode == 2
+    assert "has pickle weights only (pytorch_model.bin)" in error_line(refused) and "--allow-pickle" in error_line(refused)
+    assert not hub.requests(REPO, "pytorch_model.bin") and not hub.requests(REPO, "pytorch_model.bin", "HEAD")
+    ok = cli(hub, tmp_path, "convert", REPO, "-o", "out", "--allow-pickle", "--json")
+    assert ok.returncode == 0, ok.stderr
+    assert len(hub.requests(REPO, "pytorch_model.bin")) == 1
+    assert (tmp_path / "out" / "Imp-v1.5-3B-196-F16.gguf").is_file()
