@@ -85,6 +85,7 @@ def convert_cmd(
         if not dry_run and result["mmproj_reused"]:
             log(f"reused {result['mmproj']} (same checkpoint, same {opts.recipe.mmproj_encoding} mmproj)")
         _card(result, outdir, card and not dry_run, json_out, quiet)
+        _show(result, json_out, quiet)
         _refuse_if_blocked(result)
         return
     plan = plan_conversion(ckpt, outdir, outtype=opts.outtype, force=force or dry_run, model_name=model_name,
@@ -105,20 +106,16 @@ def convert_cmd(
         task = bar.add_task("writing", total=total)
         result = run_conversion(plan, force=force, progress=lambda n: bar.advance(task, n))
     _card(result, outdir, card, json_out, quiet)
+    _show(result, json_out, quiet)
 
 
 def _card(result: dict, outdir: Path, wanted: bool, json_out: bool, quiet: bool) -> None:
-    """Show the result; with --card, first write the folder's card and Modelfile (in the JSON, or their
-    paths printed after the GGUFs')."""
-    if wanted and json_out:
+    """--card: the folder's card and Modelfile, once the GGUFs they describe exist (their paths printed,
+    or under "card" in the JSON)."""
+    if wanted:
         from imp_gguf.cli.card import write_and_show
 
-        result["card"] = write_and_show(outdir, json_out=True)
-    _show(result, json_out, quiet)
-    if wanted and not json_out:
-        from imp_gguf.cli.card import write_and_show
-
-        write_and_show(outdir, quiet=quiet)
+        result["card"] = write_and_show(outdir, json_out=json_out, quiet=quiet)
 
 
 def _with_revision(ckpt: str, revision: str | None) -> str:

@@ -201,7 +201,7 @@ def source(tiny_checkpoints: dict[str, Path], tmp_path: Path) -> Path:
 def test_folder_written_twice_stays_consistent(source: Path, tmp_path: Path) -> None:
     first = run("convert", str(source), "-o", "out", "--card", cwd=tmp_path)
     assert first.returncode == 0, first.stderr
-    assert first.stdout.splitlines()[-2:] == [f"wrote {Path('out') / 'README.md'}", f"wrote {Path('out') / 'Modelfile'}"]
+    assert {f"wrote {Path('out') / 'README.md'}", f"wrote {Path('out') / 'Modelfile'}"} <= set(first.stdout.splitlines())
     out = tmp_path / "out"
     card, mf = check_folder(out)
     assert modelfile_froms(mf) == ["Imp-v1.5-3B-196-F16.gguf", "mmproj-Imp-v1.5-3B-196-F16.gguf"]
