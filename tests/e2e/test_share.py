@@ -222,6 +222,8 @@ def test_folder_written_twice_stays_consistent(source: Path, tmp_path: Path) -> 
     assert result["card"]["recommended"] == "Imp-v1.5-3B-196-Q4_K_M.gguf"
     card, mf = check_folder(out)
     assert len(table_files(card)) == 4
+    fm = front_matter(card)  # now read from the quantized model: llama.cpp's quantizer kept the source keys
+    assert (fm["base_model"], fm["license"]) == ("MILVLG/Imp-v1.5-3B-196", "apache-2.0")
     assert modelfile_froms(mf) == ["Imp-v1.5-3B-196-Q4_K_M.gguf", "mmproj-Imp-v1.5-3B-196-Q8_0.gguf"]
     assert re.search(r"^\| `Imp-v1.5-3B-196-Q4_K_M.gguf` \| q4_k \(recommended\) \| Q4_K_M \|", card, re.M)
     assert re.search(r"^\| `mmproj-Imp-v1.5-3B-196-Q8_0.gguf` \| mmproj for `Imp-v1.5-3B-196-Q4_K_M.gguf` \|",
