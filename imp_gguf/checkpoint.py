@@ -20,6 +20,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from imp_gguf.errors import BadInput, ToolMissing
+from imp_gguf.hub import HUB_ID, HubSource, cache_source, is_cache_link
 from imp_gguf.safetensors_io import read_header
 
 PICKLE_NAMES = ("pytorch_model.bin", "pytorch_model.bin.index.json", "model.pt", "model.bin")
@@ -54,6 +55,7 @@ class Checkpoint:
     config: dict[str, Any]
     tensors: dict[str, TensorSource]
     weight_files: list[Path]
+    hub: HubSource | None = None  # repo and commit when root is a snapshot of the Hugging Face cache
 
     def file(self, relname: str) -> Path | None:
         """A file of the checkpoint by name, or None; refuses anything resolving outside the folder."""
@@ -69,6 +71,19 @@ class Checkpoint:
     @property
     def name(self) -> str:
         return self.root.name
+
+    def license(self) -> str | None:
+        """The license the checkpoint's model card states (`license:` in README.md's front matter), if any."""
+        path = self.file("README.md")
+        if path is None:
+            return None
+        front = re.match(r"---[ \t]*\r?\n(.*?)\r?\n---", path.read_text(encoding="utf-8", errors="replace")[:65536],
+                         re.S)
+        for line in front[1].splitlines() if front else []:
+            key, _, value = line.partition(":")
+            if key.strip() == "license" and value.strip():
+                return value.strip().strip("'\"")
+        return None
 
     def source_sha256(self) -> str:
         """A cheap identity of the checkpoint: config, tokenizer files and every safetensors header.
@@ -93,12 +108,13 @@ class Checkpoint:
 
 
 def safe_child(root: Path, relname: str) -> Path:
-    """Resolve relname inside root; refuse absolute paths, '..' escapes and symlinks leaving root."""
+    """Resolve relname inside root; refuse absolute paths, '..' escapes and symlinks leaving root,
+    except the Hugging Face cache's own links from a snapshot into its repo's blobs/ (hub.is_cache_link)."""
     if not relname or Path(relname).is_absolute():
         raise BadInput(f"refusing path {relname!r}: it must be relative to the checkpoint folder")
     root_r = root.resolve()
     target = (root / relname).resolve()
-    if target != root_r and root_r not in target.parents:
+    if target != root_r and root_r not in target.parents and not is_cache_link(root, relname):
         raise BadInput(f"refusing {relname!r}: it points outside the checkpoint folder")
     return target
 
@@ -158,15 +174,13 @@ def check_config(config: dict[str, Any], where: str = "config.json") -> None:
             raise BadInput(f"{where}: {key} must be {what}, not {json.dumps(value)[:40]}")
 
 
-HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?$")
-
-
-# What a hub download fetches: everything the converter reads, or (metadata_only) all but the weights.
-HUB_METADATA = ["*.json", "tokenizer.model", "*.txt", "*.jinja"]
+# What a hub download fetches: exactly the files the converter reads (never remote code), the model
+# card for its license, and the weights unless metadata_only; pickle weights only with allow_pickle.
+HUB_FILES = ["config.json", "model.safetensors.index.json", "README.md", *TOKENIZER_FILES]
 HUB_WEIGHTS = ["*.safetensors"]
 
 
-def resolve_source(spec: str, *, metadata_only: bool = False) -> Path:
+def resolve_source(spec: str, *, metadata_only: bool = False, allow_pickle: bool = False) -> Path:
     """A local folder, or a hub repo id (org/name[@revision]) fetched through huggingface_hub.
 
     A string that could be a relative path is read as one first: if it names no folder, the error says
@@ -181,20 +195,20 @@ def resolve_source(spec: str, *, metadata_only: bool = False) -> Path:
     missing = f"{spec}: no such checkpoint folder{_nearest(path)}"
     if not HUB_ID.match(spec) or spec.startswith((".", "/", "~")):
         raise BadInput(missing)
+    from imp_gguf.hub import download, verify_weights
+
     try:
-        from huggingface_hub import snapshot_download  # optional: only for hub ids
-    except ImportError as exc:
-        raise ToolMissing(f"{missing}; or, if you meant the hub repo {spec}: pip install huggingface_hub "
-                          "to download it") from exc
-    repo, _, rev = spec.partition("@")
-    patterns = HUB_METADATA if metadata_only else HUB_METADATA + HUB_WEIGHTS
-    try:
-        local = snapshot_download(repo, revision=rev or None, allow_patterns=patterns)
-    except Exception as exc:  # noqa: BLE001 - network/auth errors from the hub client vary widely
-        why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        local = download(spec, HUB_FILES if metadata_only else HUB_FILES + HUB_WEIGHTS)
+        if allow_pickle and not metadata_only and not any(local.glob("*.safetensors")):
+            local = download(spec, [*HUB_FILES, *PICKLE_NAMES])  # no safetensors: the opted-in pickle files
+    except BadInput as exc:
+        if not path.parent.is_dir() or path.parent == Path("."):
+            raise
+        # "models/X" next to an existing models/ folder is more likely a mistyped path than a hub repo
         raise BadInput(f"{missing}; or, if you meant the hub repo {spec}, check its name and the network "
-                       f"(download failed: {why})") from exc
-    return Path(local)
+                       f"({exc})") from exc
+    verify_weights(local)
+    return local
 
 
 def _nearest(path: Path) -> str:
@@ -213,19 +227,55 @@ def _nearest(path: Path) -> str:
 def open_checkpoint(spec: str | Path, *, allow_pickle: bool = False, metadata_only: bool = False) -> Checkpoint:
     """metadata_only (dry runs): a hub id is planned from its config, index, tokenizer and the safetensors
     headers read online; its weights are never downloaded (the tensors cannot be loaded)."""
-    root = resolve_source(str(spec), metadata_only=metadata_only)
+    root = resolve_source(str(spec), metadata_only=metadata_only, allow_pickle=allow_pickle)
     cfg_path = safe_child(root, "config.json")  # before any stat: a link leaving the folder is refused
     if not cfg_path.is_file():
         raise BadInput(f"{root}: no config.json (is this an Imp checkpoint folder?)")
     config = _load_json(cfg_path)
     check_config(config)
-    if metadata_only and not Path(str(spec)).expanduser().is_dir():
+    hub = cache_source(root)
+    remote = metadata_only and not Path(str(spec)).expanduser().is_dir() and hub is not None
+    if remote and not _weights_at_hand(root):
         from imp_gguf.hub import remote_tensors
 
-        tensors, files = remote_tensors(str(spec)), []
+        tensors, files = remote_tensors(hub, _shard_names(root)), []
     else:
-        tensors, files = _index_weights(root, allow_pickle)
-    return Checkpoint(root=root, config=config, tensors=tensors, weight_files=files)
+        try:
+            tensors, files = _index_weights(root, allow_pickle)
+        except BadInput as exc:
+            _pickle_only(hub, allow_pickle, exc)
+            raise
+    return Checkpoint(root=root, config=config, tensors=tensors, weight_files=files, hub=hub)
+
+
+def _pickle_only(hub: HubSource | None, allow_pickle: bool, exc: BadInput) -> None:
+    """A hub repo whose only weights are pickles was downloaded without them: say so, not "no weights"."""
+    from imp_gguf.hub import listed_files
+
+    pickles = [n for n in listed_files(hub) if n in PICKLE_NAMES] if hub and not allow_pickle else []
+    if pickles:
+        raise BadInput(f"{hub.repo} has pickle weights only ({', '.join(pickles)}), which are refused (they can "
+                       "run code): pass --allow-pickle to download them and load them with "
+                       "torch.load(weights_only=True)") from exc
+
+
+def _shard_names(root: Path) -> list[str]:
+    """The safetensors files an index names, or the single model.safetensors."""
+    index = safe_child(root, "model.safetensors.index.json")
+    if not index.is_file():
+        return ["model.safetensors"]
+    weight_map = _load_json(index).get("weight_map")
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+        raise BadInput("model.safetensors.index.json: no weight_map of shard names")
+    names = sorted(set(weight_map.values()))
+    for name in names:
+        safe_child(root, name)
+    return names
+
+
+def _weights_at_hand(root: Path) -> bool:
+    """Every weight file is already in the cache (an earlier full download): a dry run reads it there."""
+    return all((root / name).is_file() for name in _shard_names(root))
 
 
 def _index_weights(root: Path, allow_pickle: bool) -> tuple[dict[str, TensorSource], list[Path]]:

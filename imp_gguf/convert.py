@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from imp_gguf.checkpoint import Checkpoint, HUB_ID, open_checkpoint
+from imp_gguf.checkpoint import Checkpoint, open_checkpoint
+from imp_gguf.hub import HUB_ID
 from imp_gguf.errors import BadInput
 from imp_gguf.converters import detect_family
 from imp_gguf.converters.base import LMFamily, LMHparams
@@ -53,6 +54,7 @@ class ConversionPlan:
     def summary(self) -> dict[str, Any]:
         return {
             "checkpoint": str(self.ckpt.root),
+            "source": {"repo": self.ckpt.hub.repo, "commit": self.ckpt.hub.commit} if self.ckpt.hub else None,
             "variant": self.family.name,
             "variant_description": self.family.description,
             "arch": self.family.arch,
@@ -130,12 +132,12 @@ def plan_conversion(source: str | Path, outdir: str | Path, *, outtype: str = "f
 
 
 def _model_id(spec: str, ckpt: Checkpoint, override: str | None) -> str:
-    """--model-name, else the hub id given, else the config's own hub id when it names this folder
+    """--model-name, else the hub repo it was downloaded from, else the config's own hub id when it names this folder
     (it carries the organization for general.base_model.*), else the folder name."""
     if override:
         return override
-    if HUB_ID.match(spec) and not Path(spec).exists():
-        return spec
+    if ckpt.hub:  # a hub id, or a snapshot folder of the Hugging Face cache
+        return ckpt.hub.repo
     folder = ckpt.root.resolve().name
     own = ckpt.config.get("_name_or_path")
     if isinstance(own, str) and HUB_ID.match(own) and own.split("/")[-1].lower() == folder.lower():
@@ -155,11 +157,11 @@ def run_conversion(plan: ConversionPlan, *, force: bool = False,
 
     def lm_general(w: Any) -> None:
         add_general(w, ident, file_type=ftype, kind="model", variant=fam.name, source_sha256=sha,
-                    description=f"Imp language model ({fam.description}), converted by imp-gguf")
+                    hub=plan.ckpt.hub, license=plan.ckpt.license(), description=f"Imp language model ({fam.description}), converted by imp-gguf")
 
     def mm_general(w: Any) -> None:
         add_general(w, ident, file_type=ftype, kind="mmproj", variant=fam.name, source_sha256=sha,
-                    description=f"Imp vision tower (SigLIP, {vh.run_blocks} blocks, {vh.image_size} px) "
+                    hub=plan.ckpt.hub, license=plan.ckpt.license(), description=f"Imp vision tower (SigLIP, {vh.run_blocks} blocks, {vh.image_size} px) "
                                 "+ mlp2x_gelu projector, converted by imp-gguf")
 
     def defaults_kv(kind: str) -> Callable[[Any], None]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-pytest_plugins = ["tests.plugins.checkpoints", "tests.plugins.runtime_tools"]
+pytest_plugins = ["tests.plugins.checkpoints", "tests.plugins.runtime_tools", "tests.plugins.hub_server"]
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

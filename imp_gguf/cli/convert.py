@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Optional
 
@@ -13,7 +14,11 @@ from imp_gguf.convert import dry_run_result, plan_conversion, run_conversion
 HELP = """Convert an Imp checkpoint into two GGUF files that llama.cpp runs unchanged.
 
 CKPT is a local checkpoint folder (config.json, safetensors single or sharded, tokenizer files) or a hub repo id
-(MILVLG/Imp-v1.5-3B-196[@revision], needs huggingface_hub and network).
+(MILVLG/Imp-v1.5-3B-196[@revision]). A hub id is downloaded into the standard Hugging Face cache (shared with
+other tools, reused and resumed): only config, index, safetensors shards, tokenizer files and README.md, never
+remote code or pickle weights (those only with --allow-pickle); each shard is checked against the sha256 the hub
+advertises. HF_TOKEN, HF_ENDPOINT, HF_HOME and HF_HUB_OFFLINE=1 are honoured; download progress goes to stderr.
+A dry run on a hub id downloads no weights (it reads the shards' headers). The GGUFs record the repo and commit.
 
 Writes <Base>-<Size>-<ENC>.gguf (arch phi2, qwen2 or phi3, with the tokenizer and Imp's chat template) and
 mmproj-<Base>-<Size>-<ENC>.gguf (SigLIP + projector, arch clip). With --quant, only the recipe's files are kept;
@@ -49,6 +54,10 @@ def convert_cmd(
                                  help="Print the files the run would write (types, estimated sizes) and what would "
                                       "block it; write nothing."),
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
+    card: bool = typer.Option(False, "--card", help="Then write OUTDIR's model card and ollama Modelfile "
+                                                    "(`imp-gguf card OUTDIR`)."),
+    revision: Optional[str] = typer.Option(None, "--revision",
+                                           help="With a hub id: branch, tag or commit to download (default main)."),
     model_name: Optional[str] = typer.Option(None, "--model-name",
                                              help="Name for files and general.name (default: from CKPT)."),
     allow_pickle: bool = typer.Option(False, "--allow-pickle",
@@ -62,8 +71,11 @@ def convert_cmd(
 ) -> None:
     from imp_gguf.quant.recipes import resolve_convert_options
 
-    opts = resolve_convert_options(outtype=outtype, quant=quant, keep_intermediate=keep_intermediate)
     quiet = STATE["quiet"]  # -q/--quiet (a root option): only the output paths
+    ckpt = _with_revision(ckpt, revision)
+    if json_out or quiet:  # read by huggingface_hub when it is first imported (hub ids only)
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    opts = resolve_convert_options(outtype=outtype, quant=quant, keep_intermediate=keep_intermediate)
     if opts.recipe is not None:
         from imp_gguf.quant import convert_and_quantize
 
@@ -72,8 +84,9 @@ def convert_cmd(
                                           model_name=model_name, allow_pickle=allow_pickle, dry_run=dry_run,
                                           chat_template=chat_template, verbose=STATE["verbose"],
                                           progress=prog.advance, phase=prog.phase)
-        if not (dry_run or json_out) and result["mmproj_reused"]:
+        if not (dry_run or json_out or quiet) and result["mmproj_reused"]:
             info(f"reused {result['mmproj']} (same checkpoint, same {opts.recipe.mmproj_encoding} mmproj)")
+        _card(result, outdir, card and not dry_run, json_out, quiet)
         _show(result, json_out, quiet)
         _refuse_if_blocked(result)
         return
@@ -89,6 +102,7 @@ def convert_cmd(
     with progress(enabled=not json_out) as prog:
         prog.phase(f"writing {plan.outtype.upper()}", plan.lm_bytes + plan.mmproj_bytes)
         result = run_conversion(plan, force=force, progress=prog.advance)
+    _card(result, outdir, card, json_out, quiet)
     _show(result, json_out, quiet)
 
 
@@ -103,6 +117,28 @@ def _describe(summary: dict) -> None:
         info(f"  default: {key} = {d['value']} (not in config.json; from {d['from']})")
     for note in summary.get("notes") or []:
         info(f"  note: {note}")
+
+
+def _card(result: dict, outdir: Path, wanted: bool, json_out: bool, quiet: bool) -> None:
+    """--card: the folder's card and Modelfile, once the GGUFs they describe exist (their paths printed,
+    or under "card" in the JSON)."""
+    if wanted:
+        from imp_gguf.cli.card import write_and_show
+
+        result["card"] = write_and_show(outdir, json_out=json_out, quiet=quiet)
+
+
+def _with_revision(ckpt: str, revision: str | None) -> str:
+    """CKPT with --revision folded in as @REVISION (a folder cannot take one)."""
+    if revision is None:
+        return ckpt
+    from imp_gguf.errors import BadInput
+    from imp_gguf.hub import HUB_ID, split_spec
+
+    if Path(ckpt).expanduser().exists() or not HUB_ID.match(ckpt):
+        raise BadInput(f"--revision applies to a hub repo id, and {ckpt} is not one")
+    repo, rev = split_spec(ckpt, revision)
+    return f"{repo}@{rev}"
 
 
 def _show(result: dict, json_out: bool, quiet: bool) -> None:

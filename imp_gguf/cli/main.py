@@ -20,8 +20,8 @@ import warnings
 import typer
 
 from imp_gguf import __version__
-from imp_gguf.cli import (bench, bundle, convert, demo, evaluate, fixtures, inspect_cmd, recipes, run, runtime,
-                          verify)
+from imp_gguf.cli import (bench, bundle, card, convert, demo, evaluate, fixtures, inspect_cmd, recipes, run,
+                          runtime, verify)
 from imp_gguf.cli._common import STATE, err_console, hoist_flags, typer_factory
 from imp_gguf.errors import ImpGgufError, ToolMissing
 
@@ -52,7 +52,8 @@ app = typer_factory(
 )
 
 # Each module defines register(app). Order is the order shown in --help.
-COMMAND_MODULES = (convert, inspect_cmd, verify, recipes, evaluate, runtime, bundle, run, bench, demo, fixtures)
+COMMAND_MODULES = (convert, card, inspect_cmd, verify, recipes, evaluate, runtime, bundle, run, bench, demo,
+                   fixtures)
 
 
 def _version(value: bool) -> None:

@@ -52,7 +52,7 @@ def show_cmd(
 
 @sub.command("compare")
 def compare_cmd(
-    checkpoint: str = typer.Argument(..., help="Imp checkpoint folder."),
+    checkpoint: str = typer.Argument(..., help="Imp checkpoint folder or hub repo id (as for convert)."),
     recipes: Optional[str] = typer.Option(None, "--recipes", "-r", help="Comma-separated recipe names or "
                                           ".toml paths (default: every shipped recipe)."),
     out: Path = typer.Option(Path("recipe-compare"), "--outdir", "-o", help="Folder for the GGUFs and the report."),

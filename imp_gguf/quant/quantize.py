@@ -69,10 +69,8 @@ def quantize_file(src: Path, dst: Path, spec: QuantSpec, *, provenance: dict[str
 
 def identity_from_gguf(meta: dict[str, Any], fallback_name: str) -> ModelIdentity:
     """The naming identity written by the converter (general.*), so quantized names match the F16 ones."""
-    name = meta.get(Keys.General.NAME) or fallback_name
-    return ModelIdentity(model_id=name, name=name, basename=meta.get(Keys.General.BASENAME) or name,
-                         organization=meta.get(Keys.General.ORGANIZATION), finetune=meta.get(Keys.General.FINETUNE),
-                         version=meta.get(Keys.General.VERSION), size_label=meta.get(Keys.General.SIZE_LABEL) or "")
+    return ModelIdentity.from_id(meta.get(Keys.General.NAME) or fallback_name,
+                                 size=meta.get(Keys.General.SIZE_LABEL), organization=meta.get(Keys.General.ORGANIZATION))
 
 
 def check_types(path: Path, expected: list[TypeChoice]) -> None:

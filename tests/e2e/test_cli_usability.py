@@ -288,46 +288,6 @@ def test_missing_relative_path_is_a_missing_folder(tmp_path, monkeypatch, capsys
     assert "hub" not in one_error_line(capsys.readouterr().err)
 
 
-def test_hub_dry_run_fetches_no_weights(tmp_path, monkeypatch, capsys):
-    import fnmatch
-
-    import huggingface_hub
-
-    from imp_gguf.safetensors_io import read_header
-
-    fetched: list[str] = []
-
-    def snapshot_download(repo_id, revision=None, allow_patterns=None, **kw):
-        dst = tmp_path / "hub" / repo_id
-        dst.mkdir(parents=True, exist_ok=True)
-        for f in TINY.iterdir():
-            if any(fnmatch.fnmatch(f.name, p) for p in allow_patterns):
-                shutil.copy(f, dst / f.name)
-                fetched.append(f.name)
-        return str(dst)
-
-    class Info:
-        def __init__(self, ref):
-            self.dtype, self.shape = ref.dtype, list(ref.shape)
-
-    class Files:
-        def __init__(self, path):
-            self.tensors = {n: Info(r) for n, r in read_header(path).items()}
-
-    class Meta:
-        files_metadata = {p.name: Files(p) for p in TINY.glob("*.safetensors")}
-
-    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
-    monkeypatch.setattr(huggingface_hub, "get_safetensors_metadata", lambda repo, revision=None: Meta())
-    assert main(["convert", "MILVLG/Tiny-Imp-v1.5-56px", "-o", str(tmp_path / "o"), "--quant", "q4_k",
-                 "--dry-run", "--json"]) == 0
-    plan = json.loads(capsys.readouterr().out)
-    assert fetched and not [f for f in fetched if f.endswith(".safetensors")]
-    assert "model.safetensors.index.json" in fetched and "tokenizer.json" in fetched
-    assert plan["model"].endswith("Tiny-Imp-v1.5-2.9M-56px-Q4_K_M.gguf") and plan["lm_bytes"] > 1_000_000
-    assert plan["source_sha256"] is None  # no weights at hand to hash
-
-
 # ---------------------------------------------------------------- 8. one meaning per flag
 
 def _commands():

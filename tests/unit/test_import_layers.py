@@ -24,7 +24,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("convert",),
     ("runtime",),
     ("quant",),
-    ("bench",),
+    ("bench", "share"),
     ("reference", "fixtures"),
     ("tiny_imp",),
     ("demo",),
