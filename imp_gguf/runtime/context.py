@@ -14,6 +14,10 @@ from gguf import Keys
 CTX_ROUND = 256
 TEXT_BUDGET = 256  # question + chat template tokens, where the question is not known in advance (run.sh)
 GEN_BUDGET = 256  # generated tokens, where no limit is given (run.sh)
+# A conversation whose questions are not known in advance (run's interactive mode, chat.sh, serve.sh) is
+# sized for CHAT_TURNS turns of a typed question (CHAT_TEXT_BUDGET tokens with the template's) and an answer.
+CHAT_TURNS = 4
+CHAT_TEXT_BUDGET = 64
 
 
 def job_context(n_prompt: int, n_gen: int, round_to: int = CTX_ROUND) -> int:
@@ -35,8 +39,18 @@ def image_tokens(mmproj_meta: dict) -> int:
     return (size // patch) ** 2
 
 
-def run_context(mmproj: str | Path, question: str, max_tokens: int) -> int:
-    """The context `imp-gguf run` gives a question about one image."""
+def chat_context(n_image: int, n_gen: int = GEN_BUDGET, turns: int = CHAT_TURNS) -> int:
+    """Cells for a conversation about one image of `turns` typed questions, each answered in n_gen tokens."""
+    return job_context(n_image + turns * CHAT_TEXT_BUDGET, turns * n_gen)
+
+
+def run_context(mmproj: str | Path, questions: str | list[str] | None, max_tokens: int) -> int:
+    """The context `imp-gguf run` gives questions about one image, asked in turn (each answered in
+    max_tokens); None: questions typed one by one (chat_context)."""
     from imp_gguf.gguf_info import read_gguf_meta
 
-    return job_context(image_tokens(read_gguf_meta(mmproj)) + text_tokens_bound(question), max_tokens)
+    n_image = image_tokens(read_gguf_meta(mmproj))
+    if questions is None:
+        return chat_context(n_image, max_tokens)
+    qs = [questions] if isinstance(questions, str) else questions
+    return job_context(n_image + sum(text_tokens_bound(q) for q in qs), len(qs) * max_tokens)
