@@ -26,6 +26,21 @@ def job_context(n_prompt: int, n_gen: int, round_to: int = CTX_ROUND) -> int:
     return -(-need // round_to) * round_to
 
 
+def kv_cell_bytes(model_meta: dict, bytes_per_value: int = 2) -> int:
+    """Bytes one context cell takes in the KV cache (F16 by default): keys and values of every layer."""
+    arch = model_meta.get(Keys.General.ARCHITECTURE)
+
+    def n(key: str) -> int:
+        return int(model_meta.get(key.format(arch=arch)) or 0)
+
+    n_layer, n_embd = n(Keys.LLM.BLOCK_COUNT), n(Keys.LLM.EMBEDDING_LENGTH)
+    n_head = n(Keys.Attention.HEAD_COUNT) or 1
+    n_head_kv = n(Keys.Attention.HEAD_COUNT_KV) or n_head
+    head_k = n(Keys.Attention.KEY_LENGTH) or n_embd // n_head
+    head_v = n(Keys.Attention.VALUE_LENGTH) or n_embd // n_head
+    return n_layer * n_head_kv * (head_k + head_v) * bytes_per_value
+
+
 def text_tokens_bound(question: str, template_tokens: int = 64) -> int:
     """An upper bound of the text tokens of a question wrapped in a chat template, without a tokenizer:
     byte-level BPE and SentencePiece never emit more tokens than UTF-8 bytes (plus the template's)."""
