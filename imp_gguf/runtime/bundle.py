@@ -119,7 +119,7 @@ SERVE_SH = """\
 # usage: sh serve.sh [more llama-server options]
 # Listens on 127.0.0.1:${{IMP_PORT:-{port}}} (this device only). IMP_HOST=ADDRESS (numeric, e.g. 0.0.0.0 or
 # 192.168.1.5) listens there instead and then needs IMP_API_KEY: clients send "Authorization: Bearer KEY".
-# IMP_THREADS, IMP_CPU_MASK (hex; empty: no pinning) and IMP_CTX override the defaults.
+# IMP_THREADS, IMP_CPU_MASK (hex; empty: no pinning), IMP_CTX and IMP_MEM_MB override the defaults.
 set -eu
 host=127.0.0.1
 if [ -n "${{IMP_HOST:-}}" ]; then
@@ -144,6 +144,16 @@ for arg in "$@"; do
             exit 2 ;;
     esac
 done
+# Memory: at most IMP_MEM_MB (default {mem_mb}: the two model files, the KV cache, {reserve} MB for compute
+# buffers and the image being read) of data. A request that would need more, such as a small PNG that
+# decodes to gigabytes, then fails with an error instead of getting the server killed. 0: no limit.
+mem=${{IMP_MEM_MB:-{mem_mb}}}
+case "$mem" in
+    ''|*[!0-9]*) echo "$0: IMP_MEM_MB must be a number of MB, not '$mem'" >&2; exit 2 ;;
+esac
+if [ "$mem" -gt 0 ]; then
+    ulimit -S -d $((mem * 1024)) 2>/dev/null || echo "$0: note: this shell cannot limit memory (ulimit -d)" >&2
+fi
 cd "$(dirname "$0")"
 chmod +x bin/* 2>/dev/null || true
 {tuning}
@@ -198,7 +208,8 @@ Then, on the phone (adb forward tcp:{port} tcp:{port} reaches it from a PC):
   and only with a key (clients send -H 'Authorization: Bearer secret').\n  {webui}.
 Memory the server needs: about {total_mb} MB = the two model files ({files_mb} MB, read into memory)
   + the KV cache of {n_ctx} tokens ({kv_mb} MB) + {compute_reserve_mb} MB for compute buffers and the
-  photo being read. Requests beyond the one being answered wait in a queue.
+  photo being read. serve.sh holds it to that (IMP_MEM_MB): a photo that would need more is refused
+  with an error. Requests beyond the one being answered wait in a queue.
 """
 # imp-gguf builds llama.cpp offline (build.COMMON_DEFINES: LLAMA_BUILD_UI and LLAMA_USE_PREBUILT_UI off):
 # the web UI's assets come from npm or a download at build time, so llama-server answers / with 404.
@@ -262,14 +273,16 @@ def chat_script(model_name: str, mmproj_name: str, target: str = "linux-arm64", 
 
 
 def serve_script(model_name: str, mmproj_name: str, target: str = "linux-arm64", *, n_image: int = 729,
-                 profile: dict | None = None) -> str:
-    """serve.sh: the bundle's llama-server on loopback (elsewhere only with an API key), tuned as run.sh is."""
+                 profile: dict | None = None, mem_mb: int = 0) -> str:
+    """serve.sh: the bundle's llama-server on loopback (elsewhere only with an API key), tuned as run.sh is,
+    its data limited to mem_mb (memory_budget's total; 0: no limit)."""
     from imp_gguf.runtime.context import CHAT_TURNS, chat_context
 
     tuning, flags = _tuning(profile)
     return SERVE_SH.format(commit=LLAMA_CPP_COMMIT, target=target, model=shlex.quote(f"models/{model_name}"),
                            mmproj=shlex.quote(f"models/{mmproj_name}"), tuning=tuning, flags=flags,
-                           ctx=chat_context(n_image), turns=CHAT_TURNS, n_image=n_image, port=DEFAULT_PORT)
+                           ctx=chat_context(n_image), turns=CHAT_TURNS, n_image=n_image, port=DEFAULT_PORT,
+                           mem_mb=mem_mb, reserve=COMPUTE_RESERVE_MB)
 
 
 def memory_budget(model: Path, mmproj: Path, n_ctx: int) -> dict[str, int]:
@@ -332,10 +345,14 @@ def make_bundle(
         mm_meta = read_gguf_meta(mmproj)
         size, aspect = mmproj_image_spec(mm_meta, mmproj.name)
         n_image = image_tokens(mm_meta)
-        for name, script in (("run.sh", run_script), ("chat.sh", chat_script), ("serve.sh", serve_script)):
-            (tmp / name).write_text(script(model.name, mmproj.name, target, n_image=n_image, profile=profile))
-            os.chmod(tmp / name, 0o755)
         budget = memory_budget(model, mmproj, chat_context(n_image))
+        scripts = {"run.sh": run_script(model.name, mmproj.name, target, n_image=n_image, profile=profile),
+                   "chat.sh": chat_script(model.name, mmproj.name, target, n_image=n_image, profile=profile),
+                   "serve.sh": serve_script(model.name, mmproj.name, target, n_image=n_image, profile=profile,
+                                            mem_mb=budget["total_mb"])}
+        for name, text in scripts.items():
+            (tmp / name).write_text(text)
+            os.chmod(tmp / name, 0o755)
         (tmp / "README.txt").write_text(
             README.format(commit=LLAMA_CPP_COMMIT, target=target, name=out.name, model=model.name,
                           image_size=size, aspect=aspect, aspect_how=ASPECT_HOW[aspect].format(size=size))

@@ -85,7 +85,8 @@ def test_serve_sh_refuses_the_network_without_a_key(tmp_path: Path, tiny_pair: t
              ({"IMP_HOST": "phone.local", "IMP_API_KEY": "k"}, [], "numeric"),
              ({}, ["--host", "0.0.0.0"], "IMP_HOST"),
              ({}, ["--api-key", ""], "IMP_API_KEY"),
-             ({"IMP_PORT": "80; reboot"}, [], "IMP_PORT")]
+             ({"IMP_PORT": "80; reboot"}, [], "IMP_PORT"),
+             ({"IMP_MEM_MB": "lots"}, [], "IMP_MEM_MB")]
     for extra_env, args, needle in cases:
         proc = subprocess.run(["sh", str(res.folder / "serve.sh"), *args], env={**env, **extra_env},
                               capture_output=True, text=True, timeout=30)
