@@ -104,7 +104,15 @@ chmod +x bin/* 2>/dev/null || true
 {tuning}
 if [ -n "$IMP_CPU_MASK" ]; then set -- -C "$IMP_CPU_MASK" --cpu-strict 1 "$@"; fi
 # llama-mtmd-cli without -p chats: its first input line loads the image (/image), then each line is a turn.
-{{ printf '/image %s\\n' "$image"; cat; }} | ./bin/llama-mtmd-cli -m {model} --mmproj {mmproj} \\
+# On a terminal, keys go through one by one (no line buffering, no echo here) so that its own line editor
+# sees them as if it read the terminal itself, and the terminal is put back afterwards.
+if [ -t 0 ]; then
+    saved=$(stty -g)
+    trap 'stty "$saved"' EXIT
+    trap 'exit 130' INT TERM
+    stty -icanon -echo min 1
+fi
+{{ printf '/image %s\\n' "$image"; cat -u; }} | ./bin/llama-mtmd-cli -m {model} --mmproj {mmproj} \\
     -t "$IMP_THREADS" -c "${{IMP_CTX:-{ctx}}}" -n "${{IMP_MAX_TOKENS:-{gen_budget}}}" \\
     {flags}--temp 0 --jinja "$@"
 """

@@ -149,8 +149,10 @@ def test_chat_sh_answers_two_questions_from_stdin_under_qemu(arm_bundle: Path, t
                           input=f"{Q_SHAPE}\n{Q_COLOUR}\n", capture_output=True, text=True, timeout=600,
                           env={**os.environ, "IMP_THREADS": "2"})
     assert proc.returncode == 0, proc.stderr[-1500:]
-    turns = [t for t in proc.stdout.split("\n> ") if t.strip()]
-    answers = [line.strip() for t in turns for line in t.splitlines()[-1:] if line.strip()]
-    got = [a for a in answers if "loaded" not in a]
-    assert len(got) >= 2, proc.stdout
+    # stdout: the tool's prompts ("> "), its echo of each line read, and the answers.
+    text = proc.stdout.split("image loaded", 1)[1]
+    for q in (Q_SHAPE, Q_COLOUR):
+        text = text.replace(q, "")
+    got = [line.strip() for line in text.splitlines() if line.strip() not in ("", ">")]
+    assert len(got) == 2, proc.stdout
     assert is_correct(got[0], sc["shape"]) and is_correct(got[1], sc["colour"]), proc.stdout
