@@ -521,7 +521,7 @@ class BenchSession:
             self.log(f"{facts.path.name}: follow-up {label}")
             proc = dev.run(argv, timed=True, timeout=cfg.timeout, input=stdin)
             turns = parse_mtmd_chat(proc.stdout, proc.stderr)
-            if proc.returncode != 0 or len(turns) != 2:
+            if proc.returncode != 0 or len(turns) != 2 or any(t.total_ms is None for t in turns):
                 tail = (proc.stderr or proc.stdout or "").strip()[-400:]
                 raise InternalError(f"llama-mtmd-cli chat (exit {proc.returncode}) gave {len(turns)} of 2 turns on "
                                     f"{dev.label}: {tail}")

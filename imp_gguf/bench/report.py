@@ -60,8 +60,8 @@ def followup_columns(row: dict[str, Any]) -> dict[str, str]:
         "ratio": _span(row, "followup_ratio", ".3f"),
         "follow-up tokens": f"{row.get('followup_text_tokens')} + {row.get('n_gen')}",
         "paper rates: first s": _f(p.get("first_s")),
-        "follow-up s": _f(p.get("followup_s")),
-        "ratio ": _f(p.get("ratio"), ".3f"),
+        "paper: follow-up s": _f(p.get("followup_s")),
+        "paper: ratio": _f(p.get("ratio"), ".3f"),
     }
 
 

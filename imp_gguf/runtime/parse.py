@@ -240,7 +240,6 @@ class ChatTurn:
     """One question of llama-mtmd-cli's chat mode, from its log timestamps (µs since the tool started)."""
 
     start_us: int  # the input prompt ("> ") after which the question was read
-    end_us: int  # the next input prompt: the answer is complete
     vision_encode_ms: float | None = None  # an image encoded in this turn
     first_token_us: int | None = None
     last_token_us: int | None = None
@@ -248,8 +247,9 @@ class ChatTurn:
     text: str = ""
 
     @property
-    def total_ms(self) -> float:
-        return (self.end_us - self.start_us) / 1000.0
+    def total_ms(self) -> float | None:
+        """From reading the question to the answer's last piece (evaluation, image included, and decoding)."""
+        return None if self.last_token_us is None else (self.last_token_us - self.start_us) / 1000.0
 
     @property
     def ttft_ms(self) -> float | None:
@@ -268,27 +268,28 @@ class ChatTurn:
 
 def parse_mtmd_chat(stdout: str, stderr: str = "") -> list[ChatTurn]:
     """The question turns of llama-mtmd-cli's chat mode (no -p; `/image PATH` then questions on stdin), run
-    with `-lv 4 --log-timestamps --log-jsonl`. A turn runs from the input prompt it was read at to the next
-    one; its answer is the plain output (level "none") after the prompt was evaluated (the "\\n" that
-    eval_message prints last). A `/image` line makes no turn (it loads the image; the next question encodes it)."""
+    with `-lv 4 --log-timestamps --log-jsonl`. A turn starts at the input prompt its question was read at;
+    its answer is the plain output (level "none") after the prompt was evaluated (the "\n" eval_message
+    prints last) and before the next prompt. The log's last entries may be lost at exit (the logger is
+    asynchronous): the last turn then ends at the last piece the log kept. A `/image` line makes no turn."""
     entries = sorted((e for e in _entries(stdout) + _entries(stderr) if e[0] is not None), key=lambda e: e[0])
     prompts = [i for i, (_, level, msg) in enumerate(entries) if level == "none" and msg.strip() == ">"]
     turns = []
-    for a, b in zip(prompts, prompts[1:]):
+    for a, b in zip(prompts, [*prompts[1:], len(entries)]):
         seg = entries[a + 1:b]
         evaluated = next((j for j, (_, level, msg) in enumerate(seg) if level == "none" and msg == "\n"), None)
         if evaluated is None:
             continue
-        turn = ChatTurn(start_us=entries[a][0], end_us=entries[b][0])  # type: ignore[arg-type]
+        turn = ChatTurn(start_us=entries[a][0])  # type: ignore[arg-type]
         for _, _, msg in seg[:evaluated]:
             for rx in RE_ENCODE:
                 if (m := rx.search(msg)):
                     turn.vision_encode_ms = (turn.vision_encode_ms or 0.0) + float(m.group(1))
-        pieces = [(t, msg) for t, level, msg in seg[evaluated + 1:] if level == "none"]
-        if pieces and pieces[-1][1] == "\n":  # printed after an end-of-generation token, not a token itself
+        pieces = [(t, msg) for t, level, msg in seg[evaluated + 1:] if level == "none" and "llama_perf" not in msg]
+        while pieces and pieces[-1][1] in ("\n", "\n\n"):  # printed after the answer, not tokens
             pieces.pop()
         if pieces:
-            turn.first_token_us, turn.last_token_us = pieces[0][0], pieces[-1][0]
+            turn.first_token_us, turn.last_token_us = pieces[0][0], pieces[-1][0]  # type: ignore[assignment]
         turn.n_generated = len(pieces)
         turn.text = "".join(m for _, m in pieces)
         turns.append(turn)
