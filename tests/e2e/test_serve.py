@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from imp_gguf.runtime import build as rt
-from tests.plugins.serving import (Q_COLOUR, Q_SHAPE, answer, image_message, listening_addresses,
+from tests.plugins.serving import (Q_COLOUR, Q_SHAPE, answer, fake_tools, image_message, listening_addresses,
                                    non_loopback_address, qemu_shim, scene, serve)
 
 
@@ -49,14 +49,7 @@ def test_bundle_has_chat_and_server_beside_its_llama_server(tmp_path: Path, tiny
     both, with a curl request that sends an image, and the server's memory budget."""
     from imp_gguf.runtime.bundle import make_bundle
 
-    fake = tmp_path / "fake"
-    fake.mkdir()
-    tools = {}
-    for name in rt.TOOLS:
-        (fake / name).write_text("#!/bin/sh\n")
-        tools[name] = fake / name
-    model, mmproj = tiny_pair
-    res = make_bundle(tmp_path / "b", model=model, mmproj=mmproj, binaries=tools)
+    res = make_bundle(tmp_path / "b", model=tiny_pair[0], mmproj=tiny_pair[1], binaries=fake_tools(tmp_path, ""))
     for name in ("serve.sh", "chat.sh", "bin/llama-server", "bin/llama-mtmd-cli"):
         assert os.access(res.folder / name, os.X_OK), name
         assert subprocess.run(["sh", "-n", str(res.folder / name)]).returncode == 0
@@ -72,13 +65,8 @@ def test_serve_sh_refuses_the_network_without_a_key(tmp_path: Path, tiny_pair: t
     before anything starts (the fake llama-server would print its arguments)."""
     from imp_gguf.runtime.bundle import make_bundle
 
-    fake = tmp_path / "fake"
-    fake.mkdir()
-    tools = {}
-    for name in rt.TOOLS:
-        (fake / name).write_text('#!/bin/sh\necho "started $*"\n')
-        tools[name] = fake / name
-    res = make_bundle(tmp_path / "b", model=tiny_pair[0], mmproj=tiny_pair[1], binaries=tools)
+    res = make_bundle(tmp_path / "b", model=tiny_pair[0], mmproj=tiny_pair[1],
+                      binaries=fake_tools(tmp_path, 'echo "started $*"'))
     env = {k: v for k, v in os.environ.items() if k not in ("IMP_API_KEY", "IMP_HOST")}
     cases = [({"IMP_HOST": "0.0.0.0"}, [], "IMP_API_KEY"),
              ({"IMP_HOST": "127.0.0.1"}, [], "IMP_API_KEY"),

@@ -49,6 +49,20 @@ def qemu_shim(folder: Path, qemu: str = "qemu-aarch64") -> None:
         tool.chmod(0o755)
 
 
+def fake_tools(tmp: Path, body: str) -> dict[str, Path]:
+    """Stand-ins for every built tool (a sh script running `body`), for bundles whose scripts are tested
+    without llama.cpp."""
+    from imp_gguf.runtime.build import TOOLS
+
+    (tmp / "fake-tools").mkdir()
+    tools = {}
+    for name in TOOLS:
+        tools[name] = tmp / "fake-tools" / name
+        tools[name].write_text(f"#!/bin/sh\n{body}\n")
+        tools[name].chmod(0o755)
+    return tools
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
