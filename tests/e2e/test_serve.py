@@ -144,3 +144,54 @@ def test_chat_sh_answers_two_questions_from_stdin_under_qemu(arm_bundle: Path, t
     got = [line.strip() for line in text.splitlines() if line.strip() not in ("", ">")]
     assert len(got) == 2, proc.stdout
     assert is_correct(got[0], sc["shape"]) and is_correct(got[1], sc["colour"]), proc.stdout
+
+
+@pytest.mark.slow
+def test_chat_sh_on_a_terminal(tiny_pair: tuple[Path, Path], host_tools: dict[str, Path], tmp_path: Path) -> None:
+    """Typed on a terminal (host build, same script): each line shows once, both answers come, Ctrl-D ends
+    the chat and the terminal's settings are as they were."""
+    import pty
+    import select
+    import termios
+    import time
+
+    from imp_gguf.runtime.bundle import make_bundle
+
+    res = make_bundle(tmp_path / "host", model=tiny_pair[0], mmproj=tiny_pair[1], target="host", binaries=host_tools)
+    sc = scene()
+    image = tmp_path / "scene.png"
+    image.write_bytes(sc["png"])
+    leader, follower = pty.openpty()
+    before = termios.tcgetattr(follower)
+    proc = subprocess.Popen(["sh", str(res.folder / "chat.sh"), str(image), "-n", "16"], stdin=follower,
+                            stdout=follower, stderr=subprocess.DEVNULL, env={**os.environ, "IMP_THREADS": "2"},
+                            start_new_session=True)
+    out = b""
+
+    def read_until(needle: bytes, seconds: float) -> None:
+        nonlocal out
+        end = time.monotonic() + seconds
+        while needle not in out and time.monotonic() < end:
+            if select.select([leader], [], [], 0.2)[0]:
+                out += os.read(leader, 4096)
+
+    try:
+        read_until(b"image loaded", 120)
+        for q, want in ((Q_SHAPE, sc["shape"]), (Q_COLOUR, sc["colour"])):
+            mark = len(out)
+            for ch in q + "\n":  # as typed: one key at a time
+                os.write(leader, ch.encode())
+            read_until(want.encode(), 120)
+            assert want.encode() in out[mark:], out[mark:]
+            assert out[mark:].count(q.encode()) == 1  # echoed once, by llama-mtmd-cli's line editor
+        os.write(leader, b"\x04")
+        read_until(b"\n\n", 10)
+        os.write(leader, b"\n")  # the key that lets `cat` see its reader has gone
+        proc.wait(timeout=60)
+        assert proc.returncode == 0
+        assert termios.tcgetattr(follower) == before
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        os.close(leader)
+        os.close(follower)
