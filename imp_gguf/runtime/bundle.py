@@ -213,7 +213,8 @@ Then, on the phone (adb forward tcp:{port} tcp:{port} reaches it from a PC):
       {{"type": "text", "text": "What is in the image?"}}]}}]}}'
   Send the next question with the earlier messages and the answer appended: the server reuses them.
   IMP_PORT picks another port. IMP_HOST=0.0.0.0 IMP_API_KEY=secret sh serve.sh listens on the network,
-  and only with a key (clients send -H 'Authorization: Bearer secret').\n  {webui}.
+  and only with a key (clients send -H 'Authorization: Bearer secret').
+  {webui}.
 Memory the server needs: about {total_mb} MB = the two model files ({files_mb} MB, read into memory)
   + the KV cache of {n_ctx} tokens ({kv_mb} MB) + {compute_reserve_mb} MB for compute buffers and the
   photo being read. serve.sh holds it to that (IMP_MEM_MB): a photo that would need more is refused
