@@ -1,9 +1,12 @@
-"""The two benchmark protocols and the result rows.
+"""The benchmark protocols and the result rows.
 
 paper:       the Imp paper's Table 4 protocol (arXiv 2405.12107): one image, a fixed 41-token text
              prompt, 64 generated tokens (EOS ignored), greedy, model loading excluded. Runs
              llama-mtmd-cli and reads its own timing lines: T_VE (image encode), prompt tokens/s
              (text + image tokens), decode tokens/s, T_total = T_VE + prompt time + decode time.
+followup:    the paper protocol's question, then a follow-up about the same image in the same session
+             (llama-mtmd-cli's chat mode, questions on stdin, 64 tokens each): what each costs, their ratio,
+             and what the paper's 8 Gen 3 rates predict for both (the image is encoded once).
 llama-bench: `llama-bench -o json -p <text+image tokens> -n 64 -d <image tokens>`: pp and tg at a depth
              equal to the image-token count (text-only, no vision tower) and reports its rows.
 
@@ -42,7 +45,10 @@ PAPER_ROW = {
 PAPER_TEXT_TOKENS = 41
 PAPER_GEN_TOKENS = 64
 DEFAULT_TARGET_TPS = 13.0
-PROTOCOLS = ("paper", "llama-bench")
+PROTOCOLS = ("paper", "llama-bench", "followup")
+# The follow-up protocol's second question (about the image the first one described).
+FOLLOWUP_QUESTION = "Which object is the largest, and what colour is it?"
+FOLLOWUP_GOAL = 0.3  # follow-up total / first question's total (issue 23)
 FA = ("on", "off", "auto")
 KV = ("f16", "q8_0", "q4_0")
 
@@ -136,6 +142,19 @@ class TextCounter:
         segments = self.render(question).split(MEDIA_MARKER)
         n = sum(len(self.llm.tokenize(s.encode(), add_bos=False, special=True)) for s in segments if s)
         return n + (1 if self.facts.add_bos else 0)
+
+    def followup_count(self, question: str, followup: str, answer: str = "It is a photo.") -> int:
+        """Text tokens llama-mtmd-cli's chat mode evaluates for `followup` after `question` was answered:
+        the template's text after the conversation so far (common_chat_format_single's difference)."""
+        from imp_gguf.chat_templates import render
+
+        if not self.facts.chat_template:
+            return len(self.llm.tokenize(followup.encode(), add_bos=False, special=True))
+        past = [{"role": "user", "content": MEDIA_MARKER + question}, {"role": "assistant", "content": answer}]
+        before = render(self.facts.chat_template, past, add_generation_prompt=False)
+        after = render(self.facts.chat_template, [*past, {"role": "user", "content": followup}])
+        diff = ("\n" if before.endswith("\n") else "") + after[len(before):]
+        return len(self.llm.tokenize(diff.encode(), add_bos=False, special=True))
 
 
 def fit_question(counter: TextCounter, n_tokens: int = PAPER_TEXT_TOKENS, base: str = QUESTION) -> tuple[str, int]:
@@ -305,14 +324,18 @@ class BenchSession:
                 **self.cfg.tuning()}
 
     # -- protocol: paper
-    def run_paper(self, facts: ModelFacts) -> dict[str, Any]:
+    def _prepared_image(self, facts: ModelFacts) -> Path:
         from imp_gguf.images import load_image
 
-        cfg, dev = self.cfg, self.dev
-        src_img = cfg.image or photo_like(self.tmp / "default-image.png", 448, 336)
+        src_img = self.cfg.image or photo_like(self.tmp / "default-image.png", 448, 336)
         prepared = self.tmp / f"image-{facts.image_size}.png"
         # as Imp prepares it (padded if the mmproj says so, squash-resized): clip.cpp copies it unchanged
         load_image(src_img, facts.image_size, facts.image_aspect).save(prepared)
+        return prepared
+
+    def run_paper(self, facts: ModelFacts) -> dict[str, Any]:
+        cfg, dev = self.cfg, self.dev
+        prepared = self._prepared_image(facts)
         counter = TextCounter(facts)
         question, n_text = fit_question(counter, cfg.n_text)
         model_dev, mmproj_dev, image_dev = dev.stage(facts.path), dev.stage(facts.mmproj), dev.stage(prepared, "images", always=True)
@@ -474,12 +497,82 @@ class BenchSession:
             out.append(row)
         return out
 
+    # -- protocol: followup
+    def run_followup(self, facts: ModelFacts) -> dict[str, Any]:
+        """The paper protocol's question, then FOLLOWUP_QUESTION, in one llama-mtmd-cli chat session."""
+        from imp_gguf.runtime.parse import parse_mtmd_chat
+
+        cfg, dev = self.cfg, self.dev
+        prepared = self._prepared_image(facts)
+        counter = TextCounter(facts)
+        question, n_text = fit_question(counter, cfg.n_text)
+        n_new = counter.followup_count(question, FOLLOWUP_QUESTION)
+        model_dev, mmproj_dev, image_dev = dev.stage(facts.path), dev.stage(facts.mmproj), dev.stage(prepared, "images", always=True)
+        common = self.common(facts, model_dev)
+        n_ctx = job_context(n_text + facts.n_image_tokens + n_new, 2 * cfg.n_gen)
+        # no -p and no --image: the chat mode; the image is loaded by the first input line
+        argv = [dev.tools["llama-mtmd-cli"], "-m", model_dev, "--mmproj", mmproj_dev, "--jinja", "-n", str(cfg.n_gen),
+                "--ignore-eos", "--temp", "0", "--top-k", "1", "--seed", "0", "-t", str(self.threads),
+                "-c", str(n_ctx), *cfg.tuning_args(), "-lv", "4", "--log-timestamps", "--log-jsonl"]
+        stdin = f"/image {image_dev}\n{question}\n{FOLLOWUP_QUESTION}\n"
+        runs = []
+        for i in range(cfg.warmup + cfg.runs):
+            label = "warm-up" if i < cfg.warmup else f"run {i - cfg.warmup + 1}/{cfg.runs}"
+            self.log(f"{facts.path.name}: follow-up {label}")
+            proc = dev.run(argv, timed=True, timeout=cfg.timeout, input=stdin)
+            turns = parse_mtmd_chat(proc.stdout, proc.stderr)
+            if proc.returncode != 0 or len(turns) != 2 or any(t.total_ms is None for t in turns):
+                tail = (proc.stderr or proc.stdout or "").strip()[-400:]
+                raise InternalError(f"llama-mtmd-cli chat (exit {proc.returncode}) gave {len(turns)} of 2 turns on "
+                                    f"{dev.label}: {tail}")
+            if i >= cfg.warmup:
+                runs.append((turns, parse_time_v(proc.stderr)))
+        first = spread([t[0].total_ms / 1000 for t, _ in runs])
+        follow = spread([t[1].total_ms / 1000 for t, _ in runs])
+        ratio = spread([t[1].total_ms / t[0].total_ms for t, _ in runs])
+        predicted = followup_prediction(facts.n_image_tokens, n_text, n_new, cfg.n_gen)
+        r = _r(ratio["median"])
+        met = r is not None and r <= FOLLOWUP_GOAL
+        where = "device" if dev.is_aarch64_device else ("emulated, timings meaningless" if dev.emulated else "host")
+        return {**common, **self._row_base(facts), "n_ctx": n_ctx, "n_gen": cfg.n_gen, "n_text_tokens": n_text,
+                "question": question, "followup_question": FOLLOWUP_QUESTION, "followup_text_tokens": n_new,
+                "vision_encode_ms": _r(spread([t[0].vision_encode_ms for t, _ in runs])["median"], 1),
+                "followup_vision_encode_ms": _r(spread([t[1].vision_encode_ms or 0.0 for t, _ in runs])["median"], 1),
+                "first_total_s": _r(first["median"]), "first_total_s_min": _r(first["min"]),
+                "first_total_s_max": _r(first["max"]),
+                "followup_total_s": _r(follow["median"]), "followup_total_s_min": _r(follow["min"]),
+                "followup_total_s_max": _r(follow["max"]),
+                "followup_ratio": r, "followup_ratio_min": _r(ratio["min"]), "followup_ratio_max": _r(ratio["max"]),
+                "ttft_ms": _r(spread([t[0].ttft_ms for t, _ in runs])["median"], 1),
+                "followup_ttft_ms": _r(spread([t[1].ttft_ms for t, _ in runs])["median"], 1),
+                "decode_tps": _r(spread([t[0].decode_tps for t, _ in runs])["median"]),
+                "followup_decode_tps": _r(spread([t[1].decode_tps for t, _ in runs])["median"]),
+                "peak_rss_mb": _r(spread([m for _, m in runs])["median"], 1),
+                "paper_prediction": predicted, "followup_goal": FOLLOWUP_GOAL, "followup_goal_met": met,
+                "verdict": f"follow-up x{r} of the first question ({where}; goal <= {FOLLOWUP_GOAL}: "
+                           f"{'met' if met else 'missed'}); the paper's 8 Gen 3 rates predict x{predicted['ratio']}",
+                "passed": None, "runs": len(runs), "warmup_runs": cfg.warmup, "command": argv, "stdin": stdin,
+                "runs_detail": [{"turns": [t.to_dict() | {"text": None} for t in turns], "peak_rss_mb": m}
+                                for turns, m in runs]}
+
     def run(self, facts: ModelFacts) -> list[dict[str, Any]]:
+        if self.cfg.protocol == "followup":
+            return [self.run_followup(facts)]
         if self.cfg.protocol == "paper":
             return [self.run_paper(facts)]
         if self.cfg.protocol == "llama-bench":
             return self.run_llama_bench(facts)
         raise BadInput(f"--protocol must be one of {', '.join(PROTOCOLS)}")
+
+
+def followup_prediction(n_image: int, n_text: int, n_new: int, n_gen: int) -> dict[str, Any]:
+    """What the paper's 8 Gen 3 rates (PAPER_ROW) give a first question (image encode, image + text prefill,
+    n_gen decoded) and a follow-up that reuses the image (its n_new text tokens prefilled, n_gen decoded)."""
+    p = PAPER_ROW
+    first = p["vision_encode_s"] + (n_image + n_text) / p["prompt_tps"] + n_gen / p["decode_tps"]
+    follow = n_new / p["prompt_tps"] + n_gen / p["decode_tps"]
+    return {"source": p["source"], "first_s": round(first, 2), "followup_s": round(follow, 2),
+            "ratio": round(follow / first, 3)}
 
 
 def paper_comparison(row: dict[str, Any]) -> dict[str, Any]:

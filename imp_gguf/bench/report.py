@@ -49,12 +49,31 @@ def columns(row: dict[str, Any]) -> dict[str, str]:
     }
 
 
+def followup_columns(row: dict[str, Any]) -> dict[str, str]:
+    """One row of the follow-up protocol's table: measured, then what the paper's rates predict."""
+    p = row.get("paper_prediction") or {}
+    return {
+        "model": row.get("model_filename", "?"),
+        "T_VE s": _span(row, "vision_encode_ms", ".2f", 1e-3) if row.get("vision_encode_ms") is not None else "-",
+        "first s": _span(row, "first_total_s"),
+        "follow-up s": _span(row, "followup_total_s"),
+        "ratio": _span(row, "followup_ratio", ".3f"),
+        "follow-up tokens": f"{row.get('followup_text_tokens')} + {row.get('n_gen')}",
+        "paper rates: first s": _f(p.get("first_s")),
+        "paper: follow-up s": _f(p.get("followup_s")),
+        "paper: ratio": _f(p.get("ratio"), ".3f"),
+    }
+
+
 def print_table(rows: list[dict[str, Any]], console: Any) -> None:
     from rich.table import Table
 
     if not rows:
         return
     r0 = rows[0]
+    if r0.get("protocol") == "followup":
+        _print_followup(rows, console)
+        return
     title = (f"imp-gguf bench ({r0.get('protocol')}) on {r0.get('device')}, {r0.get('n_threads')} threads, "
              f"llama.cpp {r0.get('build_commit') or '?'}")
     table = Table(title=title, title_justify="left")
@@ -127,3 +146,25 @@ def write_json(rows: list[dict[str, Any]], path: Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(rows, indent=2, default=str) + "\n")
     tmp.replace(path)
+
+
+def _print_followup(rows: list[dict[str, Any]], console: Any) -> None:
+    from rich.table import Table
+
+    r0 = rows[0]
+    table = Table(title=f"imp-gguf bench (followup: a second question about the same image, same session) on "
+                        f"{r0.get('device')}, {r0.get('n_threads')} threads, llama.cpp {r0.get('build_commit') or '?'}",
+                  title_justify="left")
+    cols = list(followup_columns(r0))
+    for c in cols:
+        table.add_column(c, justify="left" if c == "model" else "right", overflow="fold")
+    for r in rows:
+        table.add_row(*followup_columns(r).values())
+    old_width = console.width
+    console.width = max(old_width, 170)
+    try:
+        console.print(table)
+    finally:
+        console.width = old_width
+    for r in rows:
+        console.print(f"{r['model_filename']}: {r.get('verdict')}", markup=False, highlight=False, soft_wrap=True)

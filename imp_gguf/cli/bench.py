@@ -27,7 +27,9 @@ def bench_cmd(
                                           help="Threads (default: all cores, minus 2 on 8+ cores)."),
     runs: int = typer.Option(5, "--runs", "-r", help="Measured runs (after one discarded warm-up)."),
     target_tps: float = typer.Option(13.0, "--target-tps", help="Decode tokens/s a device must reach."),
-    protocol: str = typer.Option("paper", "--protocol", help="paper (llama-mtmd-cli, Table 4) | llama-bench"),
+    protocol: str = typer.Option("paper", "--protocol",
+                                 help="paper (llama-mtmd-cli, Table 4) | llama-bench | followup (paper, then a "
+                                      "second question about the same image in the same session)"),
     out_file: Path = typer.Option(None, "--out", help="Write the rows (a llama-bench JSON superset) to this file."),
     json_out: bool = typer.Option(False, "--json", help="Print the rows as JSON on stdout instead of the table."),
     chart: Path = typer.Option(None, "--chart",
@@ -65,7 +67,9 @@ def bench_cmd(
 
     --protocol paper reproduces the Imp paper's Table 4 (41 text tokens + one image, 64 generated tokens,
     greedy) with llama-mtmd-cli and compares with its Snapdragon 8 Gen 3 row; --protocol llama-bench runs
-    llama-bench -p <text+image> -n 64 -d <image tokens>. Several --model options are benched in one
+    llama-bench -p <text+image> -n 64 -d <image tokens>; --protocol followup asks the paper's question, then
+    a second one about the same image in the same llama-mtmd-cli chat (the image encoded once), and reports
+    both totals, their ratio and what the paper's 8 Gen 3 rates predict for them. Several --model options are benched in one
     session and charted together. --sweep threads=2,4,6,8 fa=on,off mask=big,none runs the paper protocol
     per configuration, prints a table (--json: rows, sweep, profile) and writes the best as a device
     profile for `bundle --profile`. Without --threads or --cpu-mask, adb and ssh devices get their SoC's

@@ -23,7 +23,8 @@ def bundle_cmd(
                                  help="Device profile from `bench --sweep`: its threads, CPU mask and flags go "
                                       "into run.sh (default: the SoC table, chosen on the phone)."),
 ) -> None:
-    """Write a folder + tarball with the static tools, the models and run.sh, for adb push or Termux.
+    """Write a folder + tarball with the static tools, the models, run.sh, chat.sh and serve.sh, for adb push or
+    Termux.
 
     MODEL and MMPROJ are checked first: a language model and its own mmproj (same width, same checkpoint).
     """
@@ -43,7 +44,7 @@ def bundle_cmd(
     else:
         echo(f"wrote {result.folder}/")
         echo(f"wrote {result.tarball}")
-        info('on the phone: sh run.sh IMAGE "QUESTION" (see README.txt in the bundle)')
+        info('on the phone: sh run.sh IMAGE "QUESTION", sh chat.sh IMAGE, sh serve.sh (see README.txt in the bundle)')
 
 
 def register(app: typer.Typer) -> None:

@@ -189,20 +189,25 @@ class Session:
             mt.mtmd_input_chunks_free(chunks)
         raise BadInput("prompt produced no image chunk")
 
-    def eval_prompt(self, prompt: str, images: list[str | Path] = ()) -> np.ndarray:
-        """Evaluate a formatted prompt (with one media marker per image); returns the last logits."""
+    def eval_prompt(self, prompt: str, images: list[str | Path] = (), *, keep: bool = False) -> np.ndarray:
+        """Evaluate a formatted prompt (with one media marker per image); returns the last logits.
+
+        keep=False starts from an empty context (BOS added as the model asks); keep=True appends to what
+        the context holds (a conversation's next turn: no BOS, the earlier turns' KV reused)."""
         llama_cpp, mt, llm = self._llama_cpp, self._mtmd, self.llm
-        llm.reset()
-        llm._ctx.kv_cache_clear()
-        self.last_timings = {"encode_ms": 0.0, "prefill_ms": 0.0}
+        if not keep:
+            llm.reset()
+            llm._ctx.kv_cache_clear()
+        self.last_timings = {"encode_ms": 0.0, "prefill_ms": 0.0, "cached_tokens": llm.n_tokens}
         if not images:
-            toks = self.tokenize(prompt, add_special=True)
+            toks = self.tokenize(prompt, add_special=not keep)
+            self._check_room(len(toks))
             t0 = time.perf_counter()
             llm.eval(toks)
             self.last_timings["prefill_ms"] = (time.perf_counter() - t0) * 1e3
             self.last_timings["prompt_tokens"] = len(toks)
             return np.array(llm.scores[llm.n_tokens - 1], dtype=np.float32)
-        chunks = self._chunks(prompt, list(images))
+        chunks = self._chunks(prompt, list(images), add_special=not keep)
         n_tokens = 0
         try:
             for i in range(mt.mtmd_input_chunks_size(chunks)):
@@ -211,14 +216,14 @@ class Session:
                     n = ctypes.c_size_t()
                     ptr = mt.mtmd_input_chunk_get_tokens_text(chunk, ctypes.byref(n))
                     toks = [ptr[j] for j in range(n.value)]
+                    self._check_room(len(toks))
                     t0 = time.perf_counter()
                     llm.eval(toks)
                     self.last_timings["prefill_ms"] += (time.perf_counter() - t0) * 1e3
                     n_tokens += len(toks)
                 else:
                     n_img = mt.mtmd_input_chunk_get_n_tokens(chunk)
-                    if llm.n_tokens + n_img > llm.n_ctx():
-                        raise BadInput(f"prompt needs {llm.n_tokens + n_img} tokens; context is {llm.n_ctx()}")
+                    self._check_room(n_img)
                     new_past = llama_cpp.llama_pos(0)
                     t0 = time.perf_counter()
                     rc = mt.mtmd_helper_eval_chunk_single(self.mtmd_ctx, llm._ctx.ctx, chunk,
@@ -236,16 +241,24 @@ class Session:
         self.last_timings["prompt_tokens"] = n_tokens
         return np.array(llm.scores[llm.n_tokens - 1], dtype=np.float32)
 
+    def _check_room(self, n_new: int) -> None:
+        if self.llm.n_tokens + n_new > self.llm.n_ctx():
+            raise BadInput(f"the prompt needs {self.llm.n_tokens + n_new} tokens; the context holds {self.llm.n_ctx()}")
+
     def generate(self, prompt: str, images: list[str | Path] = (), *, max_tokens: int = 64,
-                 on_text: Callable[[str], None] | None = None) -> str:
+                 on_text: Callable[[str], None] | None = None, keep: bool = False) -> str:
         """Greedy decoding until an end-of-generation token; streams text pieces to on_text."""
-        logits = self.eval_prompt(prompt, images)
+        return self.decode(self.eval_prompt(prompt, images, keep=keep), max_tokens=max_tokens, on_text=on_text)
+
+    def decode(self, logits: np.ndarray, *, max_tokens: int = 64, on_text: Callable[[str], None] | None = None) -> str:
+        """Greedy decoding from `logits` (the prompt's last); every token but a final end-of-generation one
+        is evaluated, so the context then holds the prompt and the answer. Stops early when it is full."""
         out: list[int] = []
         shown = ""
         t0 = time.perf_counter()
         for _ in range(max_tokens):
             tok = int(np.argmax(logits))
-            if self.is_eog(tok):
+            if self.is_eog(tok) or self.llm.n_tokens >= self.llm.n_ctx():
                 break
             out.append(tok)
             text = self.detokenize(out)
@@ -265,3 +278,47 @@ class Session:
     def chat_prompt(self, question: str, *, image: bool = True) -> str:
         content = f"{MEDIA_MARKER}\n{question}" if image else question
         return render(self.chat_template, [{"role": "user", "content": content}])
+
+
+class Conversation:
+    """Questions about one image as turns of one chat, in one context: the image is encoded and prefilled
+    by the first turn only; each later turn evaluates just the text the chat template adds (the end of
+    the previous answer, the new question, the assistant's cue) on top of the KV the earlier turns left.
+
+    `text` is exactly what the context holds, as text: the rendered conversation so far plus the answers
+    as generated. A turn renders the whole conversation again and evaluates what follows `text`."""
+
+    def __init__(self, session: Session, image: str | Path) -> None:
+        self.session, self.image = session, image
+        self.messages: list[dict] = []
+        self._pending: list[dict] = []
+        self.text = ""
+
+    def feed(self, question: str) -> np.ndarray:
+        """Evaluate the next turn's prompt for `question`; returns the logits of the answer's first token
+        (session.last_timings: this turn's prompt figures). `answer` then generates it."""
+        first = not self.messages
+        content = f"{MEDIA_MARKER}\n{question}" if first else question
+        self._pending = [*self.messages, {"role": "user", "content": content}]
+        full = render(self.session.chat_template, self._pending)
+        if first or not full.startswith(self.text):
+            # First turn, or a template that renders earlier turns differently once more follow (then the
+            # context cannot be continued): evaluate everything, image included, from an empty context.
+            logits = self.session.eval_prompt(full, [self.image])
+        else:
+            logits = self.session.eval_prompt(full[len(self.text):], keep=True)
+        self.text = full
+        return logits
+
+    def answer(self, logits: np.ndarray, *, max_tokens: int = 64,
+               on_text: Callable[[str], None] | None = None) -> str:
+        answer = self.session.decode(logits, max_tokens=max_tokens, on_text=on_text)
+        # The assistant's content as the template will render it next turn: the template puts its own
+        # separator (a space, a newline) before it.
+        self.messages = [*self._pending, {"role": "assistant", "content": answer.strip()}]
+        self.text += answer
+        return answer
+
+    def ask(self, question: str, *, max_tokens: int = 64, on_text: Callable[[str], None] | None = None) -> str:
+        """The greedy answer to `question`; session.last_timings holds this turn's figures."""
+        return self.answer(self.feed(question), max_tokens=max_tokens, on_text=on_text)

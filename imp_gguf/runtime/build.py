@@ -29,7 +29,8 @@ from imp_gguf.runtime.source import Source, cache_dir, ensure_source, file_lock
 TARGETS = ("host", "linux-arm64", "android-arm64", "termux")
 BUILT_TARGETS = ("host", "linux-arm64", "android-arm64")
 TOOLS = ("llama-mtmd-cli", "llama-bench", "llama-quantize", "llama-server", "llama-perplexity")
-# A device (bench, phone) gets the rest pushed; quantizing and serving happen on this machine.
+# What `bench` pushes to a device: not the quantizer (it runs here) nor the server (no protocol uses it;
+# the phone bundle ships every tool, llama-server for its serve.sh included).
 HOST_ONLY_TOOLS = ("llama-quantize", "llama-server")
 DEVICE_TOOLS = tuple(t for t in TOOLS if t not in HOST_ONLY_TOOLS)
 # Snapdragon 8 Gen 3 (Cortex-X4/A720/A520, Armv9.2) has all of these; i8mm and dotprod select the

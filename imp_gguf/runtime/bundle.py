@@ -23,7 +23,7 @@ from imp_gguf.images import mmproj_image_spec
 from imp_gguf.pair import check_pair
 from imp_gguf.pins import LLAMA_CPP_COMMIT, LLAMA_CPP_PYTHON_VERSION
 from imp_gguf.runtime.build import where
-from imp_gguf.runtime.context import image_tokens
+from imp_gguf.runtime.context import chat_context, image_tokens
 from imp_gguf.runtime.source import file_sha256
 
 RUN_SH = """\
@@ -75,6 +75,112 @@ PROFILE_TUNING = """\
 IMP_THREADS=${{IMP_THREADS:-{threads}}}
 IMP_CPU_MASK=${{IMP_CPU_MASK-{mask}}}"""
 
+CHAT_SH = """\
+#!/bin/sh
+# Chat about one image with the bundled Imp model (llama.cpp {commit}, target {target}): type a question,
+# read the answer, ask a follow-up; the image is encoded once and the conversation stays in the context
+# ({ctx} tokens: the image's {n_image}, then about {turns} questions and answers). /clear forgets it,
+# /quit or Ctrl-D ends. Questions may also come from a pipe, one per line.
+# usage: sh chat.sh IMAGE [more llama-mtmd-cli options]
+# IMP_THREADS, IMP_CPU_MASK (hex; empty: no pinning), IMP_CTX and IMP_MAX_TOKENS override the defaults.
+set -eu
+if [ "$#" -lt 1 ]; then
+    echo "usage: $0 IMAGE [more llama-mtmd-cli options]" >&2
+    exit 2
+fi
+case "$1" in
+    /*) image=$1 ;;
+    *) image=$(pwd)/$1 ;;
+esac
+shift
+if [ ! -f "$image" ]; then
+    echo "$0: no such image: $image" >&2
+    exit 2
+fi
+case "$image" in *"
+"*) echo "$0: the image path holds a line break: rename the file" >&2; exit 2 ;; esac
+cd "$(dirname "$0")"
+chmod +x bin/* 2>/dev/null || true
+{tuning}
+if [ -n "$IMP_CPU_MASK" ]; then set -- -C "$IMP_CPU_MASK" --cpu-strict 1 "$@"; fi
+# llama-mtmd-cli without -p chats: its first input line loads the image (/image), then each line is a turn.
+# On a terminal, keys go through one by one (no line buffering, no echo here) so that its own line editor
+# sees them as if it read the terminal itself, and the terminal is put back afterwards.
+if [ -t 0 ]; then
+    saved=$(stty -g)
+    trap 'stty "$saved"' EXIT
+    trap 'exit 130' INT TERM
+    stty -icanon -echo min 1
+fi
+{{ printf '/image %s\\n' "$image"; cat -u; }} | ./bin/llama-mtmd-cli -m {model} --mmproj {mmproj} \\
+    -t "$IMP_THREADS" -c "${{IMP_CTX:-{ctx}}}" -n "${{IMP_MAX_TOKENS:-{gen_budget}}}" \\
+    {flags}--temp 0 --jinja "$@"
+"""
+
+SERVE_SH = """\
+#!/bin/sh
+# Serve the bundled Imp model over HTTP (llama.cpp {commit}, target {target}): OpenAI-style
+# POST /v1/chat/completions with images (image_url parts, base64 data URIs), GET /health, and llama.cpp's
+# web UI at / when the build embeds one. One conversation at a time (one slot; more requests wait their
+# turn); prompt caching keeps the conversation, image included, so a follow-up evaluates only its new text.
+# Context: {ctx} tokens (the image's {n_image}, then about {turns} questions and answers).
+# usage: sh serve.sh [more llama-server options]
+# Listens on 127.0.0.1:${{IMP_PORT:-{port}}} (this device only). IMP_HOST=ADDRESS (numeric, e.g. 0.0.0.0 or
+# 192.168.1.5) listens there instead and then needs IMP_API_KEY: clients send "Authorization: Bearer KEY".
+# IMP_THREADS, IMP_CPU_MASK (hex; empty: no pinning), IMP_CTX and IMP_MEM_MB override the defaults.
+set -eu
+host=127.0.0.1
+if [ -n "${{IMP_HOST:-}}" ]; then
+    if [ -z "${{IMP_API_KEY:-}}" ]; then
+        echo "$0: IMP_HOST=$IMP_HOST listens beyond this device: set IMP_API_KEY too" >&2
+        exit 2
+    fi
+    case "$IMP_HOST" in
+        *[!0-9A-Fa-f.:]*) echo "$0: IMP_HOST must be a numeric address: the static server cannot look names up" >&2
+                          exit 2 ;;
+    esac
+    host=$IMP_HOST
+fi
+port=${{IMP_PORT:-{port}}}
+case "$port" in
+    ''|*[!0-9]*) echo "$0: IMP_PORT must be a port number, not '$port'" >&2; exit 2 ;;
+esac
+for arg in "$@"; do
+    case "$arg" in
+        --host|--host=*|--port|--port=*|--api-key*)
+            echo "$0: set IMP_HOST, IMP_PORT and IMP_API_KEY instead of $arg" >&2
+            exit 2 ;;
+    esac
+done
+# Memory: at most IMP_MEM_MB (default {mem_mb}: the two model files, the KV cache, {reserve} MB for compute
+# buffers and the image being read) of data. A request that would need more, such as a small PNG that
+# decodes to gigabytes, then fails with an error instead of getting the server killed. 0: no limit.
+mem=${{IMP_MEM_MB:-{mem_mb}}}
+case "$mem" in
+    ''|*[!0-9]*) echo "$0: IMP_MEM_MB must be a number of MB, not '$mem'" >&2; exit 2 ;;
+esac
+if [ "$mem" -gt 0 ]; then
+    ulimit -S -d $((mem * 1024)) 2>/dev/null || echo "$0: note: this shell cannot limit memory (ulimit -d)" >&2
+fi
+cd "$(dirname "$0")"
+chmod +x bin/* 2>/dev/null || true
+{tuning}
+if [ -n "$IMP_CPU_MASK" ]; then set -- -C "$IMP_CPU_MASK" --cpu-strict 1 "$@"; fi
+# The key reaches llama-server through its own variable for --api-key, LLAMA_API_KEY, so that it is not
+# on the command line for `ps` to show; without IMP_API_KEY no key is set (loopback only, as checked above).
+if [ -n "${{IMP_API_KEY:-}}" ]; then
+    LLAMA_API_KEY=$IMP_API_KEY
+    export LLAMA_API_KEY
+else
+    unset LLAMA_API_KEY
+fi
+# -np 1: one slot (others queue); --cache-ram 0: no second, host-memory prompt cache beside the slot's
+# KV, so memory stays at the budget README.txt states.
+exec ./bin/llama-server -m {model} --mmproj {mmproj} --jinja \\
+    --host "$host" --port "$port" -t "$IMP_THREADS" -c "${{IMP_CTX:-{ctx}}}" -np 1 \\
+    --cache-prompt --cache-ram 0 {flags}--temp 0 "$@"
+"""
+
 README = """\
 Imp on llama.cpp {commit} ({target}), made by imp-gguf.
 
@@ -95,6 +201,33 @@ ASPECT_HOW = {
 }
 
 
+README_CHAT = """
+Conversations (one photo, several questions; the image is encoded once):
+  sh chat.sh ~/photo.jpg                 # type questions, one per line; /quit ends
+  sh serve.sh                            # a local server for apps, on 127.0.0.1:{port}
+Then, on the phone (adb forward tcp:{port} tcp:{port} reaches it from a PC):
+  img=$(base64 < photo.jpg | tr -d '\\n')
+  curl -s http://127.0.0.1:{port}/v1/chat/completions -H 'Content-Type: application/json' -d '{{
+    "messages": [{{"role": "user", "content": [
+      {{"type": "image_url", "image_url": {{"url": "data:image/jpeg;base64,'"$img"'"}}}},
+      {{"type": "text", "text": "What is in the image?"}}]}}]}}'
+  Send the next question with the earlier messages and the answer appended: the server reuses them.
+  IMP_PORT picks another port. IMP_HOST=0.0.0.0 IMP_API_KEY=secret sh serve.sh listens on the network,
+  and only with a key (clients send -H 'Authorization: Bearer secret').
+  {webui}.
+Memory the server needs: about {total_mb} MB = the two model files ({files_mb} MB, read into memory)
+  + the KV cache of {n_ctx} tokens ({kv_mb} MB) + {compute_reserve_mb} MB for compute buffers and the
+  photo being read. serve.sh holds it to that (IMP_MEM_MB): a photo that would need more is refused
+  with an error. Requests beyond the one being answered wait in a queue.
+"""
+# imp-gguf builds llama.cpp offline (build.COMMON_DEFINES: LLAMA_BUILD_UI and LLAMA_USE_PREBUILT_UI off):
+# the web UI's assets come from npm or a download at build time, so llama-server answers / with 404.
+WEBUI = ("No web UI at /: llama.cpp fetches its assets at build time and imp-gguf builds offline;\n"
+         "  use the API or any OpenAI-compatible app")
+DEFAULT_PORT = 8080
+COMPUTE_RESERVE_MB = 768  # measured: the 3B Q4_K_M at 196 px served within files + KV + 512 MB on 2 cores; phones run more threads
+
+
 @dataclass
 class BundleResult:
     folder: Path
@@ -102,23 +235,29 @@ class BundleResult:
     manifest: dict
 
 
+def _tuning(profile: dict | None) -> tuple[str, str]:
+    """(shell lines setting IMP_THREADS and IMP_CPU_MASK, quoted extra flags) for the launchers: from a
+    `bench --sweep` device profile, else from the SoC table at run time."""
+    from imp_gguf.runtime.soc import shell_case
+
+    if profile is None:
+        return SOC_TUNING.format(case=shell_case()), "-lm none "
+    pairs = dict(zip(profile["args"][::2], profile["args"][1::2]))
+    tuning = PROFILE_TUNING.format(name=shlex.quote(str(profile.get("_path", "profile"))).replace("\n", " "),
+                                   device=str(profile.get("device") or "?").replace("\n", " "),
+                                   decode=(profile.get("best") or {}).get("decode_tps"),
+                                   threads=int(pairs.get("-t", 4)), mask=pairs.get("-C", ""))
+    flags = [a for f, v in pairs.items() if f not in ("-t", "-C", "--cpu-strict") for a in (f, v)]
+    return tuning, "".join(shlex.quote(a) + " " for a in flags)
+
+
 def run_script(model_name: str, mmproj_name: str, target: str = "linux-arm64", *, n_image: int = 729,
                profile: dict | None = None) -> str:
     """The POSIX sh launcher; model file names are quoted, whatever characters they hold. Threads and CPU
     mask come from `profile` (a `bench --sweep` device profile), else from the SoC table at run time."""
     from imp_gguf.runtime.context import GEN_BUDGET, TEXT_BUDGET, job_context
-    from imp_gguf.runtime.soc import shell_case
 
-    if profile is None:
-        tuning = SOC_TUNING.format(case=shell_case())
-        flags = ["-lm", "none"]
-    else:
-        pairs = dict(zip(profile["args"][::2], profile["args"][1::2]))
-        tuning = PROFILE_TUNING.format(name=shlex.quote(str(profile.get("_path", "profile"))).replace("\n", " "),
-                                       device=str(profile.get("device") or "?").replace("\n", " "),
-                                       decode=(profile.get("best") or {}).get("decode_tps"),
-                                       threads=int(pairs.get("-t", 4)), mask=pairs.get("-C", ""))
-        flags = [a for f, v in pairs.items() if f not in ("-t", "-C", "--cpu-strict") for a in (f, v)]
+    tuning, flags = _tuning(profile)
     return RUN_SH.format(
         commit=LLAMA_CPP_COMMIT,
         target=target,
@@ -127,8 +266,44 @@ def run_script(model_name: str, mmproj_name: str, target: str = "linux-arm64", *
         tuning=tuning,
         n_image=n_image, text_budget=TEXT_BUDGET, gen_budget=GEN_BUDGET,
         ctx=job_context(n_image + TEXT_BUDGET, GEN_BUDGET),
-        flags="".join(shlex.quote(a) + " " for a in flags),
+        flags=flags,
     )
+
+
+def chat_script(model_name: str, mmproj_name: str, target: str = "linux-arm64", *, n_image: int = 729,
+                profile: dict | None = None) -> str:
+    """chat.sh: llama-mtmd-cli's chat mode about one image, tuned as run.sh is."""
+    from imp_gguf.runtime.context import CHAT_TURNS, GEN_BUDGET, chat_context
+
+    tuning, flags = _tuning(profile)
+    return CHAT_SH.format(commit=LLAMA_CPP_COMMIT, target=target, model=shlex.quote(f"models/{model_name}"),
+                          mmproj=shlex.quote(f"models/{mmproj_name}"), tuning=tuning, flags=flags,
+                          ctx=chat_context(n_image), turns=CHAT_TURNS, n_image=n_image, gen_budget=GEN_BUDGET)
+
+
+def serve_script(model_name: str, mmproj_name: str, target: str = "linux-arm64", *, n_image: int = 729,
+                 profile: dict | None = None, mem_mb: int = 0) -> str:
+    """serve.sh: the bundle's llama-server on loopback (elsewhere only with an API key), tuned as run.sh is,
+    its data limited to mem_mb (memory_budget's total; 0: no limit)."""
+    from imp_gguf.runtime.context import CHAT_TURNS, chat_context
+
+    tuning, flags = _tuning(profile)
+    return SERVE_SH.format(commit=LLAMA_CPP_COMMIT, target=target, model=shlex.quote(f"models/{model_name}"),
+                           mmproj=shlex.quote(f"models/{mmproj_name}"), tuning=tuning, flags=flags,
+                           ctx=chat_context(n_image), turns=CHAT_TURNS, n_image=n_image, port=DEFAULT_PORT,
+                           mem_mb=mem_mb, reserve=COMPUTE_RESERVE_MB)
+
+
+def memory_budget(model: Path, mmproj: Path, n_ctx: int) -> dict[str, int]:
+    """What serve.sh may hold, in MB: both files (read, not mapped), the F16 KV cache of n_ctx cells, and
+    COMPUTE_RESERVE_MB for llama.cpp's and clip.cpp's compute buffers and the server's own."""
+    from imp_gguf.runtime.context import kv_cell_bytes
+
+    kv = kv_cell_bytes(read_gguf_meta(model)) * n_ctx
+    files = model.stat().st_size + mmproj.stat().st_size
+    mb = 1_000_000
+    return {"files_mb": -(-files // mb), "kv_mb": -(-kv // mb), "compute_reserve_mb": COMPUTE_RESERVE_MB,
+            "total_mb": -(-files // mb) + -(-kv // mb) + COMPUTE_RESERVE_MB, "n_ctx": n_ctx}
 
 
 def tarball_path(out: Path) -> Path:
@@ -178,12 +353,19 @@ def make_bundle(
             shutil.copyfile(src, tmp / "models" / src.name)
         mm_meta = read_gguf_meta(mmproj)
         size, aspect = mmproj_image_spec(mm_meta, mmproj.name)
-        (tmp / "run.sh").write_text(run_script(model.name, mmproj.name, target, n_image=image_tokens(mm_meta),
-                                               profile=profile))
-        os.chmod(tmp / "run.sh", 0o755)
+        n_image = image_tokens(mm_meta)
+        budget = memory_budget(model, mmproj, chat_context(n_image))
+        scripts = {"run.sh": run_script(model.name, mmproj.name, target, n_image=n_image, profile=profile),
+                   "chat.sh": chat_script(model.name, mmproj.name, target, n_image=n_image, profile=profile),
+                   "serve.sh": serve_script(model.name, mmproj.name, target, n_image=n_image, profile=profile,
+                                            mem_mb=budget["total_mb"])}
+        for name, text in scripts.items():
+            (tmp / name).write_text(text)
+            os.chmod(tmp / name, 0o755)
         (tmp / "README.txt").write_text(
             README.format(commit=LLAMA_CPP_COMMIT, target=target, name=out.name, model=model.name,
                           image_size=size, aspect=aspect, aspect_how=ASPECT_HOW[aspect].format(size=size))
+            + README_CHAT.format(port=DEFAULT_PORT, webui=WEBUI, **budget)
         )
         files = sorted(p for p in tmp.rglob("*") if p.is_file())
         manifest = {
@@ -194,6 +376,7 @@ def make_bundle(
             "mmproj": f"models/{mmproj.name}",
             "tuning": ({"profile": profile.get("_path"), "args": profile["args"]} if profile else
                        {"soc_table": "imp_gguf/runtime/soc.py, chosen on the device by run.sh"}),
+            "server_memory_budget_mb": budget,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "sha256": {str(p.relative_to(tmp)): file_sha256(p) for p in files},
         }

@@ -14,12 +14,31 @@ from gguf import Keys
 CTX_ROUND = 256
 TEXT_BUDGET = 256  # question + chat template tokens, where the question is not known in advance (run.sh)
 GEN_BUDGET = 256  # generated tokens, where no limit is given (run.sh)
+# A conversation whose questions are not known in advance (run's interactive mode, chat.sh, serve.sh) is
+# sized for CHAT_TURNS turns of a typed question (CHAT_TEXT_BUDGET tokens with the template's) and an answer.
+CHAT_TURNS = 4
+CHAT_TEXT_BUDGET = 64
 
 
 def job_context(n_prompt: int, n_gen: int, round_to: int = CTX_ROUND) -> int:
     """Cells for n_prompt prompt tokens (text + image) then n_gen generated ones, rounded up."""
     need = max(1, int(n_prompt) + int(n_gen))
     return -(-need // round_to) * round_to
+
+
+def kv_cell_bytes(model_meta: dict, bytes_per_value: int = 2) -> int:
+    """Bytes one context cell takes in the KV cache (F16 by default): keys and values of every layer."""
+    arch = model_meta.get(Keys.General.ARCHITECTURE)
+
+    def n(key: str) -> int:
+        return int(model_meta.get(key.format(arch=arch)) or 0)
+
+    n_layer, n_embd = n(Keys.LLM.BLOCK_COUNT), n(Keys.LLM.EMBEDDING_LENGTH)
+    n_head = n(Keys.Attention.HEAD_COUNT) or 1
+    n_head_kv = n(Keys.Attention.HEAD_COUNT_KV) or n_head
+    head_k = n(Keys.Attention.KEY_LENGTH) or n_embd // n_head
+    head_v = n(Keys.Attention.VALUE_LENGTH) or n_embd // n_head
+    return n_layer * n_head_kv * (head_k + head_v) * bytes_per_value
 
 
 def text_tokens_bound(question: str, template_tokens: int = 64) -> int:
@@ -35,8 +54,18 @@ def image_tokens(mmproj_meta: dict) -> int:
     return (size // patch) ** 2
 
 
-def run_context(mmproj: str | Path, question: str, max_tokens: int) -> int:
-    """The context `imp-gguf run` gives a question about one image."""
+def chat_context(n_image: int, n_gen: int = GEN_BUDGET, turns: int = CHAT_TURNS) -> int:
+    """Cells for a conversation about one image of `turns` typed questions, each answered in n_gen tokens."""
+    return job_context(n_image + turns * CHAT_TEXT_BUDGET, turns * n_gen)
+
+
+def run_context(mmproj: str | Path, questions: str | list[str] | None, max_tokens: int) -> int:
+    """The context `imp-gguf run` gives questions about one image, asked in turn (each answered in
+    max_tokens); None: questions typed one by one (chat_context)."""
     from imp_gguf.gguf_info import read_gguf_meta
 
-    return job_context(image_tokens(read_gguf_meta(mmproj)) + text_tokens_bound(question), max_tokens)
+    n_image = image_tokens(read_gguf_meta(mmproj))
+    if questions is None:
+        return chat_context(n_image, max_tokens)
+    qs = [questions] if isinstance(questions, str) else questions
+    return job_context(n_image + sum(text_tokens_bound(q) for q in qs), len(qs) * max_tokens)

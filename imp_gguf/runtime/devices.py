@@ -78,14 +78,16 @@ class Device:
         return self.nproc - 2 if self.nproc >= 8 else max(1, self.nproc)
 
     def run(self, argv: Sequence[str], *, timed: bool = False, timeout: float | None = None,
-            env: Mapping[str, str] | None = None) -> CompletedProcess[str]:
-        """Run a tool on the device; `timed` wraps it in `time -v` (peak RSS) when the device has one."""
+            env: Mapping[str, str] | None = None, input: str | None = None) -> CompletedProcess[str]:
+        """Run a tool on the device; `timed` wraps it in `time -v` (peak RSS) when the device has one;
+        `input` is its standard input."""
         argv = [os.fspath(a) for a in argv]
         time_cmd = self.time_cmd if timed and self.time_cmd else []
         if self.is_remote:
-            return self.runner.run([*time_cmd, *argv], cwd=self.workdir, timeout=timeout, env=env)
+            return self.runner.run([*time_cmd, *argv], cwd=self.workdir, timeout=timeout, env=env, input=input)
         # time runs natively, around qemu-aarch64; files keep llama.cpp's last log lines (Runner.run)
-        return LocalRunner().run([*time_cmd, *self.runner.wrap(argv)], timeout=timeout, env=env, to_files=True)
+        return LocalRunner().run([*time_cmd, *self.runner.wrap(argv)], timeout=timeout, env=env, to_files=True,
+                                 input=input)
 
     def add_tools(self, tools: Mapping[str, Path], log: Callable[[str], None] | None = None) -> None:
         """Make local binaries runnable there under their names: a remote device gets them in bin/."""

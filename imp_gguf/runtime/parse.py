@@ -233,3 +233,64 @@ def parse_bandwidth(stdout: str) -> dict[str, Any] | None:
             except ValueError:
                 continue
     return None
+
+
+@dataclass
+class ChatTurn:
+    """One question of llama-mtmd-cli's chat mode, from its log timestamps (µs since the tool started)."""
+
+    start_us: int  # the input prompt ("> ") after which the question was read
+    vision_encode_ms: float | None = None  # an image encoded in this turn
+    first_token_us: int | None = None
+    last_token_us: int | None = None
+    n_generated: int = 0
+    text: str = ""
+
+    @property
+    def total_ms(self) -> float | None:
+        """From reading the question to the answer's last piece (evaluation, image included, and decoding)."""
+        return None if self.last_token_us is None else (self.last_token_us - self.start_us) / 1000.0
+
+    @property
+    def ttft_ms(self) -> float | None:
+        return None if self.first_token_us is None else (self.first_token_us - self.start_us) / 1000.0
+
+    @property
+    def decode_tps(self) -> float | None:
+        if self.first_token_us is None or self.last_token_us is None or self.n_generated < 2:
+            return None
+        span = (self.last_token_us - self.first_token_us) / 1e6
+        return (self.n_generated - 1) / span if span > 0 else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "total_ms": self.total_ms, "ttft_ms": self.ttft_ms, "decode_tps": self.decode_tps}
+
+
+def parse_mtmd_chat(stdout: str, stderr: str = "") -> list[ChatTurn]:
+    """The question turns of llama-mtmd-cli's chat mode (no -p; `/image PATH` then questions on stdin), run
+    with `-lv 4 --log-timestamps --log-jsonl`. A turn starts at the input prompt its question was read at;
+    its answer is the plain output (level "none") after the prompt was evaluated (the "\n" eval_message
+    prints last) and before the next prompt. The log's last entries may be lost at exit (the logger is
+    asynchronous): the last turn then ends at the last piece the log kept. A `/image` line makes no turn."""
+    entries = sorted((e for e in _entries(stdout) + _entries(stderr) if e[0] is not None), key=lambda e: e[0])
+    prompts = [i for i, (_, level, msg) in enumerate(entries) if level == "none" and msg.strip() == ">"]
+    turns = []
+    for a, b in zip(prompts, [*prompts[1:], len(entries)]):
+        seg = entries[a + 1:b]
+        evaluated = next((j for j, (_, level, msg) in enumerate(seg) if level == "none" and msg == "\n"), None)
+        if evaluated is None:
+            continue
+        turn = ChatTurn(start_us=entries[a][0])  # type: ignore[arg-type]
+        for _, _, msg in seg[:evaluated]:
+            for rx in RE_ENCODE:
+                if (m := rx.search(msg)):
+                    turn.vision_encode_ms = (turn.vision_encode_ms or 0.0) + float(m.group(1))
+        pieces = [(t, msg) for t, level, msg in seg[evaluated + 1:] if level == "none" and "llama_perf" not in msg]
+        while pieces and pieces[-1][1] in ("\n", "\n\n"):  # printed after the answer, not tokens
+            pieces.pop()
+        if pieces:
+            turn.first_token_us, turn.last_token_us = pieces[0][0], pieces[-1][0]  # type: ignore[assignment]
+        turn.n_generated = len(pieces)
+        turn.text = "".join(m for _, m in pieces)
+        turns.append(turn)
+    return turns

@@ -111,8 +111,10 @@ class Runner:
         timeout: float | None = None,
         capture: bool = True,
         to_files: bool = False,
+        input: str | None = None,
     ) -> subprocess.CompletedProcess[str]:
-        """Run to completion. `env` holds overrides on top of the current environment.
+        """Run to completion. `env` holds overrides on top of the current environment; `input` is the
+        program's standard input (adb and ssh forward it), none when not given.
 
         A non-zero exit status is returned, not raised: callers decide what failure means.
         `to_files` captures into temporary files, not pipes: llama.cpp's logger is an asynchronous thread
@@ -126,8 +128,9 @@ class Runner:
                      for _ in range(2 if to_files else 0)]
             streams = {"stdout": files[0], "stderr": files[1]} if to_files else {"capture_output": capture}
             try:
+                stdin = {"input": input} if input is not None else {"stdin": subprocess.DEVNULL}
                 proc = subprocess.run(local_argv, cwd=local_cwd, env=local_env, timeout=timeout, text=True,
-                                      errors="replace", stdin=subprocess.DEVNULL, check=False, **streams)
+                                      errors="replace", check=False, **stdin, **streams)
             except FileNotFoundError as exc:
                 raise ToolMissing(f"{local_argv[0]} not found: {exc.strerror}") from exc
             except subprocess.TimeoutExpired as exc:

@@ -1,9 +1,10 @@
 """One set of timings for `imp-gguf run`, whichever backend answered: the same keys from the Python
 session and from llama-mtmd-cli's log, rounded once, and printed from those same numbers.
 
-    encode_ms      the image: vision encoder + its tokens into the language model
+    encode_ms      the image: vision encoder + its tokens into the language model (0: none this turn)
     prefill_ms     the text part of the prompt
-    prompt_tokens  all prompt tokens (text + image)
+    prompt_tokens  prompt tokens evaluated (text + image); a follow-up turn: its new text only
+    cached_tokens  tokens already in the context, reused (earlier turns of a conversation, image included)
     decode_ms      generation
     decode_tokens  generated tokens
     decode_tps     decode_tokens / decode_ms
@@ -15,7 +16,7 @@ from typing import Any
 
 from imp_gguf.runtime.parse import parse_mtmd
 
-KEYS = ("encode_ms", "prefill_ms", "prompt_tokens", "decode_ms", "decode_tokens", "decode_tps")
+KEYS = ("encode_ms", "prefill_ms", "prompt_tokens", "cached_tokens", "decode_ms", "decode_tokens", "decode_tps")
 
 
 def normalize(raw: dict[str, Any]) -> dict[str, Any]:
@@ -43,7 +44,9 @@ def from_mtmd_log(stdout: str, stderr: str) -> dict[str, Any]:
 def text(t: dict[str, Any]) -> str:
     """One line for stderr, from exactly the numbers the JSON holds."""
     parts = []
-    if "encode_ms" in t:
+    if t.get("cached_tokens"):
+        parts.append(f"{t['cached_tokens']} tokens reused from the conversation")
+    if "encode_ms" in t and (t["encode_ms"] or not t.get("cached_tokens")):
         parts.append(f"image encode {t['encode_ms']} ms")
     if "prefill_ms" in t:
         parts.append(f"prompt {t.get('prompt_tokens', '?')} tokens, text prefill {t['prefill_ms']} ms")
