@@ -43,7 +43,7 @@ def probe_embeddings(runner: Runner, probe: Path, model: Path, mmproj: Path, ima
 # ------------------------------------------------------------------ the keys
 
 
-@pytest.mark.parametrize("variant,pad,colour", [(SQUARE, "none", None), (PAD, "nearest", [127, 127, 127])])
+@pytest.mark.parametrize("variant,pad,colour", [(SQUARE, "none", None), (PAD, "square", [127, 127, 127])])
 def test_mmproj_states_imp_preprocessing(variant, pad, colour, converted) -> None:
     meta = read_gguf_meta(converted(variant, "f32")["mmproj"])
     assert meta[RESIZE_PAD_KEY] == pad and meta[RESIZE_ALGO_KEY] == "bicubic"
@@ -71,7 +71,7 @@ def test_patch_applies_to_the_pinned_source() -> None:
     check_applies(patches, ensure_source().llama_cpp)
     text = patches[0].path.read_text()
     changed = [ln for ln in text.splitlines() if ln[:1] in "+-" and not ln.startswith(("+++", "---"))]
-    assert 0 < len(changed) <= 60 and not [ln for ln in changed if ln.startswith("-")], "adds, never removes"
+    assert 0 < len(changed) <= 70, "small"
     for key in (RESIZE_PAD_KEY, RESIZE_ALGO_KEY, PAD_COLOR_KEY):
         assert f'"{key}"' in text
 
@@ -184,7 +184,7 @@ def test_resampling_a_12_megapixel_photo_matches_pil(tmp_path, host_probe) -> No
     print("clip.cpp vs PIL, 4000x3000 -> 384x384: " + "; ".join(
         f"{v}: mean |diff| {m:.3f}, 99.9th pct {p:.0f}, max {x}" for v, (m, p, x) in figures.items()))
     assert figures[SQUARE][0] <= 0.5, "the squash must resample as PIL does"
-    assert figures[PAD][0] <= 1.0, "fit-then-pad differs from pad-then-squash only at the image's edges"
+    assert figures[PAD][0] <= 0.5, "pad to a grey square, then squash, as Imp does"
 
 
 # ------------------------------------------------------------------ the bundle's run.sh
