@@ -90,15 +90,15 @@ Benchmark: ./bin/llama-bench -m models/{model} -p 512 -n 128 -t 4,5,6
 """
 # This bundle's llama.cpp carries imp-gguf's patches: clip.cpp reads from the mmproj how Imp prepares images.
 IMAGES_PATCHED = """\
-Images: give photos as they are, any size or shape. These tools are built with imp-gguf's patch
-{patches}, so clip.cpp reads from the mmproj how Imp prepares an image
-("{aspect}": {how}, {image_size} x {image_size} px, bicubic as PIL).
-A stock llama.cpp (llama-server, ollama, LM Studio built elsewhere) ignores those keys: give it an image
-already at exactly {image_size} x {image_size} px, prepared so, and it copies the pixels unchanged."""
+Images: give photos as they are, any size or shape: these tools carry imp-gguf's patch {patches},
+with which clip.cpp reads from the mmproj how Imp prepares an image ("{aspect}": {how} to
+{image_size} x {image_size} px, bicubic as PIL). A stock llama.cpp (llama-server, ollama, LM Studio from
+elsewhere) ignores those keys and letterboxes: resize on the client to exactly {image_size} x {image_size} px
+that way first; an image already at that size is copied, not resampled."""
 IMAGES_STOCK = """\
 Images: prepare photos as Imp does, or clip.cpp letterboxes them with its own colour. This mmproj
 wants {image_size} x {image_size} px, "{aspect}": {aspect_how}"""
-ASPECT_WHAT = {"square": "stretched to the square", "pad": "centred on a grey (127,127,127) square, then resized"}
+ASPECT_WHAT = {"square": "stretched", "pad": "centred on a grey (127,127,127) square, then stretched"}
 ASPECT_HOW = {
     "square": "squash-resize, e.g. `convert photo.jpg -resize '{size}x{size}!' photo.png`.",
     "pad": "centre on a grey (127,127,127) square, then resize, e.g. `convert photo.jpg -background "
