@@ -104,8 +104,13 @@ def test_a_patch_that_does_not_apply_stops_the_build_before_configuring(tmp_path
 
 
 def test_runtime_where_and_termux_steps_name_the_patches(host_tools) -> None:
+    import sys
+
     res = rt.where("host")
     assert [p["name"] for p in res.to_json()["patches"]] == [p.name for p in bundled_patches()]
+    proc = subprocess.run([sys.executable, "-m", "imp_gguf.cli.main", "runtime", "where", "--target", "host"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0 and "patch\t0001-mtmd-preprocessing-keys.patch" in proc.stdout.splitlines()
     steps = rt.termux_instructions()
     (patch,) = bundled_patches()
     assert patch.path.read_text() in steps and steps.index("git apply") < steps.index("cmake -S")

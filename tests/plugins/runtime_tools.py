@@ -89,7 +89,7 @@ def tiny_llama_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 PROBE_SOURCE = Path(__file__).with_name("mtmd_probe.cpp")
-PROBE_ARCHIVES = ("libmtmd.a", "libllama.a", "libggml.a", "libggml-cpu.a", "libggml-base.a")
+PROBE_ARCHIVES = ("libmtmd.a", "libvendor-hash.a", "libllama.a", "libggml.a", "libggml-cpu.a", "libggml-base.a")
 
 
 def compile_probe(tools: dict[str, Path], dest: Path, *, arm64: bool = False) -> Path:
