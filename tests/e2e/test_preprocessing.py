@@ -210,10 +210,16 @@ def _scenes() -> list[tuple[str, Image.Image, list[tuple[str, str]]]]:
 def _answers(run_sh: Path, image: Path, questions: list[str], env: dict) -> list[str]:
     outs = []
     for q in questions:
-        proc = subprocess.run(["sh", str(run_sh), str(image), q, "-n", "16"], capture_output=True, text=True,
-                              env=env, timeout=900)
-        assert proc.returncode == 0, proc.stderr[-1500:]
-        outs.append(proc.stdout.strip())  # llama-mtmd-cli: the answer on stdout, logs on stderr
+        # llama-mtmd-cli prints the answer on stdout through its asynchronous logger, which on a busy
+        # machine sometimes exits before writing the tail (the closing newlines show it all came out):
+        # ask again, at most twice more.
+        for _ in range(3):
+            proc = subprocess.run(["sh", str(run_sh), str(image), q, "-n", "16"], capture_output=True, text=True,
+                                  env=env, timeout=900)
+            assert proc.returncode == 0, proc.stderr[-1500:]
+            if proc.stdout.endswith("\n"):
+                break
+        outs.append(proc.stdout.strip())
     return outs
 
 
