@@ -40,7 +40,8 @@ def build_cmd(
     force: bool = typer.Option(False, "--force", help="Delete the cached build and rebuild from scratch."),
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
 ) -> None:
-    """Build llama-mtmd-cli, llama-bench, llama-quantize, llama-server, llama-perplexity for a target."""
+    """Build llama-mtmd-cli, llama-bench, llama-quantize, llama-server, llama-perplexity for a target, from the
+    pinned llama.cpp with imp-gguf's patches applied (clip.cpp reads the mmproj's preprocessing keys)."""
     if target == "termux":
         sys.stdout.write(rt.termux_instructions())
         return
