@@ -2,9 +2,11 @@
 says `image_aspect_ratio: "pad"` (mm_utils.expand2square), then squash-resized (bicubic) to the
 encoder's size (ImpImageProcessor).
 
-clip.cpp would otherwise letterbox with its own colour (122, 116, 104), which matches neither; handing
-it an image already at its target size makes it copy pixels unchanged, so llama.cpp sees exactly
-what the PyTorch model sees. The mmproj records size and aspect (see `mmproj_image_spec`).
+Stock clip.cpp (the llama-cpp-python wheel's libmtmd) would otherwise letterbox with its own colour
+(122, 116, 104), which matches neither; handing it an image already at its target size makes it copy
+pixels unchanged, so llama.cpp sees exactly what the PyTorch model sees. imp-gguf's own builds read
+the mmproj's preprocessing keys instead (converters/siglip.py) and take photos as they are. The mmproj
+records size and aspect (see `mmproj_image_spec`).
 """
 
 from __future__ import annotations
@@ -54,6 +56,17 @@ def expand_to_square(img: Image.Image, color: tuple[int, int, int] = PAD_COLOR) 
 def load_image(path: str | Path, size: int, aspect: str = "square") -> Image.Image:
     """Open any PNG/JPEG/WebP/... of any mode and return an RGB image of size x size, padded to a
     square first when aspect is "pad"."""
+    rgb = open_rgb(path)
+    if aspect == "pad":
+        rgb = expand_to_square(rgb)
+    elif aspect != "square":
+        raise ValueError(f"aspect must be one of {ASPECTS}, not {aspect!r}")
+    return rgb if rgb.size == (size, size) else rgb.resize((size, size), Image.BICUBIC)
+
+
+def open_rgb(path: str | Path) -> Image.Image:
+    """Any PNG/JPEG/WebP/... of any mode as an RGB image at its own size; BadInput (one line) if it
+    cannot be one."""
     path = Path(path)
     if not path.exists():
         raise BadInput(f"image {path} does not exist")
@@ -84,11 +97,7 @@ def load_image(path: str | Path, size: int, aspect: str = "square") -> Image.Ima
         Image.MAX_IMAGE_PIXELS = old
     if rgb.width == 0 or rgb.height == 0:
         raise BadInput(f"image {path.name} has no pixels")
-    if aspect == "pad":
-        rgb = expand_to_square(rgb)
-    elif aspect != "square":
-        raise ValueError(f"aspect must be one of {ASPECTS}, not {aspect!r}")
-    return rgb if rgb.size == (size, size) else rgb.resize((size, size), Image.BICUBIC)
+    return rgb
 
 
 def _to_rgb(im: Image.Image) -> Image.Image:

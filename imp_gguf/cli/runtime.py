@@ -41,7 +41,8 @@ def build_cmd(
     force: bool = typer.Option(False, "--force", help="Delete the cached build and rebuild from scratch."),
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
 ) -> None:
-    """Build llama-mtmd-cli, llama-bench, llama-quantize, llama-server, llama-perplexity for a target."""
+    """Build llama-mtmd-cli, llama-bench, llama-quantize, llama-server, llama-perplexity for a target, from the
+    pinned llama.cpp with imp-gguf's patches applied (clip.cpp reads the mmproj's preprocessing keys)."""
     if target == "termux":  # nothing is built here: the steps run on the phone
         steps = rt.termux_instructions()
         if json_out:
@@ -72,7 +73,8 @@ def build_cmd(
         print_json(result.to_json())
     else:
         how = "reused" if result.reused else f"built in {result.seconds / 60:.1f} min"
-        echo(f"{target}: {how}: {result.bin_dir}")
+        patches = ", ".join(p["name"] for p in result.to_json()["patches"]) or "none"
+        echo(f"{target}: {how}: {result.bin_dir} (patches: {patches})")
 
 
 @sub.command("where")
@@ -80,13 +82,16 @@ def where_cmd(
     target: str = typer.Option("host", "--target", help=TARGET_HELP),
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
 ) -> None:
-    """Print the paths of the built tools (exit 2 if that target is not built yet)."""
+    """Print the paths of the built tools, then one `patch<TAB>NAME` line per patch applied to the source
+    (exit 2 if that target is not built yet with the current patches)."""
     result = rt.where(target)
     if json_out:
         print_json(result.to_json())
     else:
         for name, path in result.binaries.items():
             typer.echo(f"{name}\t{path}")
+        for patch in result.to_json()["patches"]:
+            typer.echo(f"patch\t{patch['name']}")
 
 
 def register(app: typer.Typer) -> None:

@@ -16,7 +16,7 @@ from gguf import VISION_PROJECTOR_TYPE, VISION_PROJECTOR_TYPE_NAMES
 
 from imp_gguf.converters.base import T, gguf_name
 from imp_gguf.errors import BadInput
-from imp_gguf.images import ASPECT_KEY
+from imp_gguf.images import ASPECT_KEY, PAD_COLOR
 
 # google/siglip-so400m-patch14-384's own vision config: what Imp loads when the checkpoint carries no
 # vision_tower_config (Imp-v1.5-2B-Qwen1.5), and what a config that omits a key means.
@@ -27,6 +27,15 @@ IMAGE_MEAN = (0.5, 0.5, 0.5)
 IMAGE_STD = (0.5, 0.5, 0.5)
 # clip.cpp reads this key (the blocks to run), but the pinned gguf-py has no name for it.
 FEATURE_LAYER_KEY = "clip.vision.feature_layer"
+# How to fit an image to the encoder, in clip.cpp's own three hyper-parameters. Stock clip.cpp ignores
+# these keys; imp-gguf's builds read them (runtime/patches/0001-*.patch, docs/clip-preprocessing-keys.md).
+RESIZE_PAD_KEY = "clip.vision.image_resize_pad"
+RESIZE_ALGO_KEY = "clip.vision.image_resize_algo"
+PAD_COLOR_KEY = "clip.vision.image_pad_color"
+# Imp's "square": stretch (PAD_NONE). Imp's "pad": a centred grey square first, then stretch: the
+# patch's PAD_SQUARE. clip.cpp's own fit-then-pad styles blend the image's edge rows differently, and
+# the tiny 4B fixture's tokens there drop to cosine 0.96 against Imp.
+RESIZE_PAD = {"square": "none", "pad": "square"}
 
 _BLOCK = {
     "layer_norm1": T.V_ENC_INPUT_NORM, "layer_norm2": T.V_ENC_POST_ATTN_NORM,
@@ -203,3 +212,7 @@ def add_mmproj_kv(writer: Any, vh: VisionHparams) -> None:
     writer.add_vision_use_gelu(True)
     writer.add_array(FEATURE_LAYER_KEY, [vh.run_blocks])
     writer.add_string(ASPECT_KEY, vh.aspect)
+    writer.add_string(RESIZE_PAD_KEY, RESIZE_PAD[vh.aspect])
+    writer.add_string(RESIZE_ALGO_KEY, "bicubic")  # ImpImageProcessor: PIL bicubic
+    if vh.aspect == "pad":
+        writer.add_array(PAD_COLOR_KEY, list(PAD_COLOR))

@@ -20,7 +20,7 @@ from gguf import Keys
 from imp_gguf.chat_templates import MEDIA_MARKER, render
 from imp_gguf.errors import BadInput
 from imp_gguf.gguf_info import MMPROJ_ARCH, check_gguf, read_gguf_meta
-from imp_gguf.images import load_image, mmproj_image_spec
+from imp_gguf.images import load_image, mmproj_image_spec, open_rgb
 
 
 def _cpu_has_amx() -> bool:
@@ -55,7 +55,10 @@ def _without_amx(llama_cpp: Any) -> Iterator[None]:
 
 class Session:
     def __init__(self, model: str | Path, mmproj: str | Path | None = None, *, n_ctx: int = 2048,
-                 n_threads: int | None = None, n_batch: int = 512, f32_kv: bool = False, verbose: bool = False):
+                 n_threads: int | None = None, n_batch: int = 512, f32_kv: bool = False, verbose: bool = False,
+                 prepare_images: bool = True):
+        """`prepare_images=False` hands images to libmtmd as they are, to see what the wheel's stock
+        clip.cpp does with them (it ignores the mmproj's preprocessing keys)."""
         import llama_cpp
         from llama_cpp import mtmd_cpp
 
@@ -88,6 +91,7 @@ class Session:
                 self.llm.close()
                 raise
         self.last_timings: dict[str, float] = {}
+        self.prepare_images = prepare_images
 
     def _load_mmproj(self, mmproj: str | Path, verbose: bool) -> None:
         mtmd_cpp = self._mtmd
@@ -142,7 +146,7 @@ class Session:
     def _bitmap(self, image: str | Path):
         if not self.mtmd_ctx:
             raise BadInput("this session has no mmproj")
-        img = load_image(image, self.image_size, self.image_aspect)
+        img = load_image(image, self.image_size, self.image_aspect) if self.prepare_images else open_rgb(image)
         data = np.ascontiguousarray(np.asarray(img, dtype=np.uint8))
         buf = (ctypes.c_uint8 * data.nbytes).from_buffer_copy(data.tobytes())
         bmp = self._mtmd.mtmd_bitmap_init(img.width, img.height, buf)

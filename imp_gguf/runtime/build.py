@@ -1,5 +1,8 @@
 """Build the llama.cpp tools from the pinned source, per target, cached by version + target + flag hash.
 
+The source is the pinned tree with imp-gguf's patches applied (`runtime/patches.py`); the patches
+are part of the flag hash, so a build without them, or with other ones, is never reused.
+
 Cache layout: `${cache}/build/<llama-cpp-python-version>-<target>-<flaghash>/`
   toolchain.cmake   (cross targets) the CMake toolchain file; its text is part of the flag hash
   cmake/            the CMake binary dir; binaries in cmake/bin/
@@ -23,6 +26,7 @@ from pathlib import Path
 
 from imp_gguf.errors import BadInput, InternalError
 from imp_gguf.pins import LLAMA_CPP_COMMIT, LLAMA_CPP_PYTHON_VERSION
+from imp_gguf.runtime.patches import Patch, bundled_patches, patched_source
 from imp_gguf.runtime.runner import LocalRunner, QemuRunner, Runner, merged_env, require_program
 from imp_gguf.runtime.source import Source, cache_dir, ensure_source, file_lock
 
@@ -119,6 +123,7 @@ class BuildSpec:
     env_inputs: tuple[tuple[str, str], ...] = ()
     static_elf: bool = False  # linux-arm64: the binaries must be static aarch64 ELF
     arm64: bool = False
+    patches: tuple[Patch, ...] = ()  # applied to the source before configuring, in this order
 
     def flag_hash(self) -> str:
         inputs = {
@@ -130,6 +135,8 @@ class BuildSpec:
         }
         if self.env_inputs:  # only when set, so the usual hash does not depend on this field existing
             inputs["env"] = dict(self.env_inputs)
+        if self.patches:
+            inputs["patches"] = [[p.name, p.sha256] for p in self.patches]
         blob = json.dumps(inputs, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
@@ -158,6 +165,7 @@ class BuildResult:
             "commit": self.stamp.get("commit"),
             "flag_hash": self.stamp.get("flag_hash"),
             "defines": self.stamp.get("defines"),
+            "patches": self.stamp.get("patches", []),
         }
 
 
@@ -180,9 +188,11 @@ def _check_target(target: str) -> None:
 
 
 def build_spec(
-    target: str, *, env: Mapping[str, str] | None = None, extra_defines: Mapping[str, str] | None = None
+    target: str, *, env: Mapping[str, str] | None = None, extra_defines: Mapping[str, str] | None = None,
+    patches: tuple[Patch, ...] | None = None,
 ) -> BuildSpec:
-    """The flags for `target`. `extra_defines` override (and enter the hash), e.g. for experiments."""
+    """The flags for `target`. `extra_defines` override (and enter the hash), e.g. for experiments;
+    `patches` replaces the bundled patches (tests)."""
     _check_target(target)
     env = merged_env(env)
     defines = dict(COMMON_DEFINES)
@@ -226,7 +236,8 @@ def build_spec(
     if extra_defines:
         defines.update(extra_defines)
     env_inputs = tuple((k, env[k]) for k in CMAKE_ENV_INPUTS if env.get(k))
-    spec = BuildSpec(target=target, defines=defines, env_inputs=env_inputs, **spec_kw)
+    spec = BuildSpec(target=target, defines=defines, env_inputs=env_inputs,
+                     patches=bundled_patches() if patches is None else tuple(patches), **spec_kw)
     _refuse_slow_arm(spec)
     return spec
 
@@ -293,7 +304,8 @@ def where(
     cache: Path | None = None,
     extra_defines: Mapping[str, str] | None = None,
 ) -> BuildResult:
-    """The finished build for `target` (default flags), or BadInput with the command that makes it."""
+    """The finished build for `target` (default flags, bundled patches), or BadInput with the command that
+    makes it (a build from before the current patches does not count)."""
     spec = build_spec(target, env=env, extra_defines=extra_defines)
     bdir = build_dir(spec, cache or cache_dir(merged_env(env)))
     stamp = _read_stamp(spec, bdir)
@@ -385,21 +397,23 @@ def build(
     env: Mapping[str, str] | None = None,
     cache: Path | None = None,
     extra_defines: Mapping[str, str] | None = None,
+    patches: tuple[Patch, ...] | None = None,
     progress: ProgressFn | None = None,
     on_start: Callable[[Path], None] | None = None,
 ) -> BuildResult:
     """Build (or reuse) the tools for `target`. `env` overrides variables for the tools (e.g. PATH).
 
     `on_start(build_dir)` is called only when a real build begins (not on reuse or early errors).
+    A patch that does not apply raises PatchDoesNotApply before anything is configured.
     """
-    spec = build_spec(target, env=env, extra_defines=extra_defines)
+    spec = build_spec(target, env=env, extra_defines=extra_defines, patches=patches)
     check_programs(spec, env)
     cache = cache or cache_dir(merged_env(env))
     bdir = build_dir(spec, cache)
     binaries = _binaries(spec, bdir)
     if not force and (stamp := _read_stamp(spec, bdir)) is not None:
         return BuildResult(target, bdir, binaries, stamp, reused=True)
-    source: Source = ensure_source(cache)
+    source: Source = patched_source(ensure_source(cache), spec.patches)
     with file_lock(bdir.with_name(bdir.name + ".lock")):
         # Another process may have finished this very build while we waited for the lock.
         if not force and (stamp := _read_stamp(spec, bdir)) is not None:
@@ -434,6 +448,8 @@ def build(
             "toolchain_file": spec.toolchain_file,
             "env": dict(spec.env_inputs),
             "tools": {k: str(v.relative_to(bdir)) for k, v in binaries.items()},
+            "source": str(source.root),
+            "patches": [p.to_json() for p in spec.patches],
             "version_output": version_out,
             "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "seconds": round(seconds, 1),
@@ -453,7 +469,7 @@ pip download --no-deps --no-binary :all: llama-cpp-python=={version} -d ~/imp-sr
 # ...or copy it from a PC (the sdist is cached at {sdist}):
 #   adb push {sdist} /sdcard/Download/ && cp /sdcard/Download/{sdist_name} ~/imp-src/
 cd ~/imp-src && tar xzf {sdist_name} && cd llama_cpp_python-{version}/vendor/llama.cpp
-cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON -DBUILD_SHARED_LIBS=OFF \\
+{patches}cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON -DBUILD_SHARED_LIBS=OFF \\
   -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_UI=OFF \\
   -DLLAMA_USE_PREBUILT_UI=OFF
 cmake --build build -j 4 --target {tools}
@@ -472,4 +488,14 @@ def termux_instructions(cache: Path | None = None) -> str:
         sdist=sdist,
         sdist_name=sdist.name,
         tools=" ".join(TOOLS),
+        patches="".join(_termux_patch_step(p) for p in bundled_patches()),
     )
+
+
+def _termux_patch_step(patch: Patch) -> str:
+    """The patch inline (a here-document), so the steps need no file from the PC; git apply stops on a misfit."""
+    text = patch.path.read_text()
+    end = "IMP_GGUF_PATCH_END"
+    if end in text:
+        raise InternalError(f"{patch.name} contains the here-document delimiter {end}")
+    return f"# imp-gguf's patch {patch.name} (as `runtime build` applies it): {patch.subject}\ngit apply <<'{end}'\n{text}{end}\n"

@@ -22,7 +22,7 @@ from imp_gguf.gguf_info import read_gguf_meta
 from imp_gguf.images import mmproj_image_spec
 from imp_gguf.pair import check_pair
 from imp_gguf.pins import LLAMA_CPP_COMMIT, LLAMA_CPP_PYTHON_VERSION
-from imp_gguf.runtime.build import where
+from imp_gguf.runtime.build import STAMP, where
 from imp_gguf.runtime.context import chat_context, image_tokens
 from imp_gguf.runtime.source import file_sha256
 
@@ -30,6 +30,7 @@ RUN_SH = """\
 #!/bin/sh
 # Ask the bundled Imp model about one image (llama.cpp {commit}, target {target}).
 # usage: sh run.sh IMAGE "QUESTION" [more llama-mtmd-cli options]
+# IMAGE goes as it is, any size or shape (README.txt says how this build prepares it).
 # IMP_THREADS, IMP_CPU_MASK (hex; empty: no pinning), IMP_CTX and IMP_MAX_TOKENS override the defaults.
 set -eu
 if [ "$#" -lt 2 ]; then
@@ -191,9 +192,19 @@ Android over adb:
 Termux (copy {name}.tar.gz to the phone first; binaries cannot run from /sdcard):
   tar xzf {name}.tar.gz -C ~ && sh ~/{name}/run.sh ~/photo.jpg "What is in the image?"
 Benchmark: ./bin/llama-bench -m models/{model} -p 512 -n 128 -t 4,5,6
-Images: prepare photos as Imp does, or clip.cpp letterboxes them with its own colour. This mmproj
-wants {image_size} x {image_size} px, "{aspect}": {aspect_how}
+{images}
 """
+# This bundle's llama.cpp carries imp-gguf's patches: clip.cpp reads from the mmproj how Imp prepares images.
+IMAGES_PATCHED = """\
+Images: give photos as they are, any size or shape: these tools carry imp-gguf's patch {patches},
+with which clip.cpp reads from the mmproj how Imp prepares an image ("{aspect}": {how} to
+{image_size} x {image_size} px, bicubic as PIL). A stock llama.cpp (llama-server, ollama, LM Studio from
+elsewhere) ignores those keys and letterboxes: resize on the client to exactly {image_size} x {image_size} px
+that way first; an image already at that size is copied, not resampled."""
+IMAGES_STOCK = """\
+Images: prepare photos as Imp does, or clip.cpp letterboxes them with its own colour. This mmproj
+wants {image_size} x {image_size} px, "{aspect}": {aspect_how}"""
+ASPECT_WHAT = {"square": "stretched", "pad": "centred on a grey (127,127,127) square, then stretched"}
 ASPECT_HOW = {
     "square": "squash-resize, e.g. `convert photo.jpg -resize '{size}x{size}!' photo.png`.",
     "pad": "centre on a grey (127,127,127) square, then resize, e.g. `convert photo.jpg -background "
@@ -306,6 +317,16 @@ def memory_budget(model: Path, mmproj: Path, n_ctx: int) -> dict[str, int]:
             "total_mb": -(-files // mb) + -(-kv // mb) + COMPUTE_RESERVE_MB, "n_ctx": n_ctx}
 
 
+def build_patches(binaries: Mapping[str, Path]) -> list[dict]:
+    """The patches in the build these binaries come from (its stamp), [] for binaries from elsewhere."""
+    stamp = Path(binaries["llama-mtmd-cli"]).parent.parent.parent / STAMP
+    try:
+        data = json.loads(stamp.read_text())
+    except (OSError, ValueError):
+        return []
+    return list(data.get("patches") or [])
+
+
 def tarball_path(out: Path) -> Path:
     return out.with_name(out.name + ".tar.gz")
 
@@ -362,9 +383,12 @@ def make_bundle(
         for name, text in scripts.items():
             (tmp / name).write_text(text)
             os.chmod(tmp / name, 0o755)
+        patches = build_patches(binaries)
+        images = (IMAGES_PATCHED.format(patches=", ".join(p["name"] for p in patches), aspect=aspect,
+                                        how=ASPECT_WHAT[aspect], image_size=size) if patches else
+                  IMAGES_STOCK.format(image_size=size, aspect=aspect, aspect_how=ASPECT_HOW[aspect].format(size=size)))
         (tmp / "README.txt").write_text(
-            README.format(commit=LLAMA_CPP_COMMIT, target=target, name=out.name, model=model.name,
-                          image_size=size, aspect=aspect, aspect_how=ASPECT_HOW[aspect].format(size=size))
+            README.format(commit=LLAMA_CPP_COMMIT, target=target, name=out.name, model=model.name, images=images)
             + README_CHAT.format(port=DEFAULT_PORT, webui=WEBUI, **budget)
         )
         files = sorted(p for p in tmp.rglob("*") if p.is_file())
@@ -372,6 +396,7 @@ def make_bundle(
             "target": target,
             "llama_cpp_python": LLAMA_CPP_PYTHON_VERSION,
             "commit": LLAMA_CPP_COMMIT,
+            "patches": patches,
             "model": f"models/{model.name}",
             "mmproj": f"models/{mmproj.name}",
             "tuning": ({"profile": profile.get("_path"), "args": profile["args"]} if profile else

@@ -86,3 +86,40 @@ def write_tiny_llama(path: Path, *, n_embd: int = 64, n_ff: int = 96, n_layer: i
 @pytest.fixture(scope="session")
 def tiny_llama_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_tiny_llama(tmp_path_factory.mktemp("tiny-llama") / "tiny-llama-f32.gguf")
+
+
+PROBE_SOURCE = Path(__file__).with_name("mtmd_probe.cpp")
+PROBE_ARCHIVES = ("libmtmd.a", "libvendor-hash.a", "libllama.a", "libggml.a", "libggml-cpu.a", "libggml-base.a")
+
+
+def compile_probe(tools: dict[str, Path], dest: Path, *, arm64: bool = False) -> Path:
+    """Link tests/plugins/mtmd_probe.cpp against the static libraries of the build that made `tools`
+    (headers from the same, patched, source tree), so it runs exactly that build's clip.cpp."""
+    import json
+    import subprocess
+
+    bdir = tools["llama-mtmd-cli"].parents[2]  # <build dir>/cmake/bin/llama-mtmd-cli
+    stamp = json.loads((bdir / "stamp.json").read_text())
+    src = Path(stamp["source"]) / "vendor" / "llama.cpp"
+    archives = []
+    for name in PROBE_ARCHIVES:
+        found = sorted((bdir / "cmake").rglob(name))
+        assert len(found) == 1, f"{name}: {found}"
+        archives.append(str(found[0]))
+    includes = [f"-I{src / d}" for d in ("include", "ggml/include", "tools/mtmd", "vendor")]
+    cxx = "aarch64-linux-gnu-g++" if arm64 else "c++"
+    argv = [cxx, "-std=c++17", "-O2", *includes, str(PROBE_SOURCE), "-o", str(dest), *archives,
+            "-fopenmp", "-pthread", "-ldl", *(["-static"] if arm64 else [])]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return dest
+
+
+@pytest.fixture(scope="session")
+def host_probe(host_tools: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return compile_probe(host_tools, tmp_path_factory.mktemp("probe") / "mtmd_probe")
+
+
+@pytest.fixture(scope="session")
+def arm64_probe(arm64_tools: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return compile_probe(arm64_tools, tmp_path_factory.mktemp("probe-arm64") / "mtmd_probe", arm64=True)
