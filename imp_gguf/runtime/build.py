@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import platform
 import shutil
 import struct
 import time
@@ -43,6 +44,10 @@ ARM_ARCH = "armv8.6-a+dotprod+i8mm+fp16"
 ANDROID_MARCH = "-march=armv8.7a"  # implies dotprod, i8mm, bf16 (llama.cpp docs/android.md)
 ANDROID_NDK_TOOLCHAIN = "build/cmake/android.toolchain.cmake"
 STAMP = "stamp.json"
+# At the pinned commit, ggml-cpu's AMX weight buffer crashes the first decode of a quantized model (seen on a
+# Xeon with amx_int8: llama-mtmd-cli exits with SIGSEGV unless given --no-repack). -march=native turns AMX on
+# wherever the CPU has it, so host builds on x86-64 compile it out; the other CPU kernels are unchanged.
+X86_NO_AMX = "-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
 
 # Flags every target shares. LLAMA_USE_PREBUILT_UI=OFF: the server would otherwise try to download
 # its web UI at build time, which fails (or hangs) offline; we only need the API.
@@ -198,6 +203,9 @@ def build_spec(
     defines = dict(COMMON_DEFINES)
     if target == "host":
         defines["GGML_NATIVE"] = "ON"
+        if platform.machine().lower() in ("x86_64", "amd64"):
+            for var, define in (("CFLAGS", "CMAKE_C_FLAGS"), ("CXXFLAGS", "CMAKE_CXX_FLAGS")):
+                defines[define] = f"{env.get(var, '')} {X86_NO_AMX}".strip()
         spec_kw: dict = {"programs": ("cmake", "ninja", "git", "cc", "c++")}
     elif target == "linux-arm64":
         defines.update(
