@@ -116,6 +116,25 @@ def test_runtime_where_and_termux_steps_name_the_patches(host_tools) -> None:
     assert patch.path.read_text() in steps and steps.index("git apply") < steps.index("cmake -S")
 
 
+@pytest.mark.slow
+def test_patched_build_refuses_an_unknown_value_that_stock_ignores(converted, host_probe, test_image, tmp_path) -> None:
+    """The patch names the key it cannot read; the stock wheel does not read it at all."""
+    from imp_gguf.runtime.bindings import Session
+
+    r = converted(PAD, "f32")
+    data = Path(r["mmproj"]).read_bytes()
+    head = RESIZE_PAD_KEY.encode() + (8).to_bytes(4, "little") + (6).to_bytes(8, "little")  # GGUF string "square"
+    assert data.count(head + b"square") == 1
+    bad = tmp_path / "mmproj-bad.gguf"
+    bad.write_bytes(data.replace(head + b"square", head + b"bogus!"))  # same length: still a valid GGUF
+    # (the probe, not llama-mtmd-cli: mtmd-cli's asynchronous logger may exit before printing the error)
+    proc = LocalRunner().run([str(host_probe), "embd", str(r["model"]), str(bad), str(test_image),
+                              str(tmp_path / "e.f32")], timeout=300)
+    assert proc.returncode != 0 and f"unknown {RESIZE_PAD_KEY}: bogus!" in proc.stderr, proc.stderr[-800:]
+    with Session(r["model"], bad, n_threads=2) as s:
+        assert np.isfinite(s.image_embeddings(test_image)).all()
+
+
 # ------------------------------------------------------------------ pixels and embeddings
 
 
