@@ -124,8 +124,8 @@ def render(rows: list[dict[str, Any]], width: int = 80) -> list[str]:
         "bpw, 3B GB: the Phi-2 language model of Imp-v1.5-3B-196 (and imp-v1-3b) under the recipe, predicted "
         "by llama.cpp's rules (shape fallbacks included); tok/s: its decode speed measured by imp-gguf bench "
         "on a 2-core x86_64 VM (imp_gguf/data/measured/fullsize-196.json).",
-        "tiny MB, KL (mean KL divergence from F16, nats, over the F16 model's own answers about seeded "
-        "scenes) ± half the range of its per-seed means" + ("" if same_acc else ", acc (held-out accuracy)")
+        "tiny MB, KL (mean KL divergence from F16, nats, over what the F16 model samples after questions "
+        "about seeded scenes) ± half the range of its per-seed means" + ("" if same_acc else ", acc (held-out accuracy)")
         + ": measured on the bundled tiny Imp (imp_gguf/data/measured/recipes-tiny-imp.json). -: not measured.",
     ]
     if same_acc:

@@ -1,9 +1,9 @@
 """Compare recipes on one checkpoint: convert once to F16, quantize by each recipe, and measure size,
 fidelity against the F16 files (all through llama.cpp) and speed on this host.
 
-Fidelity: KL(P_f16 || P_quant) of next-token distributions at every position of the answers the F16
-files sample to questions about seeded synthetic scenes (evalset.Scene), as a mean, per seed and its
-spread; top-1 agreement on the same positions; the mean KL over the fixed text prompts (every position)
+Fidelity: KL(P_f16 || P_quant) of next-token distributions at every position of the tokens the F16
+files sample after questions about seeded synthetic scenes (evalset.Scene), as a mean, per seed and
+its spread; top-1 agreement on the same positions; the mean KL over the fixed text prompts (every position)
 and image prompts (last position) as kl_text_mean; and the cosine (min over image tokens) of the
 quantized mmproj's image embeddings against the F16 mmproj's.
 Speed: medians over `runs` (after one warm-up) of prefill and decode tokens/s and image-encode ms.
@@ -99,15 +99,14 @@ def answer_logits(session: Any, prompt: str, image: Path, tokens: list[int]) -> 
 
 
 def sample_answer(session: Any, prompt: str, image: Path, n: int, rng: np.random.Generator) -> list[int]:
-    """Up to n tokens sampled (temperature 1) from the session's own distribution; stops after an end token."""
+    """n tokens sampled (temperature 1) from the session's own distribution. Not cut at an end token: a
+    confident model's short answers hold too few uncertain positions for KL to order close recipes."""
     logits = session.eval_prompt(prompt, [image])
     llm, out = session.llm, []
     for _ in range(n):
         p = np.exp(log_softmax(logits))
         tok = int(rng.choice(p.size, p=p / p.sum()))
         out.append(tok)
-        if session.is_eog(tok):
-            break
         llm.eval([tok])
         logits = np.array(llm.scores[llm.n_tokens - 1], dtype=np.float32)
     return out
@@ -303,8 +302,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         "",
         (f"Variant `{report['variant']}`; reference: the F16 files (LM {_mb(report['reference']['lm_bytes'])} MB, "
          f"mmproj {_mb(report['reference']['mmproj_bytes'])} MB). KL and top-1 over {report['evalset']['positions']} "
-         f"next-token positions: the F16 files' own sampled answers (up to {report['evalset'].get('answer_tokens')} "
-         f"tokens) to questions about {report['evalset'].get('scenes')} synthetic scenes in "
+         f"next-token positions: {report['evalset'].get('answer_tokens')} tokens the F16 files sample after "
+         f"each of the questions about {report['evalset'].get('scenes')} synthetic scenes in "
          f"{len(report['evalset'].get('seeds') or [])} seeds; KL seeds: the lowest and highest per-seed mean. "
          f"KL text: {report['evalset']['texts']} fixed text prompts (all positions) and "
          f"{report['evalset']['images']} image prompts (last position). Speed on this host "
