@@ -443,7 +443,10 @@ def test_run_prints_the_numbers_its_json_holds(q4, capsys):
             "What colour is the background?", "-n", "12", "-t", "1"]
     assert main([*args, "--json"]) == 0
     t = json.loads(capsys.readouterr().out)["timings"]
-    assert set(t) == {"encode_ms", "prefill_ms", "prompt_tokens", "decode_ms", "decode_tokens", "decode_tps"}
+    # the single-turn keys scripts read, and what a first turn reused of a cache: nothing
+    assert set(t) == {"encode_ms", "prefill_ms", "prompt_tokens", "decode_ms", "decode_tokens", "decode_tps",
+                      "cached_tokens"}
+    assert t["cached_tokens"] == 0
     assert t["decode_tps"] == round(1000 * t["decode_tokens"] / t["decode_ms"], 1)
     assert main(args) == 0
     out, err = capsys.readouterr()
