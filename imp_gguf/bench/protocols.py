@@ -519,8 +519,14 @@ class BenchSession:
         for i in range(cfg.warmup + cfg.runs):
             label = "warm-up" if i < cfg.warmup else f"run {i - cfg.warmup + 1}/{cfg.runs}"
             self.log(f"{facts.path.name}: follow-up {label}")
-            proc = dev.run(argv, timed=True, timeout=cfg.timeout, input=stdin)
-            turns = parse_mtmd_chat(proc.stdout, proc.stderr)
+            for _attempt in range(3):
+                proc = dev.run(argv, timed=True, timeout=cfg.timeout, input=stdin)
+                turns = parse_mtmd_chat(proc.stdout, proc.stderr)
+                # A run that exits at once after its last answer can lose that answer's log entries
+                # (the logger is asynchronous and abandoned at exit): run it again.
+                if proc.returncode != 0 or len(turns) == 2 and all(t.total_ms is not None for t in turns):
+                    break
+                self.log(f"{facts.path.name}: the log lost the last turn at exit; running again")
             if proc.returncode != 0 or len(turns) != 2 or any(t.total_ms is None for t in turns):
                 tail = (proc.stderr or proc.stdout or "").strip()[-400:]
                 raise InternalError(f"llama-mtmd-cli chat (exit {proc.returncode}) gave {len(turns)} of 2 turns on "
