@@ -41,7 +41,8 @@ def test_pareto_front() -> None:
 
 
 def _report(kl: float, size: int) -> dict:
-    return {"checkpoint": "x", "variant": "v", "recipes": [{"recipe": "q4_k", "kl_mean": kl, "lm_bytes": size}]}
+    return {"checkpoint": "x", "variant": "v", "recipes": [{"recipe": "q4_k", "kl_mean": kl, "lm_bytes": size,
+                                                            "bpw": 4.9, "fallbacks": []}]}
 
 
 def test_check_baseline() -> None:
