@@ -280,8 +280,12 @@ class Session:
         return text
 
     def chat_prompt(self, question: str, *, image: bool = True) -> str:
-        content = f"{MEDIA_MARKER}\n{question}" if image else question
-        return render(self.chat_template, [{"role": "user", "content": content}])
+        return render(self.chat_template, [{"role": "user", "content": user_content(question, image)}])
+
+
+def user_content(question: str, image: bool) -> str:
+    """A user turn's content: the image's media marker before the question of the turn that shows it."""
+    return f"{MEDIA_MARKER}\n{question}" if image else question
 
 
 class Conversation:
@@ -302,8 +306,7 @@ class Conversation:
         """Evaluate the next turn's prompt for `question`; returns the logits of the answer's first token
         (session.last_timings: this turn's prompt figures). `answer` then generates it."""
         first = not self.messages
-        content = f"{MEDIA_MARKER}\n{question}" if first else question
-        self._pending = [*self.messages, {"role": "user", "content": content}]
+        self._pending = [*self.messages, {"role": "user", "content": user_content(question, first)}]
         full = render(self.session.chat_template, self._pending)
         if first or not full.startswith(self.text):
             # First turn, or a template that renders earlier turns differently once more follow (then the

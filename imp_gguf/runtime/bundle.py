@@ -44,11 +44,7 @@ case "$1" in
 esac
 question=$2
 shift 2
-cd "$(dirname "$0")"
-# adb push and some unpackers drop the executable bit.
-chmod +x bin/* 2>/dev/null || true
-{tuning}
-if [ -n "$IMP_CPU_MASK" ]; then set -- -C "$IMP_CPU_MASK" --cpu-strict 1 "$@"; fi
+{enter}
 # -c: the job's context ({n_image} image tokens + {text_budget} for the question + {gen_budget} generated).
 # -lm none: read the weights instead of mapping them, so those llama.cpp repacks are resident once.
 # --jinja: use Imp's own chat template from the GGUF (mtmd-cli would otherwise guess "vicuna").
@@ -71,6 +67,13 @@ if [ -z "$IMP_THREADS_DEFAULT" ]; then
 fi
 IMP_THREADS=${{IMP_THREADS:-$IMP_THREADS_DEFAULT}}
 IMP_CPU_MASK=${{IMP_CPU_MASK-$IMP_MASK_DEFAULT}}"""
+# Every launcher enters the bundle's folder and takes its threads and CPU mask the same way.
+ENTER = """\
+cd "$(dirname "$0")"
+# adb push and some unpackers drop the executable bit.
+chmod +x bin/* 2>/dev/null || true
+{tuning}
+if [ -n "$IMP_CPU_MASK" ]; then set -- -C "$IMP_CPU_MASK" --cpu-strict 1 "$@"; fi"""
 PROFILE_TUNING = """\
 # Flags from the device profile {name} (`imp-gguf bench --sweep` on {device}: decode {decode} tok/s).
 IMP_THREADS=${{IMP_THREADS:-{threads}}}
@@ -100,10 +103,7 @@ if [ ! -f "$image" ]; then
 fi
 case "$image" in *"
 "*) echo "$0: the image path holds a line break: rename the file" >&2; exit 2 ;; esac
-cd "$(dirname "$0")"
-chmod +x bin/* 2>/dev/null || true
-{tuning}
-if [ -n "$IMP_CPU_MASK" ]; then set -- -C "$IMP_CPU_MASK" --cpu-strict 1 "$@"; fi
+{enter}
 # llama-mtmd-cli without -p chats: its first input line loads the image (/image), then each line is a turn.
 # On a terminal, keys go through one by one (no line buffering, no echo here) so that its own line editor
 # sees them as if it read the terminal itself, and the terminal is put back afterwards.
@@ -163,10 +163,7 @@ esac
 if [ "$mem" -gt 0 ]; then
     ulimit -S -d $((mem * 1024)) 2>/dev/null || echo "$0: note: this shell cannot limit memory (ulimit -d)" >&2
 fi
-cd "$(dirname "$0")"
-chmod +x bin/* 2>/dev/null || true
-{tuning}
-if [ -n "$IMP_CPU_MASK" ]; then set -- -C "$IMP_CPU_MASK" --cpu-strict 1 "$@"; fi
+{enter}
 # The key reaches llama-server through its own variable for --api-key, LLAMA_API_KEY, so that it is not
 # on the command line for `ps` to show; without IMP_API_KEY no key is set (loopback only, as checked above).
 if [ -n "${{IMP_API_KEY:-}}" ]; then
@@ -246,20 +243,20 @@ class BundleResult:
     manifest: dict
 
 
-def _tuning(profile: dict | None) -> tuple[str, str]:
-    """(shell lines setting IMP_THREADS and IMP_CPU_MASK, quoted extra flags) for the launchers: from a
-    `bench --sweep` device profile, else from the SoC table at run time."""
+def _enter(profile: dict | None) -> tuple[str, str]:
+    """(the launchers' shared lines: enter the bundle, set IMP_THREADS and IMP_CPU_MASK; quoted extra
+    flags): from a `bench --sweep` device profile, else from the SoC table at run time."""
     from imp_gguf.runtime.soc import shell_case
 
     if profile is None:
-        return SOC_TUNING.format(case=shell_case()), "-lm none "
+        return ENTER.format(tuning=SOC_TUNING.format(case=shell_case())), "-lm none "
     pairs = dict(zip(profile["args"][::2], profile["args"][1::2]))
     tuning = PROFILE_TUNING.format(name=shlex.quote(str(profile.get("_path", "profile"))).replace("\n", " "),
                                    device=str(profile.get("device") or "?").replace("\n", " "),
                                    decode=(profile.get("best") or {}).get("decode_tps"),
                                    threads=int(pairs.get("-t", 4)), mask=pairs.get("-C", ""))
     flags = [a for f, v in pairs.items() if f not in ("-t", "-C", "--cpu-strict") for a in (f, v)]
-    return tuning, "".join(shlex.quote(a) + " " for a in flags)
+    return ENTER.format(tuning=tuning), "".join(shlex.quote(a) + " " for a in flags)
 
 
 def run_script(model_name: str, mmproj_name: str, target: str = "linux-arm64", *, n_image: int = 729,
@@ -268,13 +265,13 @@ def run_script(model_name: str, mmproj_name: str, target: str = "linux-arm64", *
     mask come from `profile` (a `bench --sweep` device profile), else from the SoC table at run time."""
     from imp_gguf.runtime.context import GEN_BUDGET, TEXT_BUDGET, job_context
 
-    tuning, flags = _tuning(profile)
+    enter, flags = _enter(profile)
     return RUN_SH.format(
         commit=LLAMA_CPP_COMMIT,
         target=target,
         model=shlex.quote(f"models/{model_name}"),
         mmproj=shlex.quote(f"models/{mmproj_name}"),
-        tuning=tuning,
+        enter=enter,
         n_image=n_image, text_budget=TEXT_BUDGET, gen_budget=GEN_BUDGET,
         ctx=job_context(n_image + TEXT_BUDGET, GEN_BUDGET),
         flags=flags,
@@ -286,9 +283,9 @@ def chat_script(model_name: str, mmproj_name: str, target: str = "linux-arm64", 
     """chat.sh: llama-mtmd-cli's chat mode about one image, tuned as run.sh is."""
     from imp_gguf.runtime.context import CHAT_TURNS, GEN_BUDGET, chat_context
 
-    tuning, flags = _tuning(profile)
+    enter, flags = _enter(profile)
     return CHAT_SH.format(commit=LLAMA_CPP_COMMIT, target=target, model=shlex.quote(f"models/{model_name}"),
-                          mmproj=shlex.quote(f"models/{mmproj_name}"), tuning=tuning, flags=flags,
+                          mmproj=shlex.quote(f"models/{mmproj_name}"), enter=enter, flags=flags,
                           ctx=chat_context(n_image), turns=CHAT_TURNS, n_image=n_image, gen_budget=GEN_BUDGET)
 
 
@@ -298,9 +295,9 @@ def serve_script(model_name: str, mmproj_name: str, target: str = "linux-arm64",
     its data limited to mem_mb (memory_budget's total; 0: no limit)."""
     from imp_gguf.runtime.context import CHAT_TURNS, chat_context
 
-    tuning, flags = _tuning(profile)
+    enter, flags = _enter(profile)
     return SERVE_SH.format(commit=LLAMA_CPP_COMMIT, target=target, model=shlex.quote(f"models/{model_name}"),
-                           mmproj=shlex.quote(f"models/{mmproj_name}"), tuning=tuning, flags=flags,
+                           mmproj=shlex.quote(f"models/{mmproj_name}"), enter=enter, flags=flags,
                            ctx=chat_context(n_image), turns=CHAT_TURNS, n_image=n_image, port=DEFAULT_PORT,
                            mem_mb=mem_mb, reserve=COMPUTE_RESERVE_MB)
 
