@@ -46,7 +46,13 @@ def run_mtmd_cli(binary: Path, model: Path, mmproj: Path, image: Path, prompt: s
                              ctx=run_context(mmproj, prompt, max_tokens))
         if timings is not None:
             argv += ["-lv", "4"]  # its timing lines (stderr) are printed from this log level on
-        proc = runner.run(argv, timeout=1800)
+        # llama-mtmd-cli prints through llama.cpp's asynchronous logger, a singleton it never flushes at
+        # exit (upstream issue 22142): on a busy machine the answer's tail can be lost. Its output ends
+        # with newlines when it all came out; otherwise ask again (greedy, so the same answer), twice at most.
+        for _ in range(3):
+            proc = runner.run(argv, timeout=1800)
+            if proc.returncode != 0 or (proc.stdout or "").endswith("\n"):
+                break
     if proc.returncode != 0:
         tail = (proc.stderr or "").strip().splitlines()[-1:] or ["no output"]
         raise InternalError(f"llama-mtmd-cli exited {proc.returncode}: {tail[0]}")
