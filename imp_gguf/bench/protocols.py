@@ -519,11 +519,12 @@ class BenchSession:
         for i in range(cfg.warmup + cfg.runs):
             label = "warm-up" if i < cfg.warmup else f"run {i - cfg.warmup + 1}/{cfg.runs}"
             self.log(f"{facts.path.name}: follow-up {label}")
-            for _attempt in range(3):
+            for _attempt in range(6):
                 proc = dev.run(argv, timed=True, timeout=cfg.timeout, input=stdin)
                 turns = parse_mtmd_chat(proc.stdout, proc.stderr)
                 # A run that exits at once after its last answer can lose that answer's log entries
-                # (the logger is asynchronous and abandoned at exit): run it again.
+                # (the logger is asynchronous and abandoned at exit; with a tiny model that is often):
+                # run it again, five times at most.
                 if proc.returncode != 0 or len(turns) == 2 and all(t.total_ms is not None for t in turns):
                     break
                 self.log(f"{facts.path.name}: the log lost the last turn at exit; running again")
