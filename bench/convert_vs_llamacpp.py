@@ -94,7 +94,7 @@ def stage_plain_lm(ckpt: Path, dest: Path) -> Path:
     """The language model alone as a plain transformers checkpoint: each shard's LM tensors with their
     names and bytes (copied file to file), an index, a transformers config and the tokenizer files."""
     from imp_gguf.checkpoint import open_checkpoint
-    from imp_gguf.converters import detect_family
+    from imp_gguf.converters.registry import detect_family
 
     if (dest / "config.json").is_file():
         return dest

@@ -31,7 +31,7 @@ def log(msg: str) -> None:
 
 
 def checkpoint(variant: str) -> Path:
-    from imp_gguf.fixtures.fullsize import make_fullsize
+    from imp_gguf.synthetic_checkpoints.fullsize import make_fullsize
 
     dest = WORK / variant
     if not (dest / "config.json").is_file():
@@ -123,7 +123,7 @@ def _load_note(rows: list[dict]) -> str:
 
 
 def write_markdown(rows: list[dict], rows384: list[dict], rows_lb: list[dict]) -> None:
-    from imp_gguf.bench.report import markdown
+    from imp_gguf.speed.report import markdown
 
     r0 = rows[0]
     lines = [

@@ -213,7 +213,7 @@ def resolve_source(spec: str, *, metadata_only: bool = False, allow_pickle: bool
 
 def _nearest(path: Path) -> str:
     """ " (did you mean X?)" for a near miss among the folders next to `path`."""
-    from imp_gguf.names import closest
+    from imp_gguf.spelling import closest
 
     parent = path.parent if str(path.parent) else Path(".")
     try:

@@ -14,11 +14,11 @@ from typing import Any, Callable
 from imp_gguf.checkpoint import Checkpoint, open_checkpoint
 from imp_gguf.hub import HUB_ID
 from imp_gguf.errors import BadInput
-from imp_gguf.converters import detect_family
+from imp_gguf.converters.registry import detect_family
 from imp_gguf.converters.base import LMFamily, LMHparams
 from imp_gguf.converters.siglip import VisionHparams, add_mmproj_kv, plan as plan_vision, vision_hparams
 from imp_gguf.gguf_info import MMPROJ_ARCH
-from imp_gguf.naming import ENCODINGS, ModelIdentity, add_general
+from imp_gguf.gguf_naming import ENCODINGS, ModelIdentity, add_general
 from imp_gguf.policy import FILE_TYPES, OUTTYPES, tensor_type
 from imp_gguf.chat_templates import resolve_template
 from imp_gguf.tokenizer import Vocab, load_vocab

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable
 
-from imp_gguf.tiny_imp import default_checkpoint, demo_items
+from imp_gguf.tiny_imp.bundled import default_checkpoint, demo_items
 
 
 def demo_questions() -> list[dict[str, Any]]:
@@ -37,7 +37,7 @@ def run_demo(outdir: str | Path, *, quant: str | None = "q4_k", force: bool = Fa
     ckpt, items = default_checkpoint(), demo_questions()
     log(f"checkpoint: {ckpt}  (the bundled tiny Imp: Imp's architecture and layout A at toy size)")
     if recipe is not None:
-        from imp_gguf.quant import convert_and_quantize
+        from imp_gguf.quant.quantize import convert_and_quantize
 
         result = convert_and_quantize(ckpt, outdir, recipe, force=force, verbose=verbose)
     else:

@@ -16,7 +16,7 @@ from gguf import Keys
 
 from imp_gguf.errors import BadInput
 from imp_gguf.gguf_info import MMPROJ_ARCH as CLIP, check_gguf
-from imp_gguf.naming import SOURCE_KEY
+from imp_gguf.gguf_naming import SOURCE_KEY
 
 
 @dataclass(frozen=True)

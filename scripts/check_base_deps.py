@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Callable
 
 # Needs an extra by design: the PyTorch reference model, fixtures, parity and training.
-EXTRA_ONLY = ("imp_gguf.reference", "imp_gguf.fixtures", "imp_gguf.tiny_imp.model", "imp_gguf.tiny_imp.train")
+EXTRA_ONLY = ("imp_gguf.reference", "imp_gguf.synthetic_checkpoints", "imp_gguf.tiny_imp.model", "imp_gguf.tiny_imp.train")
 INSTALL_REFERENCE = "pip install 'imp-gguf[reference]'"
 ALWAYS_THERE = {"pip"}  # every virtual environment has it
 
@@ -157,7 +157,7 @@ def _one_line_naming_extra(what: str, code: int, out: str) -> list[str]:
 def check_extra_commands() -> list[str]:
     if importlib.util.find_spec("torch") is not None:
         return ["torch is importable: run this check where the reference extra is not installed (or --block)"]
-    from imp_gguf.tiny_imp import default_checkpoint
+    from imp_gguf.tiny_imp.bundled import default_checkpoint
 
     print("convert the bundled tiny Imp; verify, eval, fixtures tiny|full-size, training without the extra")
     problems = []

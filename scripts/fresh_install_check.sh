@@ -68,7 +68,7 @@ import json, subprocess, sys
 from pathlib import Path
 
 import imp_gguf
-from imp_gguf.bench.roofline import probe_source
+from imp_gguf.speed.roofline import probe_source
 
 venv = Path(sys.argv[1]).resolve()
 for p in (Path(imp_gguf.__file__), probe_source()):

@@ -1,4 +1,4 @@
-"""`imp-gguf bench`: wiring only; the work is in imp_gguf.bench.
+"""`imp-gguf bench`: wiring only; the work is in imp_gguf.speed.
 
 Exit status: 0, or 3 (a check that failed, as verify's and recipes compare --baseline's) when a device
 result (adb/ssh on an aarch64 device) misses --target-tps, so a device runner in CI can gate on it. Off-device (local host, qemu) results never fail: they only say what
@@ -78,11 +78,12 @@ def bench_cmd(
     The table (or, with --json, the rows) goes to stdout, progress to stderr. Exit status 3 when a device
     misses --target-tps.
     """
-    from imp_gguf.bench import BenchConfig, bench, exit_code
-    from imp_gguf.bench.plot import available, plot_rows
-    from imp_gguf.bench.report import print_table, write_json
+    from imp_gguf.speed.protocols import BenchConfig, exit_code
+    from imp_gguf.speed.bench import bench
+    from imp_gguf.speed.plot import available, plot_rows
+    from imp_gguf.speed.report import print_table, write_json
 
-    from imp_gguf.bench.sweep import apply_profile, load_profile, make_profile, parse_axes, table, write_profile
+    from imp_gguf.speed.sweep import apply_profile, load_profile, make_profile, parse_axes, table, write_profile
     from imp_gguf.errors import BadInput
 
     opts = list(ssh_option)

@@ -35,7 +35,7 @@ def bundle_cmd(
     out = out or outdir
     prof = None
     if profile is not None:
-        from imp_gguf.bench.sweep import load_profile
+        from imp_gguf.speed.sweep import load_profile
 
         prof = load_profile(profile) | {"_path": profile.name}
     result = make_bundle(out, model=model, mmproj=mmproj, target=target, force=force, profile=prof)

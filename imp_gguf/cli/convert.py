@@ -77,7 +77,7 @@ def convert_cmd(
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     opts = resolve_convert_options(outtype=outtype, quant=quant, keep_intermediate=keep_intermediate)
     if opts.recipe is not None:
-        from imp_gguf.quant import convert_and_quantize
+        from imp_gguf.quant.quantize import convert_and_quantize
 
         with progress(enabled=not (json_out or dry_run)) as prog:
             result = convert_and_quantize(ckpt, outdir, opts.recipe, force=force, keep_intermediate=keep_intermediate,

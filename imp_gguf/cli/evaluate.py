@@ -66,7 +66,7 @@ def eval_cmd(
     from imp_gguf.tiny_imp.evaluate import accuracy_report, pytorch_available
 
     if recipes is None:
-        from imp_gguf.quant import list_recipes
+        from imp_gguf.quant.recipes import list_recipes
 
         names = [r.name for r in list_recipes()]
     else:

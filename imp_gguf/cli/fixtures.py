@@ -1,9 +1,9 @@
 """`imp-gguf fixtures tiny|published|full-size`: checkpoints for tests and for speed figures (wiring only).
 
-tiny       a tiny Imp checkpoint of any released layout (imp_gguf.fixtures.tiny; needs torch).
+tiny       a tiny Imp checkpoint of any released layout (imp_gguf.synthetic_checkpoints.tiny; needs torch).
 published  a release at full size in its published form: config, names, shapes, dtype, shards, tokenizer
-           files (imp_gguf.fixtures.published; needs torch for the names; sparse zeros by default).
-full-size  a random-weight checkpoint in the exact shape of a real variant (imp_gguf.fixtures.fullsize;
+           files (imp_gguf.synthetic_checkpoints.published; needs torch for the names; sparse zeros by default).
+full-size  a random-weight checkpoint in the exact shape of a real variant (imp_gguf.synthetic_checkpoints.fullsize;
            streamed tensor by tensor: ~6 GB written, a few hundred MB of RAM).
 """
 
@@ -30,8 +30,8 @@ def tiny_cmd(
 ) -> None:
     """A tiny checkpoint with the real names, nesting, configs and tokenizer files of a variant."""
     from imp_gguf.errors import OutputExists
-    from imp_gguf.names import unknown
-    from imp_gguf.fixtures.tiny import VARIANTS, make_checkpoint
+    from imp_gguf.spelling import unknown
+    from imp_gguf.synthetic_checkpoints.tiny import VARIANTS, make_checkpoint
 
     if variant not in VARIANTS:
         raise unknown("variant", variant, VARIANTS)
@@ -53,7 +53,7 @@ def published_cmd(
     force: bool = typer.Option(False, "--force", help="Replace an existing OUT."),
 ) -> None:
     """A released checkpoint as published, at full size: what `convert` must accept without a download."""
-    from imp_gguf.fixtures.published import make_published
+    from imp_gguf.synthetic_checkpoints.published import make_published
 
     tenths = every_tenth(_info, lambda done, total, name: f"  {done / 1e9:5.2f} / {total / 1e9:.2f} GB  {name}")
     path = make_published(variant, out, data=data, seed=seed, force=force,
@@ -71,7 +71,7 @@ def full_size_cmd(
     json_out: bool = typer.Option(False, "--json", help="Print a summary as JSON on stdout."),
 ) -> None:
     """Random weights, real shapes: for speed figures of a variant without downloading it."""
-    from imp_gguf.fixtures.fullsize import FULL_VARIANTS, make_fullsize, n_params
+    from imp_gguf.synthetic_checkpoints.fullsize import FULL_VARIANTS, make_fullsize, n_params
     from imp_gguf.errors import BadInput
 
     if variant not in FULL_VARIANTS:

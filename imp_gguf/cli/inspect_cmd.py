@@ -9,7 +9,7 @@ from gguf import Keys
 
 from imp_gguf.cli._common import echo, print_json
 from imp_gguf.gguf_info import field_value, open_reader, summary
-from imp_gguf.names import unknown
+from imp_gguf.spelling import unknown
 
 # Characters of a non-string value (an array) shown in text mode; strings (the chat template) are shown
 # whole on their line, newlines as \\n, so `| grep KEY` finds all of it. --key and --json give any value whole.

@@ -11,7 +11,7 @@ import typer
 
 from imp_gguf.cli._common import info, print_json
 from imp_gguf.errors import BadInput
-from imp_gguf.names import unknown
+from imp_gguf.spelling import unknown
 
 QUIT = ("/quit", "/exit")
 

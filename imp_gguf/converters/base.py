@@ -148,7 +148,7 @@ def divide(total: int, part: int, what: str) -> int:
 
 
 class LMFamily:
-    """Base class; subclasses are listed by name in imp_gguf.converters.FAMILIES."""
+    """Base class; subclasses are listed by name in imp_gguf.converters.registry.FAMILIES."""
 
     name: ClassVar[str]
     arch: ClassVar[str]  # GGUF architecture

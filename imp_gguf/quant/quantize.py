@@ -23,7 +23,7 @@ from gguf import Keys, LlamaFileType
 from imp_gguf import __version__
 from imp_gguf.errors import BadInput, InternalError, OutputExists
 from imp_gguf.gguf_info import MMPROJ_ARCH, read_gguf_meta, summary, tensor_table
-from imp_gguf.naming import SOURCE_KEY, VERSION_KEY, ModelIdentity
+from imp_gguf.gguf_naming import SOURCE_KEY, VERSION_KEY, ModelIdentity
 from imp_gguf.native_log import quiet_native_stderr
 from imp_gguf.quant.recipes import QuantSpec, Recipe, ftype_id, ggml_type_id, load_recipe
 from imp_gguf.quant.rules import TypeChoice, estimated_bytes, expected_types, fallbacks

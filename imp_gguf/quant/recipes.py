@@ -30,7 +30,7 @@ from typing import Any
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, LlamaFileType
 
 from imp_gguf.errors import BadInput
-from imp_gguf.names import OUTTYPE_NAMES, closest, unknown
+from imp_gguf.spelling import OUTTYPE_NAMES, closest, unknown
 
 RECIPE_DIR = Path(__file__).resolve().parent.parent / "quant_recipes"
 

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from imp_gguf.checkpoint import open_checkpoint
-from imp_gguf.converters import detect_family
+from imp_gguf.converters.registry import detect_family
 from imp_gguf.converters.siglip import vision_hparams
 from imp_gguf.reference.layouts import lm_from_checkpoint, projector_prefix, to_checkpoint, vision_prefix
 from imp_gguf.reference.preprocess import imp_image_size, imp_pixel_values

@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import save_file
 
 from imp_gguf.checkpoint import open_checkpoint
-from imp_gguf.converters import detect_family
+from imp_gguf.converters.registry import detect_family
 from imp_gguf.runtime.runner import LocalRunner
 
 # Tiny test tokenizers have no known pre-tokenizer hash; the family decides it, as in imp-gguf.

@@ -185,7 +185,7 @@ class BuildFailed(InternalError):
 
 def _check_target(target: str) -> None:
     if target not in TARGETS:
-        from imp_gguf.names import unknown
+        from imp_gguf.spelling import unknown
 
         raise unknown("target", target, TARGETS)
     if target == "termux":

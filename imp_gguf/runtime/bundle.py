@@ -341,7 +341,7 @@ def make_bundle(
     profile: dict | None = None,
 ) -> BundleResult:
     """Write OUT/ and OUT.tar.gz. `binaries` defaults to the finished build for `target`; `profile` (from
-    imp_gguf.bench.sweep.load_profile) sets run.sh's threads, CPU mask and flags."""
+    imp_gguf.speed.sweep.load_profile) sets run.sh's threads, CPU mask and flags."""
     out = Path(out)
     model, mmproj = Path(model), Path(mmproj)
     check_pair(model, mmproj)  # a swapped or mismatched pair would only fail on the phone

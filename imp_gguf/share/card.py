@@ -22,7 +22,7 @@ from imp_gguf.errors import BadInput, OutputExists
 from imp_gguf.gguf_info import MMPROJ_ARCH, open_reader, summary
 from imp_gguf.hub import HUB_URL
 from imp_gguf.images import PAD_COLOR, mmproj_image_spec
-from imp_gguf.naming import SOURCE_COMMIT_KEY, SOURCE_KEY, SOURCE_REPO_KEY
+from imp_gguf.gguf_naming import SOURCE_COMMIT_KEY, SOURCE_KEY, SOURCE_REPO_KEY
 from imp_gguf.quant.quantize import RECIPE_KEY
 from imp_gguf.quant.recipes import DEFAULT_RECIPE, list_recipes
 from imp_gguf.share.ollama import GO_TEMPLATES, modelfile

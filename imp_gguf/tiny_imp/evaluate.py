@@ -162,7 +162,7 @@ class HeldoutAccuracy:
 def accuracy_scorer(source: str | Path, n_threads: int | None = None) -> HeldoutAccuracy | None:
     """The held-out accuracy scorer when the checkpoint is the tiny Imp (bundled or trained by
     imp_gguf.tiny_imp.train): other checkpoints were never trained on its task."""
-    from imp_gguf.tiny_imp import is_tiny_imp
+    from imp_gguf.tiny_imp.bundled import is_tiny_imp
 
     return HeldoutAccuracy(source, n_threads) if is_tiny_imp(source) else None
 
@@ -204,7 +204,7 @@ def accuracy_report(ckpt_dir: str | Path | None = None, recipes: Sequence[str] =
     by_kind {runtime: {kind: acc}}, agreement_with_pytorch {recipe: share of identical answers},
     files {recipe: {model, mmproj, lm_bytes, ...}} (paths only kept with workdir); details=True adds
     questions, golden and predictions. progress(runtime, n) returns the per-answer tick for a runtime."""
-    from imp_gguf.tiny_imp import default_checkpoint
+    from imp_gguf.tiny_imp.bundled import default_checkpoint
 
     say = log or (lambda _m: None)
     ckpt = Path(ckpt_dir) if ckpt_dir is not None else default_checkpoint()
@@ -242,7 +242,7 @@ def accuracy_report(ckpt_dir: str | Path | None = None, recipes: Sequence[str] =
 def check_tiny_imp(ckpt: str | Path) -> None:
     """The held-out questions are the tiny Imp's task: refuse checkpoints never trained on it."""
     from imp_gguf.errors import BadInput
-    from imp_gguf.tiny_imp import is_tiny_imp
+    from imp_gguf.tiny_imp.bundled import is_tiny_imp
 
     if not (Path(ckpt) / "config.json").is_file():
         raise BadInput(f"{ckpt}: not a checkpoint folder (no config.json)")

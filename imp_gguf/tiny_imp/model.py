@@ -3,7 +3,7 @@
 SigLIP tower holding only the blocks Imp runs (the config says one more, `mm_vision_select_layer = -2`),
 mlp2x_gelu projector, Phi-2 LLM saved with phi-msft names under `transformer.` like
 MILVLG/Imp-v1.5-3B-196, a GPT-2-style byte-level BPE with `</s>` and `<image>` added, Imp's config
-keys: written through `imp_gguf.fixtures`' config, tokenizer and shard writers.
+keys: written through `imp_gguf.synthetic_checkpoints`' config, tokenizer and shard writers.
 """
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ import torch
 from torch import nn
 
 from imp_gguf.chat_templates import SYSTEM
-from imp_gguf.fixtures.configs import imp_config
-from imp_gguf.fixtures.shards import write_torch_state
-from imp_gguf.fixtures.tiny import Dims, Variant, lm_config, vision_config
-from imp_gguf.fixtures.tokenizers import write_bpe
+from imp_gguf.synthetic_checkpoints.configs import imp_config
+from imp_gguf.synthetic_checkpoints.shards import write_torch_state
+from imp_gguf.synthetic_checkpoints.tiny import Dims, Variant, lm_config, vision_config
+from imp_gguf.synthetic_checkpoints.tokenizers import write_bpe
 from imp_gguf.reference.model import FAST_GELU_NEW, ImpModel
 from imp_gguf.tiny_imp import data as D
 
@@ -58,7 +58,7 @@ def prompt_parts(question: str) -> tuple[str, str]:
 
 
 def tokenizer_corpus() -> list[str]:
-    from imp_gguf.fixtures.corpus import corpus
+    from imp_gguf.synthetic_checkpoints.corpus import corpus
 
     lines: list[str] = []
     for q in D.all_questions():

@@ -30,7 +30,7 @@ try:
     import torch  # noqa: E402
     import torch.nn.functional as F  # noqa: E402
 
-    from imp_gguf.fixtures.tiny import padded_rows  # noqa: E402
+    from imp_gguf.synthetic_checkpoints.tiny import padded_rows  # noqa: E402
     from imp_gguf.tiny_imp import data as D  # noqa: E402
     from imp_gguf.tiny_imp.model import (TextCodec, TinySpec, build, n_params, pixels, save_checkpoint,
                                          write_tokenizer)

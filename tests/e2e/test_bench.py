@@ -21,12 +21,13 @@ from pathlib import Path
 
 import pytest
 
-from imp_gguf.bench import BenchConfig, bench, exit_code
+from imp_gguf.speed.protocols import BenchConfig, exit_code
+from imp_gguf.speed.bench import bench
 from imp_gguf.runtime.devices import Device
 from imp_gguf.runtime.parse import (cpu_features, parse_bandwidth, parse_llama_bench, parse_mtmd, parse_time_v,
                                   parse_version)
-from imp_gguf.bench.protocols import TextCounter, fit_question, model_facts, paper_comparison, spread, verdict
-from imp_gguf.bench.roofline import LmTraffic, build_probe, roofline
+from imp_gguf.speed.protocols import TextCounter, fit_question, model_facts, paper_comparison, spread, verdict
+from imp_gguf.speed.roofline import LmTraffic, build_probe, roofline
 from imp_gguf.pins import LLAMA_CPP_COMMIT
 from imp_gguf.runtime.runner import LocalRunner
 
@@ -348,7 +349,7 @@ def test_bench_over_fake_adb(tiny, host_tools, tmp_path, monkeypatch):
 # ---------------------------------------------------------------- full-size checkpoints (shape, tokenizer)
 
 def test_fullsize_table_matches_the_real_variant():
-    from imp_gguf.fixtures.fullsize import FULL_VARIANTS, n_params, spec_tensors
+    from imp_gguf.synthetic_checkpoints.fullsize import FULL_VARIANTS, n_params, spec_tensors
 
     spec = FULL_VARIANTS["Imp-v1.5-3B-196"]
     table = dict(spec_tensors(spec))
@@ -370,8 +371,8 @@ def test_fullsize_small_replica_converts_with_real_token_ids(tmp_path):
     """The generator at reduced widths: converts, and the tokenizer has Phi-2/Imp's special-token ids."""
     import llama_cpp
 
-    from imp_gguf.fixtures.fullsize import EOS_ID, FULL_VARIANTS, IMAGE_ID, make_fullsize
-    from imp_gguf.fixtures.shards import to_bf16
+    from imp_gguf.synthetic_checkpoints.fullsize import EOS_ID, FULL_VARIANTS, IMAGE_ID, make_fullsize
+    from imp_gguf.synthetic_checkpoints.shards import to_bf16
     from imp_gguf.convert import convert
     from imp_gguf.gguf_info import read_gguf_meta
 
@@ -417,7 +418,7 @@ def test_report_table_and_markdown():
 
     from rich.console import Console
 
-    from imp_gguf.bench.report import markdown, print_table
+    from imp_gguf.speed.report import markdown, print_table
 
     row = {"protocol": "paper", "model_filename": "m-Q4_K_M.gguf", "model_size": 1_790_000_000,
            "vision_encode_ms": 2100.0, "vision_encode_ms_min": 2000.0, "vision_encode_ms_max": 2200.0,

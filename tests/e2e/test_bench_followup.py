@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from imp_gguf.bench.protocols import FOLLOWUP_QUESTION, PAPER_ROW, followup_prediction
+from imp_gguf.speed.protocols import FOLLOWUP_QUESTION, PAPER_ROW, followup_prediction
 from imp_gguf.runtime.parse import parse_mtmd_chat
 
 
@@ -56,7 +56,7 @@ def test_paper_rates_prediction() -> None:
 @pytest.mark.slow
 def test_bench_followup_protocol_on_the_host(host_tools: dict[str, Path], tmp_path: Path) -> None:
     from imp_gguf.convert import convert
-    from imp_gguf.tiny_imp import default_checkpoint
+    from imp_gguf.tiny_imp.bundled import default_checkpoint
 
     r = convert(default_checkpoint(), tmp_path / "gguf", outtype="f16")
     out = tmp_path / "rows.json"

@@ -27,7 +27,7 @@ MMPROJ_NAME = "mmproj imp-f16.gguf"
 def models(tmp_path: Path) -> tuple[Path, Path]:
     """A real pair (the bundled tiny Imp, converted in well under a second): bundle checks they belong together."""
     from imp_gguf.convert import convert
-    from imp_gguf.tiny_imp import default_checkpoint
+    from imp_gguf.tiny_imp.bundled import default_checkpoint
 
     r = convert(default_checkpoint(), tmp_path / "models", outtype="f16", lm_filename=MODEL_NAME,
                 mmproj_filename=MMPROJ_NAME)

@@ -19,7 +19,7 @@ from tests.e2e.test_cli_usability import CLI, IMAGE, TINY, one_error_line, sh
 
 @pytest.fixture(scope="module")
 def q4(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    from imp_gguf.quant import convert_and_quantize
+    from imp_gguf.quant.quantize import convert_and_quantize
 
     return convert_and_quantize(TINY, tmp_path_factory.mktemp("q4"), "q4_k")
 

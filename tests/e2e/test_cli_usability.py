@@ -19,7 +19,7 @@ import pytest
 
 from imp_gguf.cli.main import main
 from imp_gguf.errors import BadInput
-from imp_gguf.tiny_imp import default_checkpoint
+from imp_gguf.tiny_imp.bundled import default_checkpoint
 
 CLI = [sys.executable, "-m", "imp_gguf.cli.main"]
 TINY = default_checkpoint()
@@ -43,7 +43,7 @@ def one_error_line(err: str) -> str:
 def q4(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """The tiny Imp at q4_k, through the CLI."""
     out = tmp_path_factory.mktemp("q4")
-    from imp_gguf.quant import convert_and_quantize
+    from imp_gguf.quant.quantize import convert_and_quantize
 
     return convert_and_quantize(TINY, out, "q4_k")
 

@@ -15,7 +15,7 @@ from imp_gguf.errors import BadInput, OutputExists
 from imp_gguf.quant.compare import (check_baseline, compare_recipes, kl_divergence, load_baseline,
                                     log_softmax, make_baseline, pareto_front)
 from imp_gguf.quant.evalset import build_evalset
-from imp_gguf.fixtures.tiny import VARIANTS
+from imp_gguf.synthetic_checkpoints.tiny import VARIANTS
 
 REPO = Path(__file__).resolve().parents[2]
 BASELINE = REPO / "bench" / "baselines" / "recipes-tiny-phi2.json"
@@ -108,7 +108,7 @@ def test_evalset_is_deterministic(tmp_path: Path) -> None:
 # ---------------------------------------------------------------- the comparison on every variant
 
 def test_accuracy_hook_only_for_the_tiny_imp(tmp_path: Path, tiny_checkpoints) -> None:
-    from imp_gguf.tiny_imp import CHECKPOINT_NAME, default_checkpoint
+    from imp_gguf.tiny_imp.bundled import CHECKPOINT_NAME, default_checkpoint
     from imp_gguf.tiny_imp.evaluate import accuracy_scorer as _accuracy_hook
 
     assert _accuracy_hook(tiny_checkpoints["Imp-v1.5-3B-196"]) is None
@@ -128,7 +128,7 @@ def test_kl_orders_recipes(variant: str, tiny_checkpoints, tmp_path: Path, monke
     # The accuracy column appears when the hook applies (here: a stand-in, so any checkpoint qualifies).
     from imp_gguf.tiny_imp.evaluate import accuracy_scorer
 
-    monkeypatch.setattr("imp_gguf.tiny_imp.is_tiny_imp", lambda source: True)
+    monkeypatch.setattr("imp_gguf.tiny_imp.bundled.is_tiny_imp", lambda source: True)
     monkeypatch.setattr("imp_gguf.tiny_imp.evaluate.heldout_accuracy", lambda m, mm, n_threads=None: 0.5)
     monkeypatch.setattr("imp_gguf.tiny_imp.evaluate._pytorch_accuracy", lambda source: 0.625)
     # One thread: tiny models gain nothing from more, and a busy CI box makes thread barriers crawl.

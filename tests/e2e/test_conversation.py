@@ -28,7 +28,7 @@ Q_SHAPE, Q_COLOUR = "What shape is it?", "What colour is the shape?"
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """The bundled tiny Imp converted to F32 (parity) and F16 (the CLI), and a held-out one-shape scene."""
     from imp_gguf.convert import convert
-    from imp_gguf.tiny_imp import default_checkpoint
+    from imp_gguf.tiny_imp.bundled import default_checkpoint
 
     root = tmp_path_factory.mktemp("tiny-chat")
     scene = D.random_scene(random.Random("conversation-test"), 1)

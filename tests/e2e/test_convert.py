@@ -97,7 +97,7 @@ def test_json_result_and_no_overwrite_without_force(tiny_checkpoints, tmp_path, 
 
 def test_conversion_streams_tensors(tmp_path):
     """Peak memory of a conversion stays far below the model size (tensors are streamed one by one)."""
-    from imp_gguf.fixtures.tiny import dims_with, make_checkpoint
+    from imp_gguf.synthetic_checkpoints.tiny import dims_with, make_checkpoint
 
     dims = dims_with(n_embd=1024, n_layer=12, n_ff_phi2=4096, n_head=8)
     ckpt = make_checkpoint("Imp-v1.5-3B-196", tmp_path / "Imp-v1.5-3B-196", dims=dims, n_shards=3)

@@ -28,7 +28,7 @@ SHARDS = ("model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"
 @pytest.fixture(scope="session")
 def tiny_196(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny Imp-v1.5-3B-196 in its published config form (phi-msft, no LM sizes in config.json)."""
-    from imp_gguf.fixtures.tiny import make_checkpoint
+    from imp_gguf.synthetic_checkpoints.tiny import make_checkpoint
 
     return make_checkpoint("Imp-v1.5-3B-196", tmp_path_factory.mktemp("hubsrc") / "Imp-v1.5-3B-196")
 
@@ -115,7 +115,7 @@ def test_convert_from_hub_id(hub, tiny_196: Path, tmp_path: Path) -> None:
 def test_dry_run_fetches_no_shard_body(hub, tmp_path: Path) -> None:
     """The full-size published form (7 sparse shards of 6.4 GB): a dry run reads each header with two ranged
     requests and nothing past it."""
-    from imp_gguf.fixtures.published import make_published
+    from imp_gguf.synthetic_checkpoints.published import make_published
 
     src = make_published("Imp-v1.5-3B-196", tmp_path / "src" / "Imp-v1.5-3B-196")
     shards = sorted(p.name for p in src.glob("*.safetensors"))
@@ -137,7 +137,7 @@ def test_dry_run_fetches_no_shard_body(hub, tmp_path: Path) -> None:
 def test_download_cut_mid_shard_is_resumed(hub, tmp_path: Path) -> None:
     """The connection drops half-way through a shard; huggingface_hub resumes it with a Range request (it
     keeps what it received in whole 10 MB chunks, so the shard is larger than the tiny Imp's)."""
-    from imp_gguf.fixtures.tiny import dims_with, make_checkpoint
+    from imp_gguf.synthetic_checkpoints.tiny import dims_with, make_checkpoint
 
     src = make_checkpoint("Imp-v1.5-3B-196", tmp_path / "src" / "Imp-v1.5-3B-196", n_shards=1,
                           dims=dims_with(n_embd=512, n_ff_phi2=4096, n_layer=3))

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 import imp_gguf
-from imp_gguf.bench.roofline import probe_source
+from imp_gguf.speed.roofline import probe_source
 
 REPO = Path(__file__).resolve().parents[2]
 CHECK = REPO / "scripts" / "check_base_deps.py"
@@ -88,5 +88,5 @@ def test_the_wheel_carries_every_package_file(tmp_path):
                     str(src)], check=True, capture_output=True, timeout=600, stdin=subprocess.DEVNULL)
     (wheel,) = (tmp_path / "wheels").glob("imp_gguf-*.whl")
     package = {f for f in files if f.startswith("imp_gguf/")}
-    assert "imp_gguf/bench/probe/bandwidth.c" in package
+    assert "imp_gguf/speed/probe/bandwidth.c" in package
     assert sorted(package - set(zipfile.ZipFile(wheel).namelist())) == []

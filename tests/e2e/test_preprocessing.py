@@ -191,7 +191,7 @@ def _clip_pixels(probe: Path, mmproj: Path, img: Image.Image, tmp: Path) -> np.n
 def test_resampling_a_12_megapixel_photo_matches_pil(tmp_path, host_probe) -> None:
     """Imp shrinks with PIL's bicubic (antialiased); clip.cpp's resampler must give nearly the same pixels."""
     from imp_gguf.convert import convert
-    from imp_gguf.fixtures.tiny import make_checkpoint
+    from imp_gguf.synthetic_checkpoints.tiny import make_checkpoint
     from imp_gguf.images import expand_to_square
 
     photo = Image.open(photo_like(tmp_path / "photo.png", 4000, 3000)).convert("RGB")
@@ -274,7 +274,7 @@ def _check_bundle_answers(bundle: Path, tmp: Path, env: dict) -> None:
 @pytest.fixture(scope="module")
 def tiny_imp_pair(tmp_path_factory) -> tuple[Path, Path]:
     from imp_gguf.convert import convert
-    from imp_gguf.tiny_imp import default_checkpoint
+    from imp_gguf.tiny_imp.bundled import default_checkpoint
 
     r = convert(default_checkpoint(), tmp_path_factory.mktemp("tiny-imp"), outtype="f16")
     return Path(r["model"]), Path(r["mmproj"])

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from imp_gguf.cli.main import main
-from imp_gguf.fixtures.published import RELEASES, make_published, published_config
+from imp_gguf.synthetic_checkpoints.published import RELEASES, make_published, published_config
 
 SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "reference" / "published"
 

@@ -15,10 +15,12 @@ import pytest
 from imp_gguf.cli.main import main
 from imp_gguf.errors import BadInput, OutputExists
 from imp_gguf.gguf_info import read_gguf_meta, summary, tensor_table
-from imp_gguf.quant import apply_recipe, convert_and_quantize, expected_types, list_recipes, load_recipe
+from imp_gguf.quant.quantize import apply_recipe, convert_and_quantize
+from imp_gguf.quant.rules import expected_types
+from imp_gguf.quant.recipes import list_recipes, load_recipe
 from imp_gguf.quant.recipes import FTYPE_BASE, RECIPE_DIR, TENSOR_TYPES, ftype_id, ggml_type_id
 from imp_gguf.quant.rules import fallbacks, use_more_bits
-from imp_gguf.fixtures.tiny import VARIANTS, dims_with, make_checkpoint
+from imp_gguf.synthetic_checkpoints.tiny import VARIANTS, dims_with, make_checkpoint
 
 REQUIRED = {"f16": "F16", "q8_0": "Q8_0", "q4_k": "Q4_K_M", "q4_k_s": "Q4_K_S", "q3_k": "Q3_K_M",
             "q3_k_s": "Q3_K_S", "q4_0": "Q4_0"}

@@ -23,7 +23,7 @@ from tests.plugins.serving import (Q_COLOUR, Q_SHAPE, answer, fake_tools, image_
 @pytest.fixture(scope="module")
 def tiny_pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     from imp_gguf.convert import convert
-    from imp_gguf.tiny_imp import default_checkpoint
+    from imp_gguf.tiny_imp.bundled import default_checkpoint
 
     r = convert(default_checkpoint(), tmp_path_factory.mktemp("tiny-serve"), outtype="f16")
     return Path(r["model"]), Path(r["mmproj"])

@@ -121,7 +121,7 @@ def _fake_tools(tmp_path: Path) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def tiny_pair(tmp_path_factory) -> tuple[Path, Path]:
     from imp_gguf.convert import convert
-    from imp_gguf.tiny_imp import default_checkpoint
+    from imp_gguf.tiny_imp.bundled import default_checkpoint
 
     r = convert(default_checkpoint(), tmp_path_factory.mktemp("tiny"), outtype="f16")
     return Path(r["model"]), Path(r["mmproj"])
@@ -167,8 +167,8 @@ def test_run_sh_unknown_soc_is_unpinned(tmp_path, tiny_pair):
 # ---------------------------------------------------------------- sweep logic and profiles
 
 def test_sweep_axes_points_and_errors():
-    from imp_gguf.bench.protocols import BenchConfig
-    from imp_gguf.bench.sweep import best, configure, parse_axes, points
+    from imp_gguf.speed.protocols import BenchConfig
+    from imp_gguf.speed.sweep import best, configure, parse_axes, points
 
     axes = parse_axes(["threads=2,4,6,8 fa=on,off", "mask=big,none,0x3"])
     assert axes == {"threads": ["2", "4", "6", "8"], "fa": ["on", "off"], "mask": ["big", "none", "0x3"]}
@@ -188,7 +188,7 @@ def test_sweep_axes_points_and_errors():
 
 
 def test_profile_validation(tmp_path):
-    from imp_gguf.bench.sweep import load_profile
+    from imp_gguf.speed.sweep import load_profile
 
     p = tmp_path / "p.json"
     good = {"imp_gguf_profile": 1, "args": ["-t", "6", "-C", "0xfc", "--cpu-strict", "1", "-fa", "on"]}
@@ -254,8 +254,9 @@ def test_sweep_on_the_host_writes_a_profile_that_bundles(tmp_path, tiny_pair, ho
 @pytest.mark.cross
 @pytest.mark.slow
 def test_sweep_under_qemu(tiny_pair, arm64_tools):
-    from imp_gguf.bench import BenchConfig, bench
-    from imp_gguf.bench.sweep import make_profile
+    from imp_gguf.speed.protocols import BenchConfig
+    from imp_gguf.speed.bench import bench
+    from imp_gguf.speed.sweep import make_profile
 
     rows = bench([tiny_pair[0]], [tiny_pair[1]], device="qemu", sweep={"threads": ["1", "2"]},
                  cfg=BenchConfig(runs=1, n_gen=4, bandwidth=False))
@@ -268,7 +269,7 @@ def test_quantized_kv_needs_heads_divisible_by_the_block(tiny_pair):
     """Phi-2 (Imp-3B) has heads of 80: llama.cpp refuses a q8_0 cache, so bench says so first (exit 2)."""
     from dataclasses import replace
 
-    from imp_gguf.bench.protocols import check_kv_type, model_facts
+    from imp_gguf.speed.protocols import check_kv_type, model_facts
 
     facts = model_facts(*tiny_pair)
     assert facts.head_dim == 64  # the tiny Imp: 256 wide, 4 heads
@@ -280,7 +281,7 @@ def test_quantized_kv_needs_heads_divisible_by_the_block(tiny_pair):
 def test_bench_table_names_the_soc_choice():
     from rich.console import Console
 
-    from imp_gguf.bench.report import print_table
+    from imp_gguf.speed.report import print_table
 
     soc = choose(soc_model="SM8650").to_dict()
     console = Console(record=True, width=200)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from imp_gguf.tiny_imp import default_checkpoint, demo_items, is_tiny_imp
+from imp_gguf.tiny_imp.bundled import default_checkpoint, demo_items, is_tiny_imp
 from imp_gguf.tiny_imp import data as D
 from imp_gguf.tiny_imp.evaluate import (N_HELDOUT, accuracy, heldout_set, is_correct, llama_predictions,
                                         pytorch_predictions, recipe_ggufs, score)

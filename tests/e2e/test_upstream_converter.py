@@ -20,7 +20,7 @@ def llama_cpp_tree():
 def test_lm_gguf_matches_upstream_converter(variant, tiny_checkpoints, converted, llama_cpp_tree, tmp_path):
     from gguf import GGUFReader
 
-    from imp_gguf.converters import detect_family
+    from imp_gguf.converters.registry import detect_family
     from imp_gguf.gguf_info import read_gguf_meta
     from imp_gguf.reference.upstream import run_upstream, stage_plain_checkpoint
     from imp_gguf.checkpoint import open_checkpoint

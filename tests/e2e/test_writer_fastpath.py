@@ -22,7 +22,7 @@ VARIANT = "Imp-v1.5-3B-196"
 
 @pytest.fixture(scope="module")
 def fp16_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from imp_gguf.fixtures.tiny import make_checkpoint
+    from imp_gguf.synthetic_checkpoints.tiny import make_checkpoint
 
     return make_checkpoint(VARIANT, tmp_path_factory.mktemp("fp16") / VARIANT, dtype=torch.float16)
 
@@ -177,7 +177,7 @@ def _growth(ckpt: Path, out: Path, outtype: str) -> float:
 def test_memory_is_flat_in_model_size(tmp_path, dtype, outtype):
     """Two models, 2 and 5 blocks, each holding 64 MB FFN matrices (128 MB as float32): peak RSS grows by
     a few chunks, not by a tensor (a whole-tensor conversion grows by ~190 MB), and alike for both."""
-    from imp_gguf.fixtures.tiny import dims_with, make_checkpoint
+    from imp_gguf.synthetic_checkpoints.tiny import dims_with, make_checkpoint
 
     growth = {}
     for n_layer in (2, 5):

@@ -33,6 +33,6 @@ def alarm_after(seconds: int) -> Iterator[None]:
 def hostile_checkpoint(tmp_path_factory: pytest.TempPathFactory, name: str = VARIANT, variant: str | None = None,
                        **kw) -> Path:
     """A tiny fixture checkpoint, written once per session and shared by the hostile modules."""
-    from imp_gguf.fixtures.tiny import make_checkpoint
+    from imp_gguf.synthetic_checkpoints.tiny import make_checkpoint
 
     return make_checkpoint(variant or name, tmp_path_factory.getbasetemp() / "hostile-ckpt" / name, **kw)

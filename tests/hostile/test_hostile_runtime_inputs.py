@@ -40,7 +40,7 @@ def alarm():
 def ggufs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """The fixture converted (LLM width 256), plus the mmproj of a 512-wide twin."""
     from imp_gguf.convert import convert
-    from imp_gguf.fixtures.tiny import dims_with
+    from imp_gguf.synthetic_checkpoints.tiny import dims_with
 
     src = hostile_checkpoint(tmp_path_factory)
     # phi-msft configs say n_inner=null (4 x width), so the wide twin's FFN must be 4 x 512.

@@ -25,7 +25,7 @@ pytestmark = pytest.mark.slow
 def bundle(host_tools: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict:
     from imp_gguf.convert import convert
     from imp_gguf.runtime.bundle import make_bundle
-    from imp_gguf.tiny_imp import default_checkpoint
+    from imp_gguf.tiny_imp.bundled import default_checkpoint
 
     tmp = tmp_path_factory.mktemp("hostile-serve")
     r = convert(default_checkpoint(), tmp / "gguf", outtype="f16")

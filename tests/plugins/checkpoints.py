@@ -11,7 +11,7 @@ VARIANT_NAMES = ["imp-v1-3b", "Imp-v1.5-3B-196", "Imp-v1.5-3B-Phi2", "Imp-v1.5-2
 
 @pytest.fixture(scope="session")
 def tiny_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    from imp_gguf.fixtures.tiny import make_all
+    from imp_gguf.synthetic_checkpoints.tiny import make_all
 
     return make_all(tmp_path_factory.mktemp("ckpt"))
 

@@ -10,7 +10,7 @@ from typing import Any
 import gguf
 import pytest
 
-from imp_gguf.converters import FAMILIES, detect_family
+from imp_gguf.converters.registry import FAMILIES, detect_family
 from imp_gguf.converters.base import LMHparams
 from imp_gguf.converters.phi2 import Phi2
 from imp_gguf.converters.phi2_msft import Phi2Msft

@@ -18,14 +18,14 @@ ROOT = Path(imp_gguf.__file__).parent
 # Lowest first. Within a floor, imports go either way (cycles are checked on their own).
 LAYERS: list[tuple[str, ...]] = [
     ("imp_gguf", "errors", "pins", "native_log"),
-    ("names", "naming", "gguf_info", "images", "synthetic_images", "hub", "safetensors_io", "chat_templates", "policy",
+    ("spelling", "gguf_naming", "gguf_info", "images", "synthetic_images", "hub", "safetensors_io", "chat_templates", "policy",
      "pair"),
     ("checkpoint", "tokenizer", "converters", "writer"),
     ("convert",),
     ("runtime",),
     ("quant",),
-    ("bench", "share"),
-    ("reference", "fixtures"),
+    ("speed", "share"),
+    ("reference", "synthetic_checkpoints"),
     ("tiny_imp",),
     ("demo",),
     ("cli",),

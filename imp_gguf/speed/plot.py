@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from imp_gguf.bench.protocols import PAPER_ROW
+from imp_gguf.speed.protocols import PAPER_ROW
 
 
 def available() -> bool:

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from imp_gguf.bench.protocols import PAPER_ROW
+from imp_gguf.speed.protocols import PAPER_ROW
 
 
 def _f(x: Any, spec: str = ".2f") -> str:

@@ -7,7 +7,7 @@ token embedding is a row lookup (one row read, not the matrix). So
     ceiling_tps   = measured bandwidth / bytes per token
     efficiency    = decode_tps * bytes per token / measured bandwidth
 
-The probe (imp_gguf/bench/probe/bandwidth.c, package data) is compiled with the toolchain of the
+The probe (imp_gguf/speed/probe/bandwidth.c, package data) is compiled with the toolchain of the
 target: the host C compiler (-march=native like the host llama.cpp build) or aarch64-linux-gnu-gcc
 -static (like the linux-arm64 build), and cached next to the llama.cpp builds:
 ${cache}/build/probe-<target>-<hash>/bandwidth.
@@ -38,7 +38,7 @@ COMPILERS: dict[str, list[str]] = {
 
 
 def probe_source() -> Path:
-    """imp_gguf/bench/probe/bandwidth.c, shipped in the package (editable install or wheel alike)."""
+    """imp_gguf/speed/probe/bandwidth.c, shipped in the package (editable install or wheel alike)."""
     if not PROBE_SOURCE.is_file():
         raise InternalError(f"the bandwidth probe source is missing from {PROBE_SOURCE} (broken install?)")
     return PROBE_SOURCE

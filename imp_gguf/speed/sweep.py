@@ -18,9 +18,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
-from imp_gguf.bench.protocols import FA, KV, BenchConfig, check_kv_type, is_hex_mask
+from imp_gguf.speed.protocols import FA, KV, BenchConfig, check_kv_type, is_hex_mask
 from imp_gguf.errors import BadInput
-from imp_gguf.names import unknown
+from imp_gguf.spelling import unknown
 from imp_gguf.runtime.soc import SocChoice
 
 AXES = ("threads", "fa", "mask", "kv")

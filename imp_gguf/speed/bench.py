@@ -1,12 +1,4 @@
-"""`imp-gguf bench`: run Imp GGUFs with the built llama.cpp tools where they will run, and measure them.
-
-    from imp_gguf.bench import BenchConfig, bench
-    rows = bench(["model.gguf"], ["mmproj.gguf"], device="ssh://u0_a1@phone:8022", cfg=BenchConfig(runs=5))
-
-Modules: protocols (paper / llama-bench protocols, verdict), roofline (bandwidth probe, bytes per token),
-report (tables, JSON), plot (PNG), sweep. Where it runs is imp_gguf.runtime.devices; llama.cpp's output is
-parsed by imp_gguf.runtime.parse; full-size checkpoints for speed figures: imp_gguf.fixtures.fullsize.
-"""
+"""The bench entry point: check the pairs, open the device, pick the SoC's threads, run the protocol."""
 
 from __future__ import annotations
 
@@ -15,14 +7,11 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from imp_gguf.bench.protocols import (DEFAULT_TARGET_TPS, PAPER_ROW, PROTOCOLS, BenchConfig, BenchSession,
+from imp_gguf.speed.protocols import (DEFAULT_TARGET_TPS, PAPER_ROW, PROTOCOLS, BenchConfig, BenchSession,
                                       check_kv_type, exit_code, model_facts)
-from imp_gguf.bench.roofline import COMPILERS, build_probe
+from imp_gguf.speed.roofline import COMPILERS, build_probe
 from imp_gguf.errors import BadInput
 from imp_gguf.runtime.devices import Device, open_device, soc_choice
-
-__all__ = ["DEFAULT_TARGET_TPS", "PAPER_ROW", "PROTOCOLS", "BenchConfig", "BenchSession", "Device", "bench",
-           "exit_code", "model_facts", "open_device"]
 
 
 def bench(models: Sequence[str | Path], mmprojs: Sequence[str | Path], *, device: str = "local",
@@ -54,7 +43,7 @@ def bench(models: Sequence[str | Path], mmprojs: Sequence[str | Path], *, device
     session = BenchSession(dev, cfg, log)
     rows: list[dict[str, Any]] = []
     if sweep:
-        from imp_gguf.bench.sweep import run_sweep
+        from imp_gguf.speed.sweep import run_sweep
 
         for f in facts:
             got, summary = run_sweep(session, f, sweep, soc, log or (lambda m: None))

@@ -27,9 +27,9 @@ from typing import Any
 import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, Keys
 
-from imp_gguf.bench.roofline import LmTraffic, lm_traffic, roofline
+from imp_gguf.speed.roofline import LmTraffic, lm_traffic, roofline
 from imp_gguf.errors import BadInput, CheckFailed, InternalError
-from imp_gguf.names import unknown
+from imp_gguf.spelling import unknown
 from imp_gguf.native_log import quiet_native_stderr
 from imp_gguf.runtime.context import image_tokens, job_context
 from imp_gguf.runtime.devices import Device, cpu_info, load_average, version_info
