@@ -49,7 +49,8 @@ def bundle_cmd(
     else:
         echo(f"wrote {result.folder}/")
         echo(f"wrote {result.tarball}")
-        info('on the phone: sh run.sh IMAGE "QUESTION", sh chat.sh IMAGE, sh serve.sh (see README.txt in the bundle)')
+        serve = "sh serve.sh (its web UI at /)" if result.manifest["web_ui"]["folder"] else "sh serve.sh"
+        info(f'on the phone: sh run.sh IMAGE "QUESTION", sh chat.sh IMAGE, {serve} (see README.txt in the bundle)')
 
 
 def _web_ui():
