@@ -21,5 +21,7 @@ fi
 python -m pip install -q -e '.[test]'
 
 # The llama.cpp tools are built once per machine into ~/.cache/imp-gguf (host ~8 min, linux-arm64 ~11 min)
-# by the test fixtures themselves, and reused afterwards.
+# by the test fixtures themselves, and reused afterwards. llama.cpp's web UI (tests/e2e/test_webui.py) is built
+# once the same way with npm (~2 min, into ~/.cache/imp-gguf/ui); Node.js >= 20.19 and npm come with the
+# machine, nothing is installed here: where npm is missing those tests skip and say so.
 exec python -m pytest -q -ra "$@"

@@ -22,11 +22,15 @@ def bundle_cmd(
     profile: Path = typer.Option(None, "--profile",
                                  help="Device profile from `bench --sweep`: its threads, CPU mask and flags go "
                                       "into run.sh (default: the SoC table, chosen on the phone)."),
+    no_ui: bool = typer.Option(False, "--no-ui",
+                               help="Leave out llama.cpp's web UI (otherwise built once with npm from the pinned "
+                                    "source, ~10 MB in ui/, served by serve.sh at /)."),
 ) -> None:
-    """Write a folder + tarball with the static tools, the models, run.sh, chat.sh and serve.sh, for adb push or
-    Termux.
+    """Write a folder + tarball with the static tools, the models, run.sh, chat.sh and serve.sh (with llama.cpp's
+    web UI at /), for adb push or Termux.
 
     MODEL and MMPROJ are checked first: a language model and its own mmproj (same width, same checkpoint).
+    Without npm (or when its build fails) the bundle is made without the web UI, with a warning.
     """
     from imp_gguf.errors import BadInput
 
@@ -38,13 +42,29 @@ def bundle_cmd(
         from imp_gguf.speed.sweep import load_profile
 
         prof = load_profile(profile) | {"_path": profile.name}
-    result = make_bundle(out, model=model, mmproj=mmproj, target=target, force=force, profile=prof)
+    result = make_bundle(out, model=model, mmproj=mmproj, target=target, force=force, profile=prof,
+                         ui="made with --no-ui" if no_ui else _web_ui)
     if json_out:
         print_json({"folder": str(result.folder), "tarball": str(result.tarball), **result.manifest})
     else:
         echo(f"wrote {result.folder}/")
         echo(f"wrote {result.tarball}")
-        info('on the phone: sh run.sh IMAGE "QUESTION", sh chat.sh IMAGE, sh serve.sh (see README.txt in the bundle)')
+        serve = "sh serve.sh (its web UI at /)" if result.manifest["web_ui"]["folder"] else "sh serve.sh"
+        info(f'on the phone: sh run.sh IMAGE "QUESTION", sh chat.sh IMAGE, {serve} (see README.txt in the bundle)')
+
+
+def _web_ui():
+    """llama.cpp's web UI for the bundle (built the first time, then reused), or why there is none."""
+    from imp_gguf.runtime.webui import ui_for_bundle
+
+    def started(log: Path) -> None:
+        info(f"building llama.cpp's web UI with npm (once per pinned llama.cpp, about 2-3 min; log: {log})")
+
+    ui, warning, reason = ui_for_bundle(on_start=started, progress=lambda step: info(f"  web UI: {step}"))
+    if ui is None:
+        info(f"warning: the bundle has no web UI: {warning}")
+        return reason
+    return ui
 
 
 def register(app: typer.Typer) -> None:

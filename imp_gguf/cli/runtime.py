@@ -1,4 +1,4 @@
-"""`imp-gguf runtime build|where`: wiring only; the work is in imp_gguf.runtime.build."""
+"""`imp-gguf runtime build|build-ui|where`: wiring only; the work is in imp_gguf.runtime.build and .webui."""
 
 from __future__ import annotations
 
@@ -77,21 +77,56 @@ def build_cmd(
         echo(f"{target}: {how}: {result.bin_dir} (patches: {patches})")
 
 
+@sub.command("build-ui")
+def build_ui_cmd(
+    force: bool = typer.Option(False, "--force", help="Build it again even if it is cached."),
+    json_out: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
+) -> None:
+    """Build llama.cpp's web UI from the pinned source's tools/ui with npm (npm ci, npm run build), once per
+    pinned llama.cpp; `bundle` ships it and serve.sh serves it at /. Needs Node.js >= 20.19, npm and the npm
+    registry (or npm's cache)."""
+    from imp_gguf.runtime import webui
+
+    def started(log) -> None:
+        info(f"building llama.cpp's web UI with npm (about 2-3 min on 2 cores; log: {log})")
+
+    try:
+        result = webui.build_ui(force=force, on_start=started, progress=lambda step: info(f"  {step}"))
+    except webui.UiBuildFailed as exc:
+        if exc.tail:
+            info(f"last lines of {exc.log}:")
+            tail = exc.tail if STATE["verbose"] else exc.tail[-15:]
+            err_console.print("\n".join(tail), markup=False, highlight=False, soft_wrap=True)
+        raise
+    if json_out:
+        print_json(result.to_json())
+    else:
+        how = "reused" if result.reused else f"built in {result.seconds / 60:.1f} min"
+        echo(f"web UI {result.key}: {how}: {result.dist} ({result.stamp['files']} files, "
+             f"{result.stamp['bytes'] / 1e6:.1f} MB)")
+
+
 @sub.command("where")
 def where_cmd(
     target: str = typer.Option("host", "--target", help=TARGET_HELP),
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
 ) -> None:
-    """Print the paths of the built tools, then one `patch<TAB>NAME` line per patch applied to the source
-    (exit 2 if that target is not built yet with the current patches)."""
+    """Print the paths of the built tools, then one `patch<TAB>NAME` line per patch applied to the source,
+    then `ui<TAB>FOLDER` when llama.cpp's web UI is built (exit 2 if that target is not built yet with the
+    current patches)."""
+    from imp_gguf.runtime.webui import find_ui
+
     result = rt.where(target)
+    ui = find_ui()
     if json_out:
-        print_json(result.to_json())
+        print_json({**result.to_json(), "ui": ui.to_json() if ui is not None else None})
     else:
         for name, path in result.binaries.items():
             typer.echo(f"{name}\t{path}")
         for patch in result.to_json()["patches"]:
             typer.echo(f"patch\t{patch['name']}")
+        if ui is not None:
+            typer.echo(f"ui\t{ui.dist}")
 
 
 def register(app: typer.Typer) -> None:

@@ -49,8 +49,9 @@ STAMP = "stamp.json"
 # wherever the CPU has it, so host builds on x86-64 compile it out; the other CPU kernels are unchanged.
 X86_NO_AMX = "-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
 
-# Flags every target shares. LLAMA_USE_PREBUILT_UI=OFF: the server would otherwise try to download
-# its web UI at build time, which fails (or hangs) offline; we only need the API.
+# Flags every target shares. LLAMA_BUILD_UI/LLAMA_USE_PREBUILT_UI=OFF: the server would otherwise build its
+# web UI with npm or download it at build time (which fails, or hangs, offline) and embed it. The bundle's
+# UI is built apart, once, from the same source (runtime/webui.py) and served from files with --path.
 COMMON_DEFINES = {
     "CMAKE_BUILD_TYPE": "Release",
     "BUILD_SHARED_LIBS": "OFF",

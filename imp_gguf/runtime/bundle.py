@@ -1,4 +1,5 @@
-"""A self-contained folder (and OUT.tar.gz) to run Imp on a phone: static tools, the two GGUFs, run.sh.
+"""A self-contained folder (and OUT.tar.gz) to run Imp on a phone: static tools, the two GGUFs, run.sh,
+chat.sh and serve.sh, and llama.cpp's web UI (ui/, from runtime/webui.py) for serve.sh's llama-server.
 
 Ready for `adb push OUT /data/local/tmp/` or for unpacking into Termux's home. Both outputs are written
 under temporary names in OUT's folder and renamed at the end, so an interrupted bundle leaves no OUT.
@@ -13,7 +14,7 @@ import shutil
 import tarfile
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from imp_gguf.pins import LLAMA_CPP_COMMIT, LLAMA_CPP_PYTHON_VERSION
 from imp_gguf.runtime.build import STAMP, where
 from imp_gguf.runtime.context import chat_context, image_tokens
 from imp_gguf.runtime.source import file_sha256
+from imp_gguf.runtime.webui import WebUI
 
 RUN_SH = """\
 #!/bin/sh
@@ -121,9 +123,10 @@ fi
 SERVE_SH = """\
 #!/bin/sh
 # Serve the bundled Imp model over HTTP (llama.cpp {commit}, target {target}): OpenAI-style
-# POST /v1/chat/completions with images (image_url parts, base64 data URIs), GET /health, and llama.cpp's
-# web UI at / when the build embeds one. One conversation at a time (one slot; more requests wait their
-# turn); prompt caching keeps the conversation, image included, so a follow-up evaluates only its new text.
+# POST /v1/chat/completions with images (image_url parts, base64 data URIs) and GET /health.
+{ui_comment}
+# One conversation at a time (one slot; more requests wait their turn); prompt caching keeps the
+# conversation, image included, so a follow-up evaluates only its new text.
 # Context: {ctx} tokens (the image's {n_image}, then about {turns} questions and answers).
 # usage: sh serve.sh [more llama-server options]
 # Listens on 127.0.0.1:${{IMP_PORT:-{port}}} (this device only). IMP_HOST=ADDRESS (numeric, e.g. 0.0.0.0 or
@@ -172,7 +175,7 @@ if [ -n "${{IMP_API_KEY:-}}" ]; then
 else
     unset LLAMA_API_KEY
 fi
-# -np 1: one slot (others queue); --cache-ram 0: no second, host-memory prompt cache beside the slot's
+{ui_lines}# -np 1: one slot (others queue); --cache-ram 0: no second, host-memory prompt cache beside the slot's
 # KV, so memory stays at the budget README.txt states.
 exec ./bin/llama-server -m {model} --mmproj {mmproj} --jinja \\
     --host "$host" --port "$port" -t "$IMP_THREADS" -c "${{IMP_CTX:-{ctx}}}" -np 1 \\
@@ -228,10 +231,34 @@ Memory the server needs: about {total_mb} MB = the two model files ({files_mb} M
   photo being read. serve.sh holds it to that (IMP_MEM_MB): a photo that would need more is refused
   with an error. Requests beyond the one being answered wait in a queue.
 """
-# imp-gguf builds llama.cpp offline (build.COMMON_DEFINES: LLAMA_BUILD_UI and LLAMA_USE_PREBUILT_UI off):
-# the web UI's assets come from npm or a download at build time, so llama-server answers / with 404.
-WEBUI = ("No web UI at /: llama.cpp fetches its assets at build time and imp-gguf builds offline;\n"
-         "  use the API or any OpenAI-compatible app")
+# The web UI: llama.cpp's own, built by imp-gguf from the pinned source's tools/ui (runtime/webui.py), in the
+# bundle's ui/ folder; serve.sh hands it to llama-server with --path (its tools are built without one embedded).
+UI_FOLDER = "ui"
+UI_COMMENT = """\
+# GET / is llama.cpp's web UI for this commit (tools/ui, built by imp-gguf with npm; the files are in ui/),
+# for a browser on this device, or on a PC through `adb forward`. Not with IMP_API_KEY (see below)."""
+UI_LINES = """\
+# The web UI: llama-server serves ui/ at / (--path). Not with IMP_API_KEY: llama-server then wants the key
+# for every file but / itself, and a browser sends none for the page's scripts, so it would stay blank.
+if [ -n "${{IMP_API_KEY:-}}" ]; then
+    echo "$0: note: no web UI with IMP_API_KEY (a browser cannot send the key for its files); the API is at /v1" >&2
+elif [ -f {folder}/index.html ]; then
+    set -- --path {folder} "$@"
+else
+    echo "$0: note: {folder}/ is missing: no web UI at /" >&2
+fi
+"""
+NO_UI_COMMENT = """\
+# No web UI in this bundle ({reason}): GET / answers 404; use the API or any OpenAI-compatible app."""
+WEBUI_PRESENT = """\
+Web UI: llama.cpp's own, at http://127.0.0.1:{port}/ while serve.sh runs (in the phone's browser; from a
+  PC after adb forward tcp:{port} tcp:{port}). imp-gguf built it from this llama.cpp's tools/ui (the ui/
+  folder). Not with IMP_API_KEY: llama-server would want the key for the page's own files, which a browser
+  does not send, so serve.sh leaves the UI off then"""
+WEBUI_ABSENT = """\
+No web UI at / in this bundle ({reason}): use the API or any OpenAI-compatible app;
+  `imp-gguf bundle` on a machine with Node.js and npm adds llama.cpp's"""
+NO_UI_DEFAULT = "made without one"
 DEFAULT_PORT = 8080
 COMPUTE_RESERVE_MB = 768  # measured: the 3B Q4_K_M at 196 px served within files + KV + 512 MB on 2 cores; phones run more threads
 
@@ -290,16 +317,27 @@ def chat_script(model_name: str, mmproj_name: str, target: str = "linux-arm64", 
 
 
 def serve_script(model_name: str, mmproj_name: str, target: str = "linux-arm64", *, n_image: int = 729,
-                 profile: dict | None = None, mem_mb: int = 0) -> str:
+                 profile: dict | None = None, mem_mb: int = 0, ui: bool = False, no_ui_reason: str = NO_UI_DEFAULT) -> str:
     """serve.sh: the bundle's llama-server on loopback (elsewhere only with an API key), tuned as run.sh is,
-    its data limited to mem_mb (memory_budget's total; 0: no limit)."""
+    its data limited to mem_mb (memory_budget's total; 0: no limit); with `ui`, llama.cpp's web UI from ui/
+    at /, else a comment saying there is none and why."""
     from imp_gguf.runtime.context import CHAT_TURNS, chat_context
 
     enter, flags = _enter(profile)
+    if ui:
+        ui_comment, ui_lines = UI_COMMENT, UI_LINES.format(folder=UI_FOLDER)
+    else:
+        ui_comment, ui_lines = NO_UI_COMMENT.format(reason=_one_line(no_ui_reason)), ""
     return SERVE_SH.format(commit=LLAMA_CPP_COMMIT, target=target, model=shlex.quote(f"models/{model_name}"),
                            mmproj=shlex.quote(f"models/{mmproj_name}"), enter=enter, flags=flags,
                            ctx=chat_context(n_image), turns=CHAT_TURNS, n_image=n_image, port=DEFAULT_PORT,
-                           mem_mb=mem_mb, reserve=COMPUTE_RESERVE_MB)
+                           mem_mb=mem_mb, reserve=COMPUTE_RESERVE_MB, ui_comment=ui_comment, ui_lines=ui_lines)
+
+
+def _one_line(text: str) -> str:
+    """A reason fit for a shell comment and a README line: one line, printable, short."""
+    line = " ".join(str(text).split())
+    return "".join(c if c.isprintable() else "?" for c in line)[:200]
 
 
 def memory_budget(model: Path, mmproj: Path, n_ctx: int) -> dict[str, int]:
@@ -339,9 +377,14 @@ def make_bundle(
     cache: Path | None = None,
     env: Mapping[str, str] | None = None,
     profile: dict | None = None,
+    ui: WebUI | str | Callable[[], WebUI | str] = NO_UI_DEFAULT,
 ) -> BundleResult:
     """Write OUT/ and OUT.tar.gz. `binaries` defaults to the finished build for `target`; `profile` (from
-    imp_gguf.speed.sweep.load_profile) sets run.sh's threads, CPU mask and flags."""
+    imp_gguf.speed.sweep.load_profile) sets run.sh's threads, CPU mask and flags.
+
+    `ui`: llama.cpp's web UI (webui.build_ui) to ship in ui/ for serve.sh, or the reason there is none (README.txt
+    and serve.sh say it), or a function giving either, called once the inputs are checked (so a refused bundle
+    never waits for an npm build)."""
     out = Path(out)
     model, mmproj = Path(model), Path(mmproj)
     check_pair(model, mmproj)  # a swapped or mismatched pair would only fail on the phone
@@ -357,6 +400,11 @@ def make_bundle(
     if "llama-mtmd-cli" not in binaries or missing:
         raise BadInput(f"the {target} build lacks {missing[0] if missing else 'llama-mtmd-cli'}: rebuild it")
 
+    if callable(ui):
+        ui = ui()
+    web_ui = ui if isinstance(ui, WebUI) else None
+    no_ui_reason = _one_line(ui) if isinstance(ui, str) else ""
+
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
     tmp_tar = tmp.with_name(tmp.name + ".tar.gz")
@@ -369,6 +417,8 @@ def make_bundle(
             os.chmod(tmp / "bin" / name, 0o755)
         for src in (model, mmproj):
             shutil.copyfile(src, tmp / "models" / src.name)
+        if web_ui is not None:
+            shutil.copytree(web_ui.dist, tmp / UI_FOLDER)
         mm_meta = read_gguf_meta(mmproj)
         size, aspect = mmproj_image_spec(mm_meta, mmproj.name)
         n_image = image_tokens(mm_meta)
@@ -376,7 +426,8 @@ def make_bundle(
         scripts = {"run.sh": run_script(model.name, mmproj.name, target, n_image=n_image, profile=profile),
                    "chat.sh": chat_script(model.name, mmproj.name, target, n_image=n_image, profile=profile),
                    "serve.sh": serve_script(model.name, mmproj.name, target, n_image=n_image, profile=profile,
-                                            mem_mb=budget["total_mb"])}
+                                            mem_mb=budget["total_mb"], ui=web_ui is not None,
+                                            no_ui_reason=no_ui_reason)}
         for name, text in scripts.items():
             (tmp / name).write_text(text)
             os.chmod(tmp / name, 0o755)
@@ -386,7 +437,9 @@ def make_bundle(
                   IMAGES_STOCK.format(image_size=size, aspect=aspect, aspect_how=ASPECT_HOW[aspect].format(size=size)))
         (tmp / "README.txt").write_text(
             README.format(commit=LLAMA_CPP_COMMIT, target=target, name=out.name, model=model.name, images=images)
-            + README_CHAT.format(port=DEFAULT_PORT, webui=WEBUI, **budget)
+            + README_CHAT.format(port=DEFAULT_PORT, **budget,
+                                 webui=WEBUI_PRESENT.format(port=DEFAULT_PORT) if web_ui is not None else
+                                 WEBUI_ABSENT.format(reason=no_ui_reason))
         )
         files = sorted(p for p in tmp.rglob("*") if p.is_file())
         manifest = {
@@ -399,6 +452,9 @@ def make_bundle(
             "tuning": ({"profile": profile.get("_path"), "args": profile["args"]} if profile else
                        {"soc_table": "imp_gguf/runtime/soc.py, chosen on the device by run.sh"}),
             "server_memory_budget_mb": budget,
+            "web_ui": ({"folder": UI_FOLDER, "key": web_ui.key, "commit": web_ui.stamp.get("commit"),
+                        "source": "llama.cpp tools/ui, built by imp-gguf with npm"} if web_ui is not None else
+                       {"folder": None, "absent": no_ui_reason}),
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "sha256": {str(p.relative_to(tmp)): file_sha256(p) for p in files},
         }

@@ -25,6 +25,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -148,11 +149,13 @@ class Runner:
         on_line: Callable[[str], None],
         cwd: str | os.PathLike[str] | None = None,
         env: Mapping[str, str] | None = None,
+        timeout: float | None = None,
     ) -> int:
         """Run, handing each output line (stdout and stderr merged) to `on_line`; return the exit status.
 
         Used for long builds so progress can be shown and the full log kept. The child is killed if we
-        are interrupted, so an interrupted build never keeps running behind our back.
+        are interrupted, so an interrupted build never keeps running behind our back; after `timeout`
+        seconds its process group is stopped and subprocess.TimeoutExpired raised.
         """
         self.check()
         local_argv, local_cwd, local_env = self._prepare(argv, cwd, env)
@@ -173,14 +176,29 @@ class Runner:
             )
         except FileNotFoundError as exc:
             raise ToolMissing(f"{local_argv[0]} not found: {exc.strerror}") from exc
+        expired = threading.Event()
+        timer = None
+        if timeout is not None:
+            def expire() -> None:
+                expired.set()
+                _stop_group(proc)
+
+            timer = threading.Timer(timeout, expire)
+            timer.daemon = True
+            timer.start()
         try:
             assert proc.stdout is not None
             for line in proc.stdout:
                 on_line(line.rstrip("\n"))
-            return proc.wait()
+            rc = proc.wait()
         finally:
+            if timer is not None:
+                timer.cancel()
             if proc.poll() is None:
                 _stop_group(proc)
+        if expired.is_set():
+            raise subprocess.TimeoutExpired(local_argv, timeout or 0)
+        return rc
 
     def push(self, local: Path, remote: str) -> None:  # pragma: no cover - remote runners only
         raise NotImplementedError(f"{self.name} runner has no file transfer")

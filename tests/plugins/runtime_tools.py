@@ -28,6 +28,19 @@ def arm64_tools(request: pytest.FixtureRequest) -> dict[str, Path]:
     return build("linux-arm64").binaries
 
 
+@pytest.fixture(scope="session")
+def web_ui():
+    """llama.cpp's web UI built from the pinned source with npm (imp_gguf.runtime.webui), or reused from the
+    cache (about 2 min the first time on 2 cores); skipped only where npm is not installed."""
+    import shutil
+
+    from imp_gguf.runtime.webui import build_ui
+
+    if shutil.which("npm") is None:
+        pytest.skip("npm not on PATH: llama.cpp's web UI is built with npm (Node.js >= 20.19)")
+    return build_ui()
+
+
 def write_tiny_llama(path: Path, *, n_embd: int = 64, n_ff: int = 96, n_layer: int = 1, seed: int = 0) -> Path:
     """A tiny random llama-architecture GGUF (F32) that llama.cpp loads: enough for llama-bench smoke tests.
 

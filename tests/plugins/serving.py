@@ -130,6 +130,16 @@ class Server:
         except ValueError:
             return status, {"raw": raw[:200].decode(errors="replace")}
 
+    def get(self, path: str, *, timeout: float = 60,
+            headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+        """(HTTP status, headers, body) of one bounded GET, whatever the body is."""
+        req = urllib.request.Request(self.url + path, headers=headers or {})
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as resp:
+                return resp.status, dict(resp.headers), resp.read()
+        except urllib.error.HTTPError as exc:
+            return exc.code, dict(exc.headers), exc.read()
+
     def chat(self, messages: list[dict], *, max_tokens: int = 16, timeout: float = 120,
              headers: dict[str, str] | None = None, **extra) -> tuple[int, dict]:
         return self.request("/v1/chat/completions", {"messages": messages, "max_tokens": max_tokens,
