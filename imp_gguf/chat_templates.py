@@ -8,7 +8,7 @@ OpenAI-style messages) is flattened with the marker in place of each image.
 
 from __future__ import annotations
 
-MEDIA_MARKER = "<__media__>"
+MEDIA_MARKER = "<__media__>"  # libmtmd's default marker: where the image goes in a prompt (the one copy)
 SYSTEM = ("A chat between a curious user and an artificial intelligence assistant. "
           "The assistant gives helpful, detailed, and polite answers to the user's questions.")
 

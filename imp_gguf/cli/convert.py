@@ -10,6 +10,7 @@ import typer
 
 from imp_gguf.cli._common import STATE, echo, info, print_json, progress
 from imp_gguf.convert import dry_run_result, plan_conversion, run_conversion
+from imp_gguf.policy import OUTTYPES
 
 HELP = """Convert an Imp checkpoint into two GGUF files that llama.cpp runs unchanged.
 
@@ -43,7 +44,7 @@ def convert_cmd(
     ckpt: str = typer.Argument(..., metavar="CKPT", help="Checkpoint folder or hub repo id."),
     outdir: Path = typer.Option(Path("."), "--outdir", "-o", help="Folder for the two GGUF files."),
     outtype: Optional[str] = typer.Option(None, "--outtype",
-                                          help="Conversion type, any case: f32, f16 (default), bf16 or q8_0."),
+                                          help=f"Conversion type, any case: {', '.join(OUTTYPES)} (default f16)."),
     quant: Optional[str] = typer.Option(None, "--quant",
                                         help="Quant recipe (see `imp-gguf recipes list`; llama-quantize's names such "
                                              "as Q4_K_M or Q4_K work too), a recipe .toml, or none. Converts to F16 "

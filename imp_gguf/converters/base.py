@@ -10,6 +10,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar
 
+# T is gguf-py's tensor kind (MODEL_TENSOR) in every module that uses it; GGML types are spelled GGMLQuantizationType.
 from gguf import MODEL_TENSOR as T, TENSOR_NAMES
 
 from imp_gguf.errors import BadInput
