@@ -149,7 +149,8 @@ def divide(total: int, part: int, what: str) -> int:
 
 
 class LMFamily:
-    """Base class; subclasses are listed by name in imp_gguf.converters.registry.FAMILIES."""
+    """One language model under Imp, all of its facts as class data: a subclass per checkpoint layout,
+    listed once in imp_gguf.converters.registry.FAMILIES."""
 
     name: ClassVar[str]
     arch: ClassVar[str]  # GGUF architecture
@@ -170,6 +171,12 @@ class LMFamily:
     stop_token: ClassVar[str]  # Imp's conversation separator that ends an answer
     rules: ClassVar[list[TensorRule]]
     ignored: ClassVar[tuple[str, ...]] = (r".*\.rotary_emb\.inv_freq$",)
+    # How the checkpoint's LLM names differ from those of `hf_architecture` (read by imp_gguf.reference.layouts,
+    # which builds fixtures and loads the reference model): (transformers prefix, checkpoint prefix) pairs,
+    # `{i}` the block index; empty when the checkpoint keeps transformers' names.
+    hf_renames: ClassVar[tuple[tuple[str, str], ...]] = ()
+    # The checkpoint's fused q|k|v tensor ({bid}, {kind}: weight or bias) where transformers has q/k/v_proj.
+    hf_fused_qkv: ClassVar[str | None] = None
 
     @classmethod
     def detect(cls, names: set[str]) -> bool:
