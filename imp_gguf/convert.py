@@ -100,7 +100,7 @@ def plan_conversion(source: str | Path, outdir: str | Path, *, outtype: str = "f
     lm_rows = family.plan(hp, ckpt.tensors)
     vh = vision_hparams(ckpt.config, ckpt.tensors, family.prefix, hp.n_embd)
     mm_rows = plan_vision(vh, ckpt.tensors, family.prefix)
-    template_name, template = resolve_template(chat_template, family.chat_template)
+    template_name, template = resolve_template(chat_template, family.chat_template, family.other_chat_templates)
     vocab = load_vocab(ckpt, family, hp.n_vocab, template)
     notes = list(vh.notes)
 

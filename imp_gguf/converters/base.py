@@ -166,7 +166,8 @@ class LMFamily:
     head_keys: ClassVar[tuple[str, ...]] = ("num_attention_heads",)
     tokenizer_kind: ClassVar[str]  # "gpt2" (byte-level BPE) or "llama" (SentencePiece)
     tokenizer_pre: ClassVar[str]  # llama.cpp pre-tokenizer: the family decides, no hash lottery
-    chat_template: ClassVar[str]  # key in imp_gguf.chat_templates
+    chat_template: ClassVar[str]  # its default: a key of imp_gguf.chat_templates.TEMPLATES
+    other_chat_templates: ClassVar[tuple[str, ...]] = ()  # the other TEMPLATES --chat-template may choose
     add_bos: ClassVar[bool] = False
     stop_token: ClassVar[str]  # Imp's conversation separator that ends an answer
     rules: ClassVar[list[TensorRule]]
