@@ -1,7 +1,10 @@
 """What every language-model converter declares: a tensor table, hyper-parameters, tokenizer kind.
 
 A converter is data first: a list of TensorRule rows (source name -> gguf-py tensor, expected shape)
-plus a few small hooks. Adding Imp-on-a-new-LLM means a new file in this package, not edits elsewhere.
+plus a few small hooks, and every other per-family fact as class data (tokenizer, chat template, stop
+token, checkpoint layout). Adding Imp-on-a-new-LLM is mostly a new file in this package; the few other
+places it touches (the FAMILIES line, a chat template, the fixtures) are listed in docs/architecture.md,
+"Adding a language-model family".
 """
 
 from __future__ import annotations
