@@ -8,7 +8,7 @@ OpenAI-style messages) is flattened with the marker in place of each image.
 
 from __future__ import annotations
 
-MEDIA_MARKER = "<__media__>"
+MEDIA_MARKER = "<__media__>"  # libmtmd's default marker: where the image goes in a prompt (the one copy)
 SYSTEM = ("A chat between a curious user and an artificial intelligence assistant. "
           "The assistant gives helpful, detailed, and polite answers to the user's questions.")
 
@@ -75,12 +75,11 @@ IMP_PHI3_NOSYS = (
 )
 
 TEMPLATES = {"imp_phi2": IMP_PHI2, "imp_qwen2": IMP_QWEN2, "imp_phi3": IMP_PHI3, "imp_phi3_nosys": IMP_PHI3_NOSYS}
-# The templates each language model may be given (the first is its default).
-FAMILY_TEMPLATES = {"imp_phi2": ("imp_phi2",), "imp_qwen2": ("imp_qwen2",), "imp_phi3": ("imp_phi3", "imp_phi3_nosys")}
 
 
-def resolve_template(choice: str | None, default: str) -> tuple[str, str]:
-    """(name, Jinja text) for --chat-template: None (the family's default), a template name, or a .jinja file."""
+def resolve_template(choice: str | None, default: str, others: tuple[str, ...] = ()) -> tuple[str, str]:
+    """(name, Jinja text) for --chat-template: None (the family's default), the name of the default or of
+    one of the family's `others`, or a .jinja file."""
     from pathlib import Path
 
     from imp_gguf.errors import BadInput
@@ -88,9 +87,9 @@ def resolve_template(choice: str | None, default: str) -> tuple[str, str]:
     if choice is None:
         return default, TEMPLATES[default]
     if choice in TEMPLATES:
-        if choice not in FAMILY_TEMPLATES.get(default, (default,)):
+        if choice not in (default, *others):
             raise BadInput(f"--chat-template {choice} is not a template of this model (choose "
-                           f"{' or '.join(FAMILY_TEMPLATES.get(default, (default,)))}, or a .jinja file)")
+                           f"{' or '.join((default, *others))}, or a .jinja file)")
         return choice, TEMPLATES[choice]
     path = Path(choice)
     if not path.is_file():

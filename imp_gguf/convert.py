@@ -18,8 +18,8 @@ from imp_gguf.converters.registry import detect_family
 from imp_gguf.converters.base import LMFamily, LMHparams
 from imp_gguf.converters.siglip import VisionHparams, add_mmproj_kv, plan as plan_vision, vision_hparams
 from imp_gguf.gguf_info import MMPROJ_ARCH
-from imp_gguf.gguf_naming import ENCODINGS, ModelIdentity, add_general
-from imp_gguf.policy import FILE_TYPES, OUTTYPES, tensor_type
+from imp_gguf.gguf_naming import ModelIdentity, add_general
+from imp_gguf.policy import OUTTYPES, parse_outtype, tensor_type
 from imp_gguf.chat_templates import resolve_template
 from imp_gguf.tokenizer import Vocab, load_vocab
 from imp_gguf.writer import PlannedTensor, atomic_outputs, check_output, kv_adder, write_gguf
@@ -93,15 +93,14 @@ def plan_conversion(source: str | Path, outdir: str | Path, *, outtype: str = "f
                     lm_filename: str | None = None, mmproj_filename: str | None = None,
                     metadata_only: bool = False, chat_template: str | None = None) -> ConversionPlan:
     """metadata_only: for a dry run (a hub id's weights are not downloaded; the plan cannot be run)."""
-    if outtype not in OUTTYPES:
-        raise BadInput(f"--outtype must be one of {', '.join(OUTTYPES)}, not {outtype!r}")
+    outtype = parse_outtype(outtype).name
     ckpt = open_checkpoint(source, allow_pickle=allow_pickle, metadata_only=metadata_only)
     family = detect_family(ckpt.config, set(ckpt.tensors))
     hp = family.hparams(ckpt.config, ckpt.tensors)
     lm_rows = family.plan(hp, ckpt.tensors)
     vh = vision_hparams(ckpt.config, ckpt.tensors, family.prefix, hp.n_embd)
     mm_rows = plan_vision(vh, ckpt.tensors, family.prefix)
-    template_name, template = resolve_template(chat_template, family.chat_template)
+    template_name, template = resolve_template(chat_template, family.chat_template, family.other_chat_templates)
     vocab = load_vocab(ckpt, family, hp.n_vocab, template)
     notes = list(vh.notes)
 
@@ -121,7 +120,7 @@ def plan_conversion(source: str | Path, outdir: str | Path, *, outtype: str = "f
     out = Path(outdir)
     if out.exists() and not out.is_dir():
         raise BadInput(f"--outdir {out} is a file, not a folder")
-    enc = ENCODINGS[outtype]
+    enc = OUTTYPES[outtype].encoding
     lm_path = out / (lm_filename or identity.lm_filename(enc))
     mm_path = out / (mmproj_filename or identity.mmproj_filename(enc))
     if out.is_dir():
@@ -152,7 +151,7 @@ def run_conversion(plan: ConversionPlan, *, force: bool = False,
     outputs, _ = output_rows(plan, force=force)
     plan.lm_path.parent.mkdir(parents=True, exist_ok=True)
     sha = plan.ckpt.source_sha256()
-    ftype = FILE_TYPES[plan.outtype]
+    ftype = OUTTYPES[plan.outtype].file_type
     fam, hp, vh, ident = plan.family, plan.hp, plan.vh, plan.identity
 
     def lm_general(w: Any) -> None:
@@ -204,7 +203,7 @@ def output_rows(plan: ConversionPlan, *, force: bool = False) -> tuple[list[dict
         action = "write" if not exists else "overwrite" if force else "blocked"
         if action == "blocked":
             blocked.append(f"{path} exists; pass --force to overwrite it")
-        rows.append({"role": role, "path": str(path), "type": ENCODINGS[plan.outtype], "bytes": nbytes,
+        rows.append({"role": role, "path": str(path), "type": OUTTYPES[plan.outtype].encoding, "bytes": nbytes,
                      "exists": exists, "action": action})
     return rows, blocked
 

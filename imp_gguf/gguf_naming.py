@@ -13,7 +13,6 @@ from imp_gguf import __version__
 from imp_gguf.hub import HUB_URL, HubSource
 from imp_gguf.pins import LLAMA_CPP_COMMIT, LLAMA_CPP_PYTHON_VERSION
 
-ENCODINGS = {"f32": "F32", "f16": "F16", "bf16": "BF16", "q8_0": "Q8_0"}
 VERSION_KEY, SOURCE_KEY = "imp_gguf.version", "imp_gguf.source_sha256"  # provenance, read back by pair and quant
 # The hub repo and commit the checkpoint was downloaded at (general.source.url links the same commit).
 SOURCE_REPO_KEY, SOURCE_COMMIT_KEY = "imp_gguf.source_repo", "imp_gguf.source_commit"

@@ -8,10 +8,6 @@ from typing import Iterable
 
 from imp_gguf.errors import BadInput
 
-# The converter's own output types (--outtype), as llama.cpp's convert_hf_to_gguf.py spells them.
-OUTTYPE_NAMES = ("f32", "f16", "bf16", "q8_0")
-
-
 def closest(word: str, choices: Iterable[str]) -> str | None:
     """The nearest choice to `word` (case-insensitive), or None when nothing is close."""
     by_lower = {c.lower(): c for c in choices}

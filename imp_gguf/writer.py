@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
 import numpy as np
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as T, GGUFWriter
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFWriter
 from gguf.quants import quantize
 
 from imp_gguf.errors import BadInput, OutputExists
@@ -39,7 +39,7 @@ class PlannedTensor:
     src: str
     dst: str
     shape: tuple[int, ...]
-    gtype: T
+    gtype: GGMLQuantizationType
     load: Callable[[], np.ndarray]
     source: Optional[Any] = None  # a safetensors TensorRef: enables the verbatim copy and chunked reads
 
@@ -128,12 +128,12 @@ def nonfinite(name: str, bad: int) -> BadInput:
     return BadInput(f"tensor {name!r} has {bad} NaN/Inf values")
 
 
-def encode(arr: np.ndarray, gtype: T, name: str) -> np.ndarray:
+def encode(arr: np.ndarray, gtype: GGMLQuantizationType, name: str) -> np.ndarray:
     if not np.isfinite(arr).all():
         raise nonfinite(name, int((~np.isfinite(arr)).sum()))
-    if gtype == T.F32:
+    if gtype == GGMLQuantizationType.F32:
         return np.ascontiguousarray(arr, dtype=np.float32)
-    if gtype == T.F16:
+    if gtype == GGMLQuantizationType.F16:
         return np.ascontiguousarray(arr, dtype=np.float16)
     return quantize(np.ascontiguousarray(arr, dtype=np.float32), gtype)
 
@@ -169,8 +169,9 @@ def _write_gguf(tmp: Path, arch: str, add_kv: Callable[[GGUFWriter], None], tens
     try:
         add_kv(w)
         for t in tensors:
-            if t.gtype in (T.F32, T.F16):
-                w.add_tensor_info(t.dst, t.shape, np.dtype(np.float32 if t.gtype == T.F32 else np.float16), t.nbytes)
+            if t.gtype in (GGMLQuantizationType.F32, GGMLQuantizationType.F16):
+                dtype = np.float32 if t.gtype == GGMLQuantizationType.F32 else np.float16
+                w.add_tensor_info(t.dst, t.shape, np.dtype(dtype), t.nbytes)
             else:
                 byte_shape = (*t.shape[:-1], t.nbytes // int(np.prod(t.shape[:-1], dtype=np.int64)))
                 w.add_tensor_info(t.dst, byte_shape, np.dtype(np.uint8), t.nbytes, raw_dtype=t.gtype)

@@ -10,6 +10,8 @@ import typer
 
 from imp_gguf.cli._common import STATE, echo, info, print_json, progress
 from imp_gguf.convert import dry_run_result, plan_conversion, run_conversion
+from imp_gguf.converters.registry import FAMILIES
+from imp_gguf.policy import OUTTYPES
 
 HELP = """Convert an Imp checkpoint into two GGUF files that llama.cpp runs unchanged.
 
@@ -20,7 +22,7 @@ remote code or pickle weights (those only with --allow-pickle); each shard is ch
 advertises. HF_TOKEN, HF_ENDPOINT, HF_HOME and HF_HUB_OFFLINE=1 are honoured; download progress goes to stderr.
 A dry run on a hub id downloads no weights (it reads the shards' headers). The GGUFs record the repo and commit.
 
-Writes <Base>-<Size>-<ENC>.gguf (arch phi2, qwen2 or phi3, with the tokenizer and Imp's chat template) and
+Writes <Base>-<Size>-<ENC>.gguf (arch {archs}, with the tokenizer and Imp's chat template) and
 mmproj-<Base>-<Size>-<ENC>.gguf (SigLIP + projector, arch clip). With --quant, only the recipe's files are kept;
 an identical mmproj already in OUTDIR (same checkpoint and type) is reused, so recipes can be compared in one
 folder. Nothing is overwritten without --force; outputs appear only when complete.
@@ -36,14 +38,14 @@ Examples:
   imp-gguf convert ./Imp-v1.5-3B-196 -o out --quant q4_k
   imp-gguf convert ./Imp-v1.5-3B-196 -o out --quant q4_0 --dry-run
   imp-gguf convert MILVLG/Imp-v1.5-2B-Qwen1.5 --dry-run --json
-"""
+""".format(archs=" or ".join(", ".join(sorted({f.arch for f in FAMILIES.values()})).rsplit(", ", 1)))
 
 
 def convert_cmd(
     ckpt: str = typer.Argument(..., metavar="CKPT", help="Checkpoint folder or hub repo id."),
     outdir: Path = typer.Option(Path("."), "--outdir", "-o", help="Folder for the two GGUF files."),
     outtype: Optional[str] = typer.Option(None, "--outtype",
-                                          help="Conversion type, any case: f32, f16 (default), bf16 or q8_0."),
+                                          help=f"Conversion type, any case: {', '.join(OUTTYPES)} (default f16)."),
     quant: Optional[str] = typer.Option(None, "--quant",
                                         help="Quant recipe (see `imp-gguf recipes list`; llama-quantize's names such "
                                              "as Q4_K_M or Q4_K work too), a recipe .toml, or none. Converts to F16 "

@@ -22,8 +22,8 @@ sub = typer_factory("Write checkpoints for tests (tiny) and for speed measuremen
 
 @sub.command("tiny")
 def tiny_cmd(
-    variant: str = typer.Argument(..., help="imp-v1-3b | Imp-v1.5-3B-196 | Imp-v1.5-3B-Phi2 | "
-                                            "Imp-v1.5-2B-Qwen1.5 | Imp-v1.5-4B-Phi3"),
+    variant: str = typer.Argument(..., help="The released checkpoint to mirror, e.g. Imp-v1.5-3B-196 (a name it "
+                                            "does not know lists the others)."),
     out: Path = typer.Argument(..., help="Folder to write."),
     seed: int = typer.Option(0, "--seed", help="Random seed of the weights (same seed, same files)."),
     force: bool = typer.Option(False, "--force", help="Replace an existing OUT."),
@@ -43,8 +43,8 @@ def tiny_cmd(
 
 @sub.command("published")
 def published_cmd(
-    variant: str = typer.Argument(..., help="imp-v1-3b | Imp-v1.5-3B-Phi2 | Imp-v1.5-3B-196 | "
-                                            "Imp-v1.5-2B-Qwen1.5 | Imp-v1.5-4B-Phi3"),
+    variant: str = typer.Argument(..., help="The released checkpoint to mirror, e.g. Imp-v1.5-3B-196 (a name it "
+                                            "does not know lists the others)."),
     out: Path = typer.Argument(..., help="Folder to write."),
     data: str = typer.Option("zeros", "--data",
                              help="zeros: sparse files, seconds and no disk; random: seeded noise that gives "

@@ -1,7 +1,10 @@
 """What every language-model converter declares: a tensor table, hyper-parameters, tokenizer kind.
 
 A converter is data first: a list of TensorRule rows (source name -> gguf-py tensor, expected shape)
-plus a few small hooks. Adding Imp-on-a-new-LLM means a new file in this package, not edits elsewhere.
+plus a few small hooks, and every other per-family fact as class data (tokenizer, chat template, stop
+token, checkpoint layout). Adding Imp-on-a-new-LLM is mostly a new file in this package; the few other
+places it touches (the FAMILIES line, a chat template, the fixtures) are listed in docs/architecture.md,
+"Adding a language-model family".
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar
 
+# T is gguf-py's tensor kind (MODEL_TENSOR) in every module that uses it; GGML types are spelled GGMLQuantizationType.
 from gguf import MODEL_TENSOR as T, TENSOR_NAMES
 
 from imp_gguf.errors import BadInput
@@ -148,7 +152,8 @@ def divide(total: int, part: int, what: str) -> int:
 
 
 class LMFamily:
-    """Base class; subclasses are listed by name in imp_gguf.converters.registry.FAMILIES."""
+    """One language model under Imp, all of its facts as class data: a subclass per checkpoint layout,
+    listed once in imp_gguf.converters.registry.FAMILIES."""
 
     name: ClassVar[str]
     arch: ClassVar[str]  # GGUF architecture
@@ -164,11 +169,18 @@ class LMFamily:
     head_keys: ClassVar[tuple[str, ...]] = ("num_attention_heads",)
     tokenizer_kind: ClassVar[str]  # "gpt2" (byte-level BPE) or "llama" (SentencePiece)
     tokenizer_pre: ClassVar[str]  # llama.cpp pre-tokenizer: the family decides, no hash lottery
-    chat_template: ClassVar[str]  # key in imp_gguf.chat_templates
+    chat_template: ClassVar[str]  # its default: a key of imp_gguf.chat_templates.TEMPLATES
+    other_chat_templates: ClassVar[tuple[str, ...]] = ()  # the other TEMPLATES --chat-template may choose
     add_bos: ClassVar[bool] = False
     stop_token: ClassVar[str]  # Imp's conversation separator that ends an answer
     rules: ClassVar[list[TensorRule]]
     ignored: ClassVar[tuple[str, ...]] = (r".*\.rotary_emb\.inv_freq$",)
+    # How the checkpoint's LLM names differ from those of `hf_architecture` (read by imp_gguf.reference.layouts,
+    # which builds fixtures and loads the reference model): (transformers prefix, checkpoint prefix) pairs,
+    # `{i}` the block index; empty when the checkpoint keeps transformers' names.
+    hf_renames: ClassVar[tuple[tuple[str, str], ...]] = ()
+    # The checkpoint's fused q|k|v tensor ({bid}, {kind}: weight or bias) where transformers has q/k/v_proj.
+    hf_fused_qkv: ClassVar[str | None] = None
 
     @classmethod
     def detect(cls, names: set[str]) -> bool:

@@ -24,6 +24,15 @@ class Phi2Msft(Phi2Common):
     block_marker = "transformer.h.{bid}.ln.weight"
     embedding_name = "transformer.embd.wte.weight"
     fc1_name = "transformer.h.0.mlp.fc1.weight"
+    hf_renames = (
+        ("model.embed_tokens.", "transformer.embd.wte."),
+        ("model.layers.{i}.input_layernorm.", "transformer.h.{i}.ln."),
+        ("model.layers.{i}.self_attn.dense.", "transformer.h.{i}.mixer.out_proj."),
+        ("model.layers.{i}.mlp.", "transformer.h.{i}.mlp."),
+        ("model.final_layernorm.", "lm_head.ln."),
+        ("lm_head.", "lm_head.linear."),
+    )
+    hf_fused_qkv = "transformer.h.{bid}.mixer.Wqkv.{kind}"
     rules = [
         R("transformer.embd.wte.weight", T.TOKEN_EMBD, embd),
         R("transformer.h.{bid}.ln.weight", T.ATTN_NORM, vec),

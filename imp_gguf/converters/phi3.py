@@ -37,6 +37,7 @@ class Phi3(LMFamily):
     tokenizer_kind = "llama"
     tokenizer_pre = "default"
     chat_template = "imp_phi3"
+    other_chat_templates = ("imp_phi3_nosys",)  # the 4B's template before imp@8f1784c (chat_templates.py)
     add_bos = True
     stop_token = "<|end|>"
     rules = [

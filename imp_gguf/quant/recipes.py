@@ -30,7 +30,8 @@ from typing import Any
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, LlamaFileType
 
 from imp_gguf.errors import BadInput
-from imp_gguf.spelling import OUTTYPE_NAMES, closest, unknown
+from imp_gguf.policy import OUTTYPES, parse_outtype
+from imp_gguf.spelling import unknown
 
 RECIPE_DIR = Path(__file__).resolve().parent.parent / "quant_recipes"
 
@@ -268,14 +269,10 @@ def load_recipe(name_or_path: str | Path | Recipe) -> Recipe:
 def resolve_outtype(spec: str) -> str:
     """--outtype in any case (F16, f16); a quantizer type names --quant instead."""
     low = spec.strip().lower()
-    if low in OUTTYPE_NAMES:
-        return low
-    if is_quant_name(low):
-        raise BadInput(f"--outtype is the converter's own type ({', '.join(OUTTYPE_NAMES)}); "
+    if low not in OUTTYPES and is_quant_name(low):
+        raise BadInput(f"--outtype is the converter's own type ({', '.join(OUTTYPES)}); "
                        f"{spec} is a quantizer type: use --quant {low}")
-    guess = closest(spec, OUTTYPE_NAMES)
-    raise BadInput(f"--outtype must be one of {', '.join(OUTTYPE_NAMES)}, not {spec!r}"
-                   + (f"; did you mean {guess}?" if guess else ""))
+    return parse_outtype(spec).name
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,9 @@
 """Renaming between transformers' own module names and Imp's checkpoint layouts.
 
 Fixtures are built with transformers classes and saved in Imp's layout; the reference model loads
-Imp's layout back into transformers classes. Only layout A (phi-msft) differs in more than a prefix.
+Imp's layout back into transformers classes. What a layout changes is the family's own data
+(imp_gguf.converters: `prefix`, `hf_renames`, `hf_fused_qkv`); only layout A (phi-msft) differs in more
+than a prefix.
 """
 
 from __future__ import annotations
@@ -11,23 +13,17 @@ from typing import Any
 
 import torch
 
-VISION = "vision_tower.vision_tower.vision_model."
+from imp_gguf.converters.base import LMFamily
+from imp_gguf.converters.registry import FAMILIES
+from imp_gguf.converters.siglip import VISION
+
+# transformers' separate q/k/v projections, which a layout with `hf_fused_qkv` stores as one tensor
+_HF_QKV = re.compile(r"^model\.layers\.(\d+)\.self_attn\.([qkv])_proj\.(weight|bias)$")
 
 
-# transformers Phi prefix <-> phi-msft prefix ({i}: block index). q/k/v <-> Wqkv is handled apart.
-_PHI_RENAMES = [
-    ("model.embed_tokens.", "transformer.embd.wte."),
-    ("model.layers.{i}.input_layernorm.", "transformer.h.{i}.ln."),
-    ("model.layers.{i}.self_attn.dense.", "transformer.h.{i}.mixer.out_proj."),
-    ("model.layers.{i}.mlp.", "transformer.h.{i}.mlp."),
-    ("model.final_layernorm.", "lm_head.ln."),
-    ("lm_head.", "lm_head.linear."),
-]
-
-
-def _rename(name: str, to_msft: bool) -> str:
-    for hf, msft in _PHI_RENAMES:
-        src, dst = (hf, msft) if to_msft else (msft, hf)
+def _rename(fam: type[LMFamily], name: str, into_checkpoint: bool) -> str:
+    for hf, ckpt in fam.hf_renames:
+        src, dst = (hf, ckpt) if into_checkpoint else (ckpt, hf)
         pat = "^" + re.escape(src).replace(re.escape("{i}"), r"(\d+)")
         m = re.match(pat, name)
         if m:
@@ -55,43 +51,46 @@ def to_checkpoint(family: str, lm: dict[str, Any], vision: dict[str, Any], proje
 
 
 def lm_to_checkpoint(family: str, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """transformers LLM state dict -> Imp checkpoint names (fusing Wqkv for layout A)."""
-    if family != "phi2_msft":
+    """transformers LLM state dict -> Imp checkpoint names (fusing q/k/v where the layout does)."""
+    fam = FAMILIES[family]
+    fused = fam.hf_fused_qkv
+    if not fam.hf_renames and not fused:
         return dict(state)
     out: dict[str, torch.Tensor] = {}
     qkv: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
     for name, t in state.items():
-        m = re.match(r"^model\.layers\.(\d+)\.self_attn\.([qkv])_proj\.(weight|bias)$", name)
+        m = _HF_QKV.match(name) if fused else None
         if m:
             qkv.setdefault((m.group(1), m.group(3)), {})[m.group(2)] = t
             continue
-        out[_rename(name, to_msft=True)] = t
+        out[_rename(fam, name, into_checkpoint=True)] = t
     for (bid, kind), parts in qkv.items():
-        out[f"transformer.h.{bid}.mixer.Wqkv.{kind}"] = torch.cat([parts["q"], parts["k"], parts["v"]], 0)
+        assert fused is not None
+        out[fused.format(bid=bid, kind=kind)] = torch.cat([parts["q"], parts["k"], parts["v"]], 0)
     return out
 
 
 def lm_from_checkpoint(family: str, state: dict[str, torch.Tensor], n_embd: int) -> dict[str, torch.Tensor]:
     """Imp checkpoint names -> transformers LLM names (vision and projector tensors dropped)."""
+    fam = FAMILIES[family]
+    fused = (re.compile("^" + re.escape(fam.hf_fused_qkv).replace(re.escape("{bid}"), r"(\d+)")
+                        .replace(re.escape("{kind}"), "(weight|bias)") + "$") if fam.hf_fused_qkv else None)
     out: dict[str, torch.Tensor] = {}
     for name, t in state.items():
-        if ".vision_tower." in name or ".mm_projector." in name:
+        if fam.is_vision_or_projector(name):
             continue
-        if family != "phi2_msft":
-            out[name] = t
-            continue
-        m = re.match(r"^transformer\.h\.(\d+)\.mixer\.Wqkv\.(weight|bias)$", name)
+        m = fused.match(name) if fused else None
         if m:
             for i, p in enumerate("qkv"):
                 out[f"model.layers.{m.group(1)}.self_attn.{p}_proj.{m.group(2)}"] = t[i * n_embd:(i + 1) * n_embd]
             continue
-        out[_rename(name, to_msft=False)] = t
+        out[_rename(fam, name, into_checkpoint=False) if fam.hf_renames else name] = t
     return out
 
 
 def vision_prefix(family: str) -> str:
-    return ("transformer." if family == "phi2_msft" else "model.") + VISION
+    return FAMILIES[family].prefix + VISION
 
 
 def projector_prefix(family: str) -> str:
-    return ("transformer." if family == "phi2_msft" else "model.") + "mm_projector."
+    return FAMILIES[family].prefix + "mm_projector."

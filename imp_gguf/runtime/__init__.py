@@ -1,2 +1,3 @@
-"""The pinned llama.cpp runtime: source (source.py), per-target builds (build.py), runners (runner.py),
-device bundles (bundle.py)."""
+"""Everything that runs llama.cpp: the pinned source and its patches, the builds, the programs that run
+its tools here or on a device, the Python bindings, and what those tools print. Each module's docstring
+says what it holds; docs/architecture.md maps them."""

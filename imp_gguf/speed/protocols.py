@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, Keys
 
+from imp_gguf.chat_templates import MEDIA_MARKER
 from imp_gguf.speed.roofline import LmTraffic, lm_traffic, roofline
 from imp_gguf.errors import BadInput, CheckFailed, InternalError
 from imp_gguf.spelling import unknown
@@ -62,7 +63,6 @@ def is_hex_mask(v: str) -> bool:
 # Words used to pad the question to the protocol's token count (then " a" fills the last tokens).
 QUESTION = ("What is in the image? Describe the objects, their colours, shapes and positions, the background, "
             "and anything unusual, in detail and in order from the left to the right of the picture, please.")
-MEDIA_MARKER = "<__media__>"
 
 Log = Callable[[str], None]
 

@@ -90,3 +90,15 @@ def test_the_wheel_carries_every_package_file(tmp_path):
     package = {f for f in files if f.startswith("imp_gguf/")}
     assert "imp_gguf/speed/probe/bandwidth.c" in package
     assert sorted(package - set(zipfile.ZipFile(wheel).namelist())) == []
+    # the version is written once (imp_gguf.__version__); the wheel's metadata reads it from there
+    metadata = zipfile.ZipFile(wheel).read(f"imp_gguf-{imp_gguf.__version__}.dist-info/METADATA").decode()
+    assert f"\nVersion: {imp_gguf.__version__}\n" in metadata
+
+
+def test_the_installed_version_is_the_package_version():
+    from importlib.metadata import version
+
+    assert version("imp-gguf") == imp_gguf.__version__
+    proc = subprocess.run([str(Path(sys.executable).with_name("imp-gguf")), "--version"], capture_output=True, text=True,
+                          timeout=120, stdin=subprocess.DEVNULL)
+    assert proc.stdout.strip() == f"imp-gguf {imp_gguf.__version__}", proc.stderr

@@ -55,7 +55,7 @@ def test_fast_paths_write_the_bytes_of_a_whole_tensor_conversion(fp16_ckpt, tmp_
 
 def test_f16_tensors_are_the_checkpoint_bytes(fp16_ckpt, tmp_path):
     """Each F16 tensor of the GGUF is its safetensors bytes, unchanged."""
-    from gguf import GGMLQuantizationType as T, GGUFReader
+    from gguf import GGMLQuantizationType, GGUFReader
 
     from imp_gguf.convert import run_conversion
     from imp_gguf.safetensors_io import read_header
@@ -67,7 +67,7 @@ def test_f16_tensors_are_the_checkpoint_bytes(fp16_ckpt, tmp_path):
     for path in (plan.lm_path, plan.mmproj_path):
         for rt in GGUFReader(path).tensors:
             ref = by_dst[rt.name]
-            if rt.tensor_type == T.F16 and ref.dtype == "F16":
+            if rt.tensor_type == GGMLQuantizationType.F16 and ref.dtype == "F16":
                 raw = read_header(ref.path)[ref.name]
                 with open(raw.path, "rb") as f:
                     f.seek(raw.offset)
