@@ -130,7 +130,6 @@ def test_serve_sh_with_a_key_under_qemu(arm_bundle: Path, tmp_path: Path) -> Non
 @pytest.mark.cross
 @pytest.mark.slow
 def test_chat_sh_answers_two_questions_from_stdin_under_qemu(arm_bundle: Path, tmp_path: Path) -> None:
-
     sc = scene()
     image = tmp_path / "my scene.png"
     image.write_bytes(sc["png"])
