@@ -21,6 +21,7 @@ from imp_gguf.chat_templates import MEDIA_MARKER, render
 from imp_gguf.errors import BadInput
 from imp_gguf.gguf_info import MMPROJ_ARCH, check_gguf, read_gguf_meta
 from imp_gguf.images import load_image, mmproj_image_spec, open_rgb
+from imp_gguf.runtime.timings import Turn, normalize
 
 
 def _cpu_has_amx() -> bool:
@@ -329,3 +330,8 @@ class Conversation:
     def ask(self, question: str, *, max_tokens: int = 64, on_text: Callable[[str], None] | None = None) -> str:
         """The greedy answer to `question`; session.last_timings holds this turn's figures."""
         return self.answer(self.feed(question), max_tokens=max_tokens, on_text=on_text)
+
+    def turn(self, question: str, *, max_tokens: int = 64, on_text: Callable[[str], None] | None = None) -> Turn:
+        """`ask`, as a typed turn: the answer as printed (stripped) and this turn's timings."""
+        answer = self.ask(question, max_tokens=max_tokens, on_text=on_text)
+        return Turn(question=question, answer=answer.strip(), timings=normalize(self.session.last_timings))
