@@ -40,7 +40,7 @@ def bundle_cmd(
         prof = load_profile(profile) | {"_path": profile.name}
     result = make_bundle(out, model=model, mmproj=mmproj, target=target, force=force, profile=prof)
     if json_out:
-        print_json({"folder": str(result.folder), "tarball": str(result.tarball), **result.manifest})
+        print_json(result.to_dict())
     else:
         echo(f"wrote {result.folder}/")
         echo(f"wrote {result.tarball}")
