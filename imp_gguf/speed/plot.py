@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from imp_gguf.speed.protocols import PAPER_ROW
+from imp_gguf.speed.rows import BenchRow, rows_json
 
 
 def available() -> bool:
@@ -16,10 +17,12 @@ def available() -> bool:
     return True
 
 
-def plot_rows(rows: list[dict[str, Any]], path: str | Path, *, title: str = "") -> Path:
-    """Three panels: decode tok/s (with roofline ceiling and the paper's 12.73), prompt tok/s, T_VE s."""
+def plot_rows(typed: Sequence[BenchRow], path: str | Path, *, title: str = "") -> Path:
+    """Three panels: decode tok/s (with roofline ceiling and the paper's 12.73), prompt tok/s, T_VE s, drawn
+    from the rows' JSON form (the numbers `--json` prints)."""
     import matplotlib
 
+    rows = rows_json(list(typed))
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
