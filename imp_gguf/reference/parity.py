@@ -59,18 +59,20 @@ def verify(ckpt: str | Path, model: str | Path, mmproj: str | Path, *, image: st
     from imp_gguf.runtime.bindings import Session
 
     ref, tok = ImpModel.from_checkpoint(ckpt), hf_tokenizer(ckpt)
+    family, vh = ref.family, ref.vh
+    assert family is not None and vh is not None  # set by from_checkpoint
     with tempfile.TemporaryDirectory() as td, Session(model, mmproj, f32_kv=True, n_threads=n_threads) as s:
-        img = Path(image) if image else photo_like(Path(td) / "probe.png", 2 * ref.vh.image_size, ref.vh.image_size)
+        img = Path(image) if image else photo_like(Path(td) / "probe.png", 2 * vh.image_size, vh.image_size)
         ids = tok.encode(DEFAULT_PROMPT)[:16]
         want, got = ref.logits(ids), s.text_logits(ids)
         text_err = _err_over_std(got, want)
         feats, emb = ref.image_features(img), s.image_embeddings(img)
         norms = np.linalg.norm(emb, axis=-1) * np.linalg.norm(feats, axis=-1)
         cos = (emb * feats).sum(-1) / norms if np.all(norms > 0) else None
-        prompt = imp_prompt(TEMPLATES[ref.family.chat_template], "What colour is the shape?")
+        prompt = imp_prompt(TEMPLATES[family.chat_template], "What colour is the shape?")
         before, after = prompt.split(MEDIA_MARKER)
         ids_before = [i for i in tok.encode(before)]
-        if ref.family.add_bos:
+        if family.add_bos:
             bos = tok.convert_tokens_to_ids("<s>")
             ids_before = [bos] + [i for i in ids_before if i != bos]
         want_l = ref.logits_with_image(ids_before, feats, tok.encode(after, add_special_tokens=False))
@@ -78,7 +80,7 @@ def verify(ckpt: str | Path, model: str | Path, mmproj: str | Path, *, image: st
         prompt_err = _err_over_std(got_l, want_l)
         mism = [t for t in TOKENIZER_PROBES if s.tokenize(t) != tok.encode(t, add_special_tokens=False)]
     return ParityReport(
-        checkpoint=str(ckpt), model=str(model), mmproj=str(mmproj), variant=ref.family.name,
+        checkpoint=str(ckpt), model=str(model), mmproj=str(mmproj), variant=family.name,
         text_logits_std=float(want.std()), text_logits_max_err_over_std=text_err,
         text_top1_agreement=float((got.argmax(-1) == want.argmax(-1)).mean()) if text_err is not None else None,
         image_cos_min=float(cos.min()) if cos is not None else None,

@@ -132,7 +132,7 @@ class BuildSpec:
     patches: tuple[Patch, ...] = ()  # applied to the source before configuring, in this order
 
     def flag_hash(self) -> str:
-        inputs = {
+        inputs: dict[str, object] = {
             "target": self.target,
             "defines": dict(sorted(self.defines.items())),
             "tools": list(self.tools),

@@ -272,7 +272,7 @@ def parse_mtmd_chat(stdout: str, stderr: str = "") -> list[ChatTurn]:
     its answer is the plain output (level "none") after the prompt was evaluated (the "\n" eval_message
     prints last) and before the next prompt. The log's last entries may be lost at exit (the logger is
     asynchronous): the last turn then ends at the last piece the log kept. A `/image` line makes no turn."""
-    entries = sorted((e for e in _entries(stdout) + _entries(stderr) if e[0] is not None), key=lambda e: e[0])
+    entries = sorted((e for e in _entries(stdout) + _entries(stderr) if e[0] is not None), key=lambda e: e[0] or 0)
     prompts = [i for i, (_, level, msg) in enumerate(entries) if level == "none" and msg.strip() == ">"]
     turns = []
     for a, b in zip(prompts, [*prompts[1:], len(entries)]):

@@ -29,7 +29,7 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, Keys
 
 from imp_gguf.speed.roofline import LmTraffic, lm_traffic, roofline
 from imp_gguf.speed.rows import (BenchRow, DecodeCheck, DeviceFacts, FollowupPrediction, FollowupRow, LlamaBenchRow,
-                                 MeasuredChat, MeasuredRun, PaperComparison, PaperRow, RowBase, Tuning)
+                                 MeasuredChat, MeasuredRun, PaperComparison, PaperRow, PaperTable4, RowBase, Tuning)
 from imp_gguf.errors import BadInput, CheckFailed, InternalError
 from imp_gguf.spelling import unknown
 from imp_gguf.native_log import quiet_native_stderr
@@ -39,7 +39,7 @@ from imp_gguf.runtime.parse import (MtmdRun, cpu_features, parse_bandwidth, pars
                                     parse_time_v)
 from imp_gguf.synthetic_images import photo_like
 
-PAPER_ROW = {
+PAPER_ROW: PaperTable4 = {
     "source": "Imp paper Table 4 (arXiv 2405.12107): Imp-3B@196, 4-bit, Snapdragon 8 Gen 3, llama.cpp",
     "vision_encode_s": 2.10, "prompt_tps": 15.64, "decode_tps": 12.73, "total_s": 22.72,
     "n_text_tokens": 41, "n_image_tokens": 196, "n_gen": 64,
@@ -526,9 +526,10 @@ class BenchSession:
                                     f"{dev.label}: {tail}")
             if i >= cfg.warmup:
                 runs.append((turns, parse_time_v(proc.stderr)))
-        first = spread([t[0].total_ms / 1000 for t, _ in runs])
-        follow = spread([t[1].total_ms / 1000 for t, _ in runs])
-        ratio = spread([t[1].total_ms / t[0].total_ms for t, _ in runs])
+        totals = [(t[0].total_ms or 0.0, t[1].total_ms or 0.0) for t, _ in runs]  # both set: checked above
+        first = spread([a / 1000 for a, _ in totals])
+        follow = spread([b / 1000 for _, b in totals])
+        ratio = spread([b / a for a, b in totals])
         predicted = followup_prediction(facts.n_image_tokens, n_text, n_new, cfg.n_gen)
         r = _r(ratio["median"])
         met = r is not None and r <= FOLLOWUP_GOAL
@@ -559,7 +560,7 @@ class BenchSession:
         if self.cfg.protocol == "paper":
             return [self.run_paper(facts)]
         if self.cfg.protocol == "llama-bench":
-            return self.run_llama_bench(facts)
+            return [*self.run_llama_bench(facts)]
         raise BadInput(f"--protocol must be one of {', '.join(PROTOCOLS)}")
 
 
@@ -580,7 +581,7 @@ def paper_comparison(vision_encode_ms: float | None, prompt_tps: float | None, d
         return None if a is None else round(a / b, 3)
 
     ve_s = vision_encode_ms / 1000 if vision_encode_ms is not None else None
-    return PaperComparison(paper=dict(PAPER_ROW),
+    return PaperComparison(paper=PAPER_ROW.copy(),
                            vision_encode_ratio=ratio(ve_s, PAPER_ROW["vision_encode_s"]),
                            prompt_tps_ratio=ratio(prompt_tps, PAPER_ROW["prompt_tps"]),
                            decode_tps_ratio=ratio(decode_tps, PAPER_ROW["decode_tps"]),

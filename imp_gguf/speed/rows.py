@@ -15,8 +15,8 @@ also their `sweep_point` and the whole `sweep_summary`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Union
+from dataclasses import dataclass
+from typing import Any, TypedDict, Union
 
 from imp_gguf.runtime.parse import ChatTurn, MtmdRun
 from imp_gguf.runtime.soc import SocChoice
@@ -26,6 +26,19 @@ from imp_gguf.speed.roofline import Roofline
 # probe's JSON): their keys belong to the tool's version, not to imp-gguf.
 ToolFields = dict[str, Any]
 SweepPoint = dict[str, str]  # axis -> value, e.g. {"threads": "4", "fa": "on"}
+
+
+class PaperTable4(TypedDict):
+    """The Imp paper's Table 4 row (protocols.PAPER_ROW): what the paper protocol is compared with."""
+
+    source: str
+    vision_encode_s: float
+    prompt_tps: float
+    decode_tps: float
+    total_s: float
+    n_text_tokens: int
+    n_image_tokens: int
+    n_gen: int
 
 
 @dataclass(frozen=True)
@@ -108,7 +121,7 @@ class RowBase:
 class PaperComparison:
     """The paper's Table 4 row and measured / paper ratios (>1 = faster for speeds, slower for times)."""
 
-    paper: dict[str, str | float | int]  # protocols.PAPER_ROW
+    paper: PaperTable4  # protocols.PAPER_ROW
     vision_encode_ratio: float | None
     prompt_tps_ratio: float | None
     decode_tps_ratio: float | None

@@ -109,9 +109,9 @@ def run_sweep(session: BenchSession, facts: ModelFacts, axes: dict[str, list[str
     summary: list[SweepSummaryRow] = []
     for i, point in enumerate(points(axes), 1):
         cfg = configure(base, point, soc)
-        if cfg.threads is None:
-            cfg = replace(cfg, threads=soc.threads)
-        session.cfg, session.threads = cfg, cfg.threads
+        threads = cfg.threads if cfg.threads is not None else soc.threads
+        cfg = replace(cfg, threads=threads)
+        session.cfg, session.threads = cfg, threads
         log(f"sweep {i}/{len(points(axes))}: {' '.join(f'{k}={v}' for k, v in point.items())}")
         row = session.run_paper(facts)
         row.sweep_point = point

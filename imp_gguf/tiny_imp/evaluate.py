@@ -16,7 +16,7 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence, Union
+from typing import Any, Callable, Sequence, Union, cast
 
 from PIL import Image
 
@@ -91,7 +91,7 @@ def pytorch_predictions(ckpt_dir: str | Path, items: Sequence[HeldoutItem], tick
 
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     model = ImpModel.from_checkpoint(ckpt_dir, fast=True)
-    size = model.vision.config.image_size
+    size = cast(int, model.vision.config.image_size)  # SigLIP's: one side
     return model_predictions(model, TextCodec(ckpt_dir), items, size, tick=tick)
 
 
