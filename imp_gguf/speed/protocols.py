@@ -22,7 +22,6 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, Keys
@@ -35,7 +34,7 @@ from imp_gguf.spelling import unknown
 from imp_gguf.native_log import quiet_native_stderr
 from imp_gguf.runtime.context import image_tokens, job_context
 from imp_gguf.runtime.devices import Device, cpu_info, load_average, version_info
-from imp_gguf.runtime.parse import (MtmdRun, cpu_features, parse_bandwidth, parse_llama_bench, parse_mtmd, parse_system_info,
+from imp_gguf.runtime.parse import (MtmdRun, ToolFields, cpu_features, parse_bandwidth, parse_llama_bench, parse_mtmd, parse_system_info,
                                     parse_time_v)
 from imp_gguf.synthetic_images import photo_like
 
@@ -187,13 +186,26 @@ def fit_question(counter: TextCounter, n_tokens: int = PAPER_TEXT_TOKENS, base: 
 
 # ----------------------------------------------------------------------------- statistics
 
-def spread(values: Sequence[float | None]) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Spread:
+    """Median and spread of repeated measurements (None where no value was measured)."""
+
+    median: float | None
+    min: float | None
+    max: float | None
+    mean: float | None
+    stddev: float | None
+    iqr: float | None
+    n: int
+
+
+def spread(values: Sequence[float | None]) -> Spread:
     v = [float(x) for x in values if x is not None]
     if not v:
-        return {"median": None, "min": None, "max": None, "mean": None, "stddev": None, "iqr": None, "n": 0}
+        return Spread(median=None, min=None, max=None, mean=None, stddev=None, iqr=None, n=0)
     q1, q3 = (np.percentile(v, [25, 75]).tolist() if len(v) > 1 else (v[0], v[0]))
-    return {"median": statistics.median(v), "min": min(v), "max": max(v), "mean": statistics.fmean(v),
-            "stddev": statistics.stdev(v) if len(v) > 1 else 0.0, "iqr": q3 - q1, "n": len(v)}
+    return Spread(median=statistics.median(v), min=min(v), max=max(v), mean=statistics.fmean(v),
+                  stddev=statistics.stdev(v) if len(v) > 1 else 0.0, iqr=q3 - q1, n=len(v))
 
 
 def _r(x: float | None, nd: int = 3) -> float | None:
@@ -281,11 +293,11 @@ class BenchSession:
         self.log = log or (lambda m: None)
         self.threads = cfg.threads or dev.default_threads()
         self.tmp = Path(tempfile.mkdtemp(prefix="imp-gguf-bench-"))
-        self._bandwidth: dict[str, Any] | None = None
+        self._bandwidth: ToolFields | None = None
         self._common: DeviceFacts | None = None
 
     # -- once per device
-    def bandwidth(self) -> dict[str, Any] | None:
+    def bandwidth(self) -> ToolFields | None:
         if self._bandwidth is None and self.cfg.bandwidth and "bandwidth" in self.dev.tools:
             self.log(f"bandwidth probe ({self.threads} threads, {self.cfg.bandwidth_mib} MiB)...")
             mib = self.cfg.bandwidth_mib if not self.dev.emulated else min(self.cfg.bandwidth_mib, 256)
@@ -408,8 +420,8 @@ class BenchSession:
         n_prompt = first.prompt_tokens if first and first.prompt_tokens else n_text + facts.n_image_tokens
         bw = common.bandwidth_gbps
         depth = n_prompt + cfg.n_gen / 2
-        roof = roofline(tg["median"], bw, facts.traffic, depth)
-        text, passed = verdict(self.dev, tg["median"], cfg.target_tps)
+        roof = roofline(tg.median, bw, facts.traffic, depth)
+        text, passed = verdict(self.dev, tg.median, cfg.target_tps)
         samples_ts = [_r(r.decode_tps) for r, _ in runs]
         samples_ns = [int(r.eval_ms * 1e6) if r.eval_ms else None for r, _ in runs]
         est_mem = None
@@ -418,24 +430,24 @@ class BenchSession:
         return PaperRow(
             facts=common, base=self._row_base(facts),
             n_prompt=n_prompt, n_gen=cfg.n_gen, n_text_tokens=n_text, question=question,
-            avg_ts=_r(tg["mean"]), stddev_ts=_r(tg["stddev"]), samples_ts=samples_ts,
+            avg_ts=_r(tg.mean), stddev_ts=_r(tg.stddev), samples_ts=samples_ts,
             avg_ns=int(statistics.fmean([s for s in samples_ns if s])) if any(samples_ns) else None,
             samples_ns=samples_ns,
-            vision_encode_ms=_r(ve["median"], 1), vision_encode_ms_min=_r(ve["min"], 1),
-            vision_encode_ms_max=_r(ve["max"], 1),
-            prompt_tps=_r(pp["median"]), prompt_tps_min=_r(pp["min"]), prompt_tps_max=_r(pp["max"]),
-            decode_tps=_r(tg["median"]), decode_tps_min=_r(tg["min"]), decode_tps_max=_r(tg["max"]),
-            decode_tps_iqr=_r(tg["iqr"]),
-            total_s=_r(tot["median"]), total_s_min=_r(tot["min"]), total_s_max=_r(tot["max"]),
-            ttft_ms=_r(ttft["median"], 1),
-            peak_rss_mb=_r(rss["median"], 1),
-            peak_rss_source="time -v" if rss["n"] else None,
-            rss_over_files_mb=(None if rss["median"] is None else
-                               _r(rss["median"] - (facts.model_size + facts.mmproj_size) / 1e6, 1)),
-            sampling_ms_per_token=_r(spread([r.sample_ms_per_token for r, _ in runs])["median"], 3),
-            decode_wall_tps=_r(spread([r.wall_decode_tps for r, _ in runs])["median"]),
+            vision_encode_ms=_r(ve.median, 1), vision_encode_ms_min=_r(ve.min, 1),
+            vision_encode_ms_max=_r(ve.max, 1),
+            prompt_tps=_r(pp.median), prompt_tps_min=_r(pp.min), prompt_tps_max=_r(pp.max),
+            decode_tps=_r(tg.median), decode_tps_min=_r(tg.min), decode_tps_max=_r(tg.max),
+            decode_tps_iqr=_r(tg.iqr),
+            total_s=_r(tot.median), total_s_min=_r(tot.min), total_s_max=_r(tot.max),
+            ttft_ms=_r(ttft.median, 1),
+            peak_rss_mb=_r(rss.median, 1),
+            peak_rss_source="time -v" if rss.n else None,
+            rss_over_files_mb=(None if rss.median is None else
+                               _r(rss.median - (facts.model_size + facts.mmproj_size) / 1e6, 1)),
+            sampling_ms_per_token=_r(spread([r.sample_ms_per_token for r, _ in runs]).median, 3),
+            decode_wall_tps=_r(spread([r.wall_decode_tps for r, _ in runs]).median),
             llama_buffers_mib=est_mem,
-            image_decode_ms=_r(spread([r.image_decode_ms for r, _ in runs])["median"], 1),
+            image_decode_ms=_r(spread([r.image_decode_ms for r, _ in runs]).median, 1),
             timings_source=sorted({r.timings_source for r, _ in runs}),
             n_generated=first.n_generated if first else None,
             runs=len(runs), warmup_runs=cfg.warmup,
@@ -446,7 +458,7 @@ class BenchSession:
                            f"cannot be matched with this tokenizer"),
             command=argv,
             runs_detail=[MeasuredRun(r, m) for r, m in runs],
-            paper=paper_comparison(_r(ve["median"], 1), _r(pp["median"]), _r(tg["median"]), _r(tot["median"])),
+            paper=paper_comparison(_r(ve.median, 1), _r(pp.median), _r(tg.median), _r(tot.median)),
             n_ctx=n_ctx, load_avg_1m=loads)
 
     # -- protocol: llama-bench
@@ -531,23 +543,23 @@ class BenchSession:
         follow = spread([b / 1000 for _, b in totals])
         ratio = spread([b / a for a, b in totals])
         predicted = followup_prediction(facts.n_image_tokens, n_text, n_new, cfg.n_gen)
-        r = _r(ratio["median"])
+        r = _r(ratio.median)
         met = r is not None and r <= FOLLOWUP_GOAL
         where = "device" if dev.is_aarch64_device else ("emulated, timings meaningless" if dev.emulated else "host")
         return FollowupRow(
             facts=common, base=self._row_base(facts), n_ctx=n_ctx, n_gen=cfg.n_gen, n_text_tokens=n_text,
             question=question, followup_question=FOLLOWUP_QUESTION, followup_text_tokens=n_new,
-            vision_encode_ms=_r(spread([t[0].vision_encode_ms for t, _ in runs])["median"], 1),
-            followup_vision_encode_ms=_r(spread([t[1].vision_encode_ms or 0.0 for t, _ in runs])["median"], 1),
-            first_total_s=_r(first["median"]), first_total_s_min=_r(first["min"]), first_total_s_max=_r(first["max"]),
-            followup_total_s=_r(follow["median"]), followup_total_s_min=_r(follow["min"]),
-            followup_total_s_max=_r(follow["max"]),
-            followup_ratio=r, followup_ratio_min=_r(ratio["min"]), followup_ratio_max=_r(ratio["max"]),
-            ttft_ms=_r(spread([t[0].ttft_ms for t, _ in runs])["median"], 1),
-            followup_ttft_ms=_r(spread([t[1].ttft_ms for t, _ in runs])["median"], 1),
-            decode_tps=_r(spread([t[0].decode_tps for t, _ in runs])["median"]),
-            followup_decode_tps=_r(spread([t[1].decode_tps for t, _ in runs])["median"]),
-            peak_rss_mb=_r(spread([m for _, m in runs])["median"], 1),
+            vision_encode_ms=_r(spread([t[0].vision_encode_ms for t, _ in runs]).median, 1),
+            followup_vision_encode_ms=_r(spread([t[1].vision_encode_ms or 0.0 for t, _ in runs]).median, 1),
+            first_total_s=_r(first.median), first_total_s_min=_r(first.min), first_total_s_max=_r(first.max),
+            followup_total_s=_r(follow.median), followup_total_s_min=_r(follow.min),
+            followup_total_s_max=_r(follow.max),
+            followup_ratio=r, followup_ratio_min=_r(ratio.min), followup_ratio_max=_r(ratio.max),
+            ttft_ms=_r(spread([t[0].ttft_ms for t, _ in runs]).median, 1),
+            followup_ttft_ms=_r(spread([t[1].ttft_ms for t, _ in runs]).median, 1),
+            decode_tps=_r(spread([t[0].decode_tps for t, _ in runs]).median),
+            followup_decode_tps=_r(spread([t[1].decode_tps for t, _ in runs]).median),
+            peak_rss_mb=_r(spread([m for _, m in runs]).median, 1),
             paper_prediction=predicted, followup_goal=FOLLOWUP_GOAL, followup_goal_met=met,
             verdict=f"follow-up x{r} of the first question ({where}; goal <= {FOLLOWUP_GOAL}: "
                     f"{'met' if met else 'missed'}); the paper's 8 Gen 3 rates predict x{predicted.ratio}",

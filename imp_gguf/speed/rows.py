@@ -18,13 +18,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, TypedDict, Union
 
-from imp_gguf.runtime.parse import ChatTurn, MtmdRun
+from imp_gguf.runtime.parse import ChatTurn, MtmdRun, ToolFields
 from imp_gguf.runtime.soc import SocChoice
 from imp_gguf.speed.roofline import Roofline
 
-# Fields a llama.cpp tool printed, as it printed them (llama-bench's JSON row, `--version`, the bandwidth
-# probe's JSON): their keys belong to the tool's version, not to imp-gguf.
-ToolFields = dict[str, Any]
 SweepPoint = dict[str, str]  # axis -> value, e.g. {"threads": "4", "fa": "on"}
 
 

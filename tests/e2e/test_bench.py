@@ -100,7 +100,7 @@ def test_roofline_and_spread():
     assert r.decode_efficiency == round(12.73 * bpt / 60e9, 3)
     assert roofline(None, None, t, 0).ceiling_tps is None
     s = spread([3.0, 1.0, 2.0, None])
-    assert (s["median"], s["min"], s["max"], s["n"]) == (2.0, 1.0, 3.0, 3)
+    assert (s.median, s.min, s.max, s.n) == (2.0, 1.0, 3.0, 3)
     p = paper_comparison(vision_encode_ms=4200.0, prompt_tps=15.64, decode_tps=25.46, total_s=11.36)
     assert (p.vision_encode_ratio, p.prompt_tps_ratio, p.decode_tps_ratio, p.total_s_ratio) == (2.0, 1.0, 2.0, 0.5)
 
