@@ -8,13 +8,16 @@ they measured. 2 for bad input, as everywhere.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
 
 from rich.console import Console
 
 from imp_gguf.cli._common import info as _log, print_json
+
+if TYPE_CHECKING:
+    from imp_gguf.speed.rows import PaperRow
 
 
 def bench_cmd(
@@ -82,6 +85,7 @@ def bench_cmd(
     from imp_gguf.speed.bench import bench
     from imp_gguf.speed.plot import available, plot_rows
     from imp_gguf.speed.report import print_table, write_json
+    from imp_gguf.speed.rows import PaperRow, rows_json
 
     from imp_gguf.speed.sweep import apply_profile, load_profile, make_profile, parse_axes, table, write_profile
     from imp_gguf.errors import BadInput
@@ -103,20 +107,23 @@ def bench_cmd(
     rows = bench(model, mmproj, device=device, cfg=cfg, ssh_options=opts, remote_target=remote_target,
                  remote_dir=remote_dir, log=_log, sweep=axes)
     if axes:
-        summary = rows[0]["sweep_summary"]
-        prof = make_profile(summary, rows, _soc_of(rows[0]))
-        dest = profile_out or Path(f"profile-{_slug(rows[0].get('device_model') or rows[0].get('device'))}.json")
+        swept = [r for r in rows if isinstance(r, PaperRow)]  # a sweep runs the paper protocol
+        r0 = swept[0]
+        assert r0.sweep_summary is not None and r0.soc_choice is not None
+        summary = r0.sweep_summary
+        prof = make_profile(summary, swept, r0.soc_choice)
+        dest = profile_out or Path(f"profile-{_slug(r0.facts.device_model or r0.facts.device)}.json")
         write_profile(prof, dest)
-        _log(f"wrote {dest} (best: {' '.join(prof['args'])})")
+        _log(f"wrote {dest} (best: {' '.join(prof.args)})")
         if json_out:
-            print_json({"rows": rows, "sweep": summary, "profile": prof})
+            print_json({"rows": rows_json(rows), "sweep": [s.to_dict() for s in summary], "profile": prof.to_dict()})
         else:
-            _print_sweep(table(summary), rows[0], Console(highlight=False))
+            _print_sweep(table(summary), r0, Console(highlight=False))
         if out_file is not None:
             write_json(rows, out_file)
         return
     if json_out:
-        print_json(rows)
+        print_json(rows_json(rows))
     else:
         print_table(rows, Console(highlight=False))
     if out_file is not None:
@@ -126,14 +133,14 @@ def bench_cmd(
         chart = out_file.with_suffix(".png")
     if chart is not None:
         if available():
-            plot_rows([r for r in rows if r.get("decode_tps") is not None] or rows, chart)
+            plot_rows([r for r in rows if r.decode_tps is not None] or rows, chart)
             _log(f"wrote {chart}")
         else:
             _log("matplotlib is not installed: no chart (pip install 'imp-gguf[plot]')")
     if exit_code(rows):
         from imp_gguf.errors import CheckFailed
 
-        missed = [f"{r.get('model_filename') or r.get('model')}: {r.get('verdict')}" for r in rows if r.get("passed") is False]
+        missed = [f"{r.model_filename}: {r.verdict}" for r in rows if r.passed is False]
         raise CheckFailed("below --target-tps: " + "; ".join(missed))
 
 
@@ -141,28 +148,22 @@ def register(app: typer.Typer) -> None:
     app.command("bench")(bench_cmd)
 
 
-def _soc_of(row: dict):
-    from imp_gguf.runtime.soc import SocChoice
-
-    return SocChoice(**row["soc_choice"])
-
-
-def _slug(text) -> str:
+def _slug(text: str | None) -> str:
     from imp_gguf.runtime.runner import safe_name
 
     return safe_name(str(text or "device").replace(" ", "-")).lower()
 
 
-def _print_sweep(lines: list[dict[str, str]], r0: dict, console) -> None:
+def _print_sweep(lines: list[dict[str, str]], r0: PaperRow, console: Console) -> None:
     from rich.table import Table
 
-    t = Table(title=f"imp-gguf bench --sweep (paper protocol) on {r0.get('device')}, llama.cpp "
-                    f"{r0.get('build_commit') or '?'}; * = best, written as the profile", title_justify="left")
+    t = Table(title=f"imp-gguf bench --sweep (paper protocol) on {r0.facts.device}, llama.cpp "
+                    f"{r0.facts.build_commit or '?'}; * = best, written as the profile", title_justify="left")
     for c in lines[0]:
         t.add_column(c, justify="right")
     for line in lines:
         t.add_row(*line.values())
     console.print(t)
-    if r0.get("device_kind") in ("local", "qemu"):
-        console.print(f"{r0.get('device')}: these are not phone numbers; the sweep and profile logic is the same",
+    if r0.facts.device_kind in ("local", "qemu"):
+        console.print(f"{r0.facts.device}: these are not phone numbers; the sweep and profile logic is the same",
                       markup=False, highlight=False)

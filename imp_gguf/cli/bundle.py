@@ -45,11 +45,11 @@ def bundle_cmd(
     result = make_bundle(out, model=model, mmproj=mmproj, target=target, force=force, profile=prof,
                          ui="made with --no-ui" if no_ui else _web_ui)
     if json_out:
-        print_json({"folder": str(result.folder), "tarball": str(result.tarball), **result.manifest})
+        print_json(result.to_dict())
     else:
         echo(f"wrote {result.folder}/")
         echo(f"wrote {result.tarball}")
-        serve = "sh serve.sh (its web UI at /)" if result.manifest["web_ui"]["folder"] else "sh serve.sh"
+        serve = "sh serve.sh (its web UI at /)" if result.manifest.web_ui.key is not None else "sh serve.sh"
         info(f'on the phone: sh run.sh IMAGE "QUESTION", sh chat.sh IMAGE, {serve} (see README.txt in the bundle)')
 
 

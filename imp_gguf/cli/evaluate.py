@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
-from typing import Callable, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 import typer
 from rich.console import Console
@@ -11,6 +12,9 @@ from rich.table import Table
 
 from imp_gguf.cli._common import STATE, echo, err_console, info, print_json, show_bars
 from imp_gguf.errors import BadInput, OutputExists
+
+if TYPE_CHECKING:
+    from imp_gguf.tiny_imp.evaluate import AccuracyReport
 
 HELP = """Held-out accuracy of a tiny Imp (the bundled one by default) in PyTorch and, through llama.cpp,
 after conversion and each quant recipe: the same N questions about images it never trained on,
@@ -94,31 +98,31 @@ def eval_cmd(
         if not available():
             raise BadInput("--plot needs matplotlib (pip install matplotlib)")
         with atomic_outputs([plot], force) as (tmp,):
-            plot_accuracy_by_kind(report, tmp, title=Path(report["checkpoint"]).name)
-        report["plot"] = str(plot)
+            plot_accuracy_by_kind(report.to_dict(), tmp, title=Path(report.checkpoint).name)
+        report = replace(report, plot=str(plot))
     if json_out:
-        print_json(report)
+        print_json(report.to_dict())
         return
     _show(report)
 
 
-def _show(report: dict) -> None:
-    kinds = list(next(iter(report["by_kind"].values())))
-    table = Table(title=f"{Path(report['checkpoint']).name}: {report['n']} held-out questions (seed {report['seed']})")
+def _show(report: AccuracyReport) -> None:
+    kinds = list(next(iter(report.by_kind.values())))
+    table = Table(title=f"{Path(report.checkpoint).name}: {report.n} held-out questions (seed {report.seed})")
     table.box, table.padding, table.pad_edge = None, (0, 1), False  # no rules: fits 80 columns
     table.caption = ("pytorch: the checkpoint in PyTorch (f32 maths); others: llama.cpp on that recipe's GGUFs. "
                      "same: share of answers identical to PyTorch's.")
     for col in ("runtime", "all", *kinds, "same", "LM MB"):
         table.add_column(col, justify="left" if col == "runtime" else "right", no_wrap=True)
-    size = {rt: report["files"].get(rt, {}).get("lm_bytes", float("inf")) for rt in report["accuracy"]}
-    for rt in sorted(report["accuracy"], key=lambda r: (r != "pytorch", -size[r])):  # PyTorch, then largest first
-        acc = report["accuracy"][rt]
-        same = report["agreement_with_pytorch"].get(rt)
-        table.add_row(rt, f"{acc:.3f}", *[f"{report['by_kind'][rt][k]:.2f}" for k in kinds],
+    size = {rt: report.files.get(rt, {}).get("lm_bytes", float("inf")) for rt in report.accuracy}
+    for rt in sorted(report.accuracy, key=lambda r: (r != "pytorch", -size[r])):  # PyTorch, then largest first
+        acc = report.accuracy[rt]
+        same = report.agreement_with_pytorch.get(rt)
+        table.add_row(rt, f"{acc:.3f}", *[f"{report.by_kind[rt][k]:.2f}" for k in kinds],
                       "-" if same is None else f"{same:.1%}", "-" if rt == "pytorch" else f"{size[rt] / 1e6:.2f}")
     Console(highlight=False).print(table)  # the result: stdout
-    if report.get("plot"):
-        echo(f"plot: {report['plot']}")
+    if report.plot:
+        echo(f"plot: {report.plot}")
 
 
 def register(app: typer.Typer) -> None:

@@ -79,7 +79,7 @@ def run_cmd(
     import os
 
     from imp_gguf.pair import check_pair
-    from imp_gguf.runtime.timings import normalize, text as timings_text
+    from imp_gguf.runtime.timings import RunResult, Turn
 
     if backend not in ("python", "cli"):
         raise unknown("--backend", backend, ("python", "cli"))
@@ -94,7 +94,14 @@ def run_cmd(
     n_threads = threads or max(1, os.cpu_count() or 1)
     stream = None if json_out else _write
     several = questions is None or len(questions) > 1
-    turns = []
+    turns: list[Turn] = []
+
+    def done(turn: Turn) -> None:
+        turns.append(turn)
+        if not json_out:
+            _write("\n")
+            info(turn.timings.text())
+
     if backend == "python":
         from imp_gguf.runtime.bindings import Conversation, Session
         from imp_gguf.runtime.context import run_context
@@ -104,26 +111,17 @@ def run_cmd(
             for q in (questions if questions is not None else _typed()):
                 if several and questions is not None and not json_out:
                     info(f"> {q}")
-                answer = chat.ask(q, max_tokens=max_tokens, on_text=stream)
-                turns.append({"question": q, "answer": answer.strip(), "timings": normalize(s.last_timings)})
-                if not json_out:
-                    _write("\n")
-                    info(timings_text(turns[-1]["timings"]))
+                done(chat.turn(q, max_tokens=max_tokens, on_text=stream))
     else:
         from imp_gguf.runtime.build import where
-        from imp_gguf.runtime.cli_backend import run_mtmd_cli
+        from imp_gguf.runtime.cli_backend import ask_mtmd_cli
 
+        assert questions is not None  # checked above: the cli backend takes one -p
         binary = where("host").binaries["llama-mtmd-cli"]
-        timings: dict = {}
-        answer = run_mtmd_cli(binary, model, mmproj, image, questions[0], max_tokens=max_tokens,
-                              threads=n_threads, on_text=stream, timings=timings)
-        turns.append({"question": questions[0], "answer": answer.strip(), "timings": timings})
-        if not json_out:
-            _write("\n")
-            info(timings_text(timings))
+        done(ask_mtmd_cli(binary, model, mmproj, image, questions[0], max_tokens=max_tokens, threads=n_threads,
+                          on_text=stream))
     if json_out:
-        print_json({"answer": turns[-1]["answer"], "backend": backend, "timings": turns[-1]["timings"],
-                    "turns": turns})
+        print_json(RunResult(backend=backend, turns=turns).to_dict())
 
 
 def register(app: typer.Typer) -> None:

@@ -44,11 +44,11 @@ def build_cmd(
     """Build llama-mtmd-cli, llama-bench, llama-quantize, llama-server, llama-perplexity for a target, from the
     pinned llama.cpp with imp-gguf's patches applied (clip.cpp reads the mmproj's preprocessing keys)."""
     if target == "termux":  # nothing is built here: the steps run on the phone
-        steps = rt.termux_instructions()
+        steps = rt.TermuxSteps(rt.termux_instructions())
         if json_out:
-            print_json({"target": target, "built": False, "script": steps})
+            print_json(steps.to_dict())
         else:
-            sys.stdout.write(steps)
+            sys.stdout.write(steps.script)
         return
     bar, update = _progress_printer()
 
@@ -70,10 +70,10 @@ def build_cmd(
         if bar is not None:
             bar.stop()
     if json_out:
-        print_json(result.to_json())
+        print_json(result.to_dict())
     else:
         how = "reused" if result.reused else f"built in {result.seconds / 60:.1f} min"
-        patches = ", ".join(p["name"] for p in result.to_json()["patches"]) or "none"
+        patches = ", ".join(p.name for p in result.patches) or "none"
         echo(f"{target}: {how}: {result.bin_dir} (patches: {patches})")
 
 
@@ -99,7 +99,7 @@ def build_ui_cmd(
             err_console.print("\n".join(tail), markup=False, highlight=False, soft_wrap=True)
         raise
     if json_out:
-        print_json(result.to_json())
+        print_json(result.to_dict())
     else:
         how = "reused" if result.reused else f"built in {result.seconds / 60:.1f} min"
         echo(f"web UI {result.key}: {how}: {result.dist} ({result.stamp['files']} files, "
@@ -119,12 +119,12 @@ def where_cmd(
     result = rt.where(target)
     ui = find_ui()
     if json_out:
-        print_json({**result.to_json(), "ui": ui.to_json() if ui is not None else None})
+        print_json({**result.to_dict(), "ui": ui.to_dict() if ui is not None else None})
     else:
         for name, path in result.binaries.items():
             typer.echo(f"{name}\t{path}")
-        for patch in result.to_json()["patches"]:
-            typer.echo(f"patch\t{patch['name']}")
+        for patch in result.patches:
+            typer.echo(f"patch\t{patch.name}")
         if ui is not None:
             typer.echo(f"ui\t{ui.dist}")
 

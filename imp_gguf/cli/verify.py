@@ -33,14 +33,13 @@ def verify_cmd(
         raise ToolMissing("verify needs the PyTorch reference: pip install 'imp-gguf[reference]'") from exc
     report = verify(ckpt, model, mmproj, image=image, n_threads=threads)
     if json_out:
-        print_json(report)
+        print_json(report.to_dict())
     else:
-        for k, v in report.items():
-            if k not in ("ok", "problems"):
-                echo(f"{k:34s} {'undefined' if v is None else v}")
-        echo("parity OK" if report["ok"] else "parity FAILED")
-    if not report["ok"]:
-        raise CheckFailed("parity failed: " + "; ".join(report["problems"]))
+        for k, v in report.measurements():
+            echo(f"{k:34s} {'undefined' if v is None else v}")
+        echo("parity OK" if report.ok else "parity FAILED")
+    if not report.ok:
+        raise CheckFailed("parity failed: " + "; ".join(report.problems))
 
 
 def register(app: typer.Typer) -> None:

@@ -12,7 +12,7 @@ import ctypes
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 from gguf import Keys
@@ -21,6 +21,7 @@ from imp_gguf.chat_templates import MEDIA_MARKER, render
 from imp_gguf.errors import BadInput
 from imp_gguf.gguf_info import MMPROJ_ARCH, check_gguf, read_gguf_meta
 from imp_gguf.images import load_image, mmproj_image_spec, open_rgb
+from imp_gguf.runtime.timings import Turn, normalize
 
 
 def _cpu_has_amx() -> bool:
@@ -73,7 +74,7 @@ class Session:
             raise BadInput(f"{Path(model).name} is an mmproj (arch {MMPROJ_ARCH}), not a language model")
         self.n_threads = n_threads or max(1, os.cpu_count() or 1)
         # Parity checks want an F32 KV cache: the default F16 cache rounds keys and values.
-        kv = {"type_k": 0, "type_v": 0} if f32_kv else {}
+        kv: dict[str, Any] = {"type_k": 0, "type_v": 0} if f32_kv else {}
         try:
             with _without_amx(llama_cpp):
                 self.llm = llama_cpp.Llama(model_path=str(model), n_ctx=n_ctx, n_batch=n_batch, n_ubatch=n_batch,
@@ -193,7 +194,7 @@ class Session:
             mt.mtmd_input_chunks_free(chunks)
         raise BadInput("prompt produced no image chunk")
 
-    def eval_prompt(self, prompt: str, images: list[str | Path] = (), *, keep: bool = False) -> np.ndarray:
+    def eval_prompt(self, prompt: str, images: Sequence[str | Path] = (), *, keep: bool = False) -> np.ndarray:
         """Evaluate a formatted prompt (with one media marker per image); returns the last logits.
 
         keep=False starts from an empty context (BOS added as the model asks); keep=True appends to what
@@ -249,7 +250,7 @@ class Session:
         if self.llm.n_tokens + n_new > self.llm.n_ctx():
             raise BadInput(f"the prompt needs {self.llm.n_tokens + n_new} tokens; the context holds {self.llm.n_ctx()}")
 
-    def generate(self, prompt: str, images: list[str | Path] = (), *, max_tokens: int = 64,
+    def generate(self, prompt: str, images: Sequence[str | Path] = (), *, max_tokens: int = 64,
                  on_text: Callable[[str], None] | None = None, keep: bool = False) -> str:
         """Greedy decoding until an end-of-generation token; streams text pieces to on_text."""
         return self.decode(self.eval_prompt(prompt, images, keep=keep), max_tokens=max_tokens, on_text=on_text)
@@ -329,3 +330,8 @@ class Conversation:
     def ask(self, question: str, *, max_tokens: int = 64, on_text: Callable[[str], None] | None = None) -> str:
         """The greedy answer to `question`; session.last_timings holds this turn's figures."""
         return self.answer(self.feed(question), max_tokens=max_tokens, on_text=on_text)
+
+    def turn(self, question: str, *, max_tokens: int = 64, on_text: Callable[[str], None] | None = None) -> Turn:
+        """`ask`, as a typed turn: the answer as printed (stripped) and this turn's timings."""
+        answer = self.ask(question, max_tokens=max_tokens, on_text=on_text)
+        return Turn(question=question, answer=answer.strip(), timings=normalize(self.session.last_timings))

@@ -24,6 +24,7 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from imp_gguf.errors import BadInput, InternalError
 from imp_gguf.pins import LLAMA_CPP_COMMIT, LLAMA_CPP_PYTHON_VERSION
@@ -132,7 +133,7 @@ class BuildSpec:
     patches: tuple[Patch, ...] = ()  # applied to the source before configuring, in this order
 
     def flag_hash(self) -> str:
-        inputs = {
+        inputs: dict[str, object] = {
             "target": self.target,
             "defines": dict(sorted(self.defines.items())),
             "tools": list(self.tools),
@@ -147,12 +148,31 @@ class BuildSpec:
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
+@dataclass(frozen=True)
+class AppliedPatch:
+    """A patch a build's source carries, as its stamp records it (runtime.patches.Patch.to_dict)."""
+
+    name: str
+    sha256: str
+    subject: str
+
+    @classmethod
+    def from_stamp(cls, entry: Mapping[str, str]) -> "AppliedPatch":
+        return cls(name=entry["name"], sha256=entry["sha256"], subject=entry["subject"])
+
+    def to_dict(self) -> dict[str, str]:
+        return {"name": self.name, "sha256": self.sha256, "subject": self.subject}
+
+
 @dataclass
 class BuildResult:
+    """A finished build: where its tools are, whether it was reused, and what its stamp (stamp.json, the
+    record written when it finished) says it was built from."""
+
     target: str
     build_dir: Path
     binaries: dict[str, Path]
-    stamp: dict
+    stamp: dict[str, Any]  # stamp.json as read: the build's record on disk
     reused: bool
     seconds: float = 0.0
 
@@ -160,7 +180,24 @@ class BuildResult:
     def bin_dir(self) -> Path:
         return self.build_dir / "cmake" / "bin"
 
-    def to_json(self) -> dict:
+    @property
+    def commit(self) -> str | None:
+        return self.stamp.get("commit")
+
+    @property
+    def flag_hash(self) -> str | None:
+        return self.stamp.get("flag_hash")
+
+    @property
+    def defines(self) -> dict[str, str] | None:
+        return self.stamp.get("defines")
+
+    @property
+    def patches(self) -> list[AppliedPatch]:
+        return [AppliedPatch.from_stamp(p) for p in self.stamp.get("patches", [])]
+
+    def to_dict(self) -> dict[str, Any]:
+        """`runtime build|where --json`."""
         return {
             "target": self.target,
             "build_dir": str(self.build_dir),
@@ -168,11 +205,22 @@ class BuildResult:
             "binaries": {k: str(v) for k, v in self.binaries.items()},
             "reused": self.reused,
             "seconds": round(self.seconds, 1),
-            "commit": self.stamp.get("commit"),
-            "flag_hash": self.stamp.get("flag_hash"),
-            "defines": self.stamp.get("defines"),
-            "patches": self.stamp.get("patches", []),
+            "commit": self.commit,
+            "flag_hash": self.flag_hash,
+            "defines": self.defines,
+            "patches": [p.to_dict() for p in self.patches],
         }
+
+
+@dataclass(frozen=True)
+class TermuxSteps:
+    """`runtime build --target termux`: nothing is built here; the steps to run on the phone."""
+
+    script: str
+    target: str = "termux"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"target": self.target, "built": False, "script": self.script}
 
 
 class BuildFailed(InternalError):
@@ -458,7 +506,7 @@ def build(
             "env": dict(spec.env_inputs),
             "tools": {k: str(v.relative_to(bdir)) for k, v in binaries.items()},
             "source": str(source.root),
-            "patches": [p.to_json() for p in spec.patches],
+            "patches": [p.to_dict() for p in spec.patches],
             "version_output": version_out,
             "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "seconds": round(seconds, 1),

@@ -17,13 +17,14 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from imp_gguf.errors import BadInput, OutputExists
 from imp_gguf.gguf_info import read_gguf_meta
 from imp_gguf.images import mmproj_image_spec
 from imp_gguf.pair import check_pair
 from imp_gguf.pins import LLAMA_CPP_COMMIT, LLAMA_CPP_PYTHON_VERSION
-from imp_gguf.runtime.build import STAMP, where
+from imp_gguf.runtime.build import STAMP, AppliedPatch, where
 from imp_gguf.runtime.context import chat_context, image_tokens
 from imp_gguf.runtime.source import file_sha256
 from imp_gguf.runtime.webui import WebUI
@@ -263,11 +264,66 @@ DEFAULT_PORT = 8080
 COMPUTE_RESERVE_MB = 768  # measured: the 3B Q4_K_M at 196 px served within files + KV + 512 MB on 2 cores; phones run more threads
 
 
-@dataclass
+@dataclass(frozen=True)
+class BundleTuning:
+    """Where run.sh's threads, CPU mask and flags come from: a `bench --sweep` profile, else the SoC table."""
+
+    profile: str | None = None  # the profile's file name
+    args: list[str] | None = None  # its flags
+
+    def to_dict(self) -> dict[str, Any]:
+        if self.args is not None:
+            return {"profile": self.profile, "args": self.args}
+        return {"soc_table": "imp_gguf/runtime/soc.py, chosen on the device by run.sh"}
+
+
+@dataclass(frozen=True)
+class BundledUI:
+    """llama.cpp's web UI in the bundle's ui/ folder, or why there is none."""
+
+    key: str | None = None  # webui.WebUI.key: which UI build
+    commit: str | None = None  # the llama.cpp commit its source came from
+    absent: str | None = None  # the reason, when there is no UI
+
+    def to_dict(self) -> dict[str, Any]:
+        if self.key is None:
+            return {"folder": None, "absent": self.absent}
+        return {"folder": UI_FOLDER, "key": self.key, "commit": self.commit,
+                "source": "llama.cpp tools/ui, built by imp-gguf with npm"}
+
+
+@dataclass(frozen=True)
+class BundleManifest:
+    """bundle.json: what the bundle holds and was made from (`bundle --json` prints it too)."""
+
+    target: str
+    llama_cpp_python: str
+    commit: str
+    patches: list[AppliedPatch]
+    model: str  # paths inside the bundle
+    mmproj: str
+    tuning: BundleTuning
+    server_memory_budget_mb: dict[str, int]  # memory_budget's
+    web_ui: BundledUI
+    created: str
+    sha256: dict[str, str]  # path inside the bundle -> sha256
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"target": self.target, "llama_cpp_python": self.llama_cpp_python, "commit": self.commit,
+                "patches": [p.to_dict() for p in self.patches], "model": self.model, "mmproj": self.mmproj,
+                "tuning": self.tuning.to_dict(), "server_memory_budget_mb": self.server_memory_budget_mb,
+                "web_ui": self.web_ui.to_dict(), "created": self.created, "sha256": self.sha256}
+
+
+@dataclass(frozen=True)
 class BundleResult:
     folder: Path
     tarball: Path
-    manifest: dict
+    manifest: BundleManifest
+
+    def to_dict(self) -> dict[str, Any]:
+        """`bundle --json`: where it went, then the manifest."""
+        return {"folder": str(self.folder), "tarball": str(self.tarball), **self.manifest.to_dict()}
 
 
 def _enter(profile: dict | None) -> tuple[str, str]:
@@ -352,14 +408,14 @@ def memory_budget(model: Path, mmproj: Path, n_ctx: int) -> dict[str, int]:
             "total_mb": -(-files // mb) + -(-kv // mb) + COMPUTE_RESERVE_MB, "n_ctx": n_ctx}
 
 
-def build_patches(binaries: Mapping[str, Path]) -> list[dict]:
+def build_patches(binaries: Mapping[str, Path]) -> list[AppliedPatch]:
     """The patches in the build these binaries come from (its stamp), [] for binaries from elsewhere."""
     stamp = Path(binaries["llama-mtmd-cli"]).parent.parent.parent / STAMP
     try:
         data = json.loads(stamp.read_text())
     except (OSError, ValueError):
         return []
-    return list(data.get("patches") or [])
+    return [AppliedPatch.from_stamp(p) for p in data.get("patches") or []]
 
 
 def tarball_path(out: Path) -> Path:
@@ -432,7 +488,7 @@ def make_bundle(
             (tmp / name).write_text(text)
             os.chmod(tmp / name, 0o755)
         patches = build_patches(binaries)
-        images = (IMAGES_PATCHED.format(patches=", ".join(p["name"] for p in patches), aspect=aspect,
+        images = (IMAGES_PATCHED.format(patches=", ".join(p.name for p in patches), aspect=aspect,
                                         how=ASPECT_WHAT[aspect], image_size=size) if patches else
                   IMAGES_STOCK.format(image_size=size, aspect=aspect, aspect_how=ASPECT_HOW[aspect].format(size=size)))
         (tmp / "README.txt").write_text(
@@ -442,23 +498,16 @@ def make_bundle(
                                  WEBUI_ABSENT.format(reason=no_ui_reason))
         )
         files = sorted(p for p in tmp.rglob("*") if p.is_file())
-        manifest = {
-            "target": target,
-            "llama_cpp_python": LLAMA_CPP_PYTHON_VERSION,
-            "commit": LLAMA_CPP_COMMIT,
-            "patches": patches,
-            "model": f"models/{model.name}",
-            "mmproj": f"models/{mmproj.name}",
-            "tuning": ({"profile": profile.get("_path"), "args": profile["args"]} if profile else
-                       {"soc_table": "imp_gguf/runtime/soc.py, chosen on the device by run.sh"}),
-            "server_memory_budget_mb": budget,
-            "web_ui": ({"folder": UI_FOLDER, "key": web_ui.key, "commit": web_ui.stamp.get("commit"),
-                        "source": "llama.cpp tools/ui, built by imp-gguf with npm"} if web_ui is not None else
-                       {"folder": None, "absent": no_ui_reason}),
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "sha256": {str(p.relative_to(tmp)): file_sha256(p) for p in files},
-        }
-        (tmp / "bundle.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        manifest = BundleManifest(
+            target=target, llama_cpp_python=LLAMA_CPP_PYTHON_VERSION, commit=LLAMA_CPP_COMMIT, patches=patches,
+            model=f"models/{model.name}", mmproj=f"models/{mmproj.name}",
+            tuning=BundleTuning(profile.get("_path"), profile["args"]) if profile else BundleTuning(),
+            server_memory_budget_mb=budget,
+            web_ui=(BundledUI(key=web_ui.key, commit=web_ui.stamp.get("commit")) if web_ui is not None else
+                    BundledUI(absent=no_ui_reason)),
+            created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            sha256={str(p.relative_to(tmp)): file_sha256(p) for p in files})
+        (tmp / "bundle.json").write_text(json.dumps(manifest.to_dict(), indent=2) + "\n")
         # GGUF weights barely compress: level 1 keeps a multi-GB bundle from taking minutes.
         with tarfile.open(tmp_tar, "w:gz", compresslevel=1) as tf:
             tf.add(tmp, arcname=out.name)

@@ -10,6 +10,7 @@ from imp_gguf.errors import InternalError
 from imp_gguf.gguf_info import read_gguf_meta
 from imp_gguf.images import load_image, mmproj_image_spec
 from imp_gguf.runtime.runner import LocalRunner, Runner
+from imp_gguf.runtime.timings import Timings, Turn, from_mtmd_log
 
 
 def prepare_image(image: str | Path, mmproj: str | Path, dest_dir: Path) -> Path:
@@ -32,11 +33,24 @@ def mtmd_cli_argv(binary: Path, model: Path, mmproj: Path, image: Path, prompt: 
 
 
 def run_mtmd_cli(binary: Path, model: Path, mmproj: Path, image: Path, prompt: str, *, max_tokens: int = 64,
-                 threads: int = 2, runner: Runner | None = None, on_text: Callable[[str], None] | None = None,
-                 timings: dict | None = None) -> str:
-    """Greedy answer from llama-mtmd-cli (its chat template wraps the prompt, as for the Python backend).
+                 threads: int = 2, runner: Runner | None = None, on_text: Callable[[str], None] | None = None) -> str:
+    """Greedy answer from llama-mtmd-cli (its chat template wraps the prompt, as for the Python backend)."""
+    return _mtmd_cli(binary, model, mmproj, image, prompt, max_tokens=max_tokens, threads=threads, runner=runner,
+                     on_text=on_text, timed=False)[0]
 
-    `timings`, if given, is filled with the tool's own figures (runtime.timings keys)."""
+
+def ask_mtmd_cli(binary: Path, model: Path, mmproj: Path, image: Path, question: str, *, max_tokens: int = 64,
+                 threads: int = 2, runner: Runner | None = None,
+                 on_text: Callable[[str], None] | None = None) -> Turn:
+    """`run --backend cli`'s one turn: the answer and the tool's own figures (runtime.timings)."""
+    answer, timings = _mtmd_cli(binary, model, mmproj, image, question, max_tokens=max_tokens, threads=threads,
+                                runner=runner, on_text=on_text, timed=True)
+    return Turn(question=question, answer=answer.strip(), timings=timings)
+
+
+def _mtmd_cli(binary: Path, model: Path, mmproj: Path, image: Path, prompt: str, *, max_tokens: int, threads: int,
+              runner: Runner | None, on_text: Callable[[str], None] | None, timed: bool) -> tuple[str, Timings]:
+    """(the answer, its timings: empty unless `timed`)."""
     runner = runner or LocalRunner()
     with tempfile.TemporaryDirectory() as td:
         img = prepare_image(image, mmproj, Path(td))
@@ -44,7 +58,7 @@ def run_mtmd_cli(binary: Path, model: Path, mmproj: Path, image: Path, prompt: s
 
         argv = mtmd_cli_argv(binary, model, mmproj, img, prompt, max_tokens=max_tokens, threads=threads,
                              ctx=run_context(mmproj, prompt, max_tokens))
-        if timings is not None:
+        if timed:
             argv += ["-lv", "4"]  # its timing lines (stderr) are printed from this log level on
         # llama-mtmd-cli prints through llama.cpp's asynchronous logger, a singleton it never flushes at
         # exit (upstream issue 22142): on a busy machine the answer's tail can be lost. Its output ends
@@ -57,10 +71,7 @@ def run_mtmd_cli(binary: Path, model: Path, mmproj: Path, image: Path, prompt: s
         tail = (proc.stderr or "").strip().splitlines()[-1:] or ["no output"]
         raise InternalError(f"llama-mtmd-cli exited {proc.returncode}: {tail[0]}")
     text = proc.stdout.strip()
-    if timings is not None:
-        from imp_gguf.runtime.timings import from_mtmd_log
-
-        timings.update(from_mtmd_log(proc.stdout, proc.stderr or ""))
+    timings = from_mtmd_log(proc.stdout, proc.stderr or "") if timed else Timings()
     if on_text:
         on_text(text)
-    return text
+    return text, timings

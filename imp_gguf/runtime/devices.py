@@ -19,7 +19,7 @@ from typing import Any
 
 from imp_gguf.errors import BadInput
 from imp_gguf.runtime.build import DEVICE_TOOLS, BuildResult, where
-from imp_gguf.runtime.parse import parse_version
+from imp_gguf.runtime.parse import ToolFields, parse_version
 from imp_gguf.runtime.runner import (AdbRunner, LocalRunner, QemuRunner, RemoteRunner, Runner, SshRunner,
                                      safe_name)
 from imp_gguf.runtime.soc import MAX_FREQ_ARGV, SocChoice, choose, parse_max_freqs
@@ -188,9 +188,9 @@ def _read(dev: Device, path: str) -> str:
         return ""
 
 
-def version_info(dev: Device) -> dict[str, Any]:
+def version_info(dev: Device) -> ToolFields:
     """llama.cpp build id and flags: the build stamp plus `llama-bench --version` run on the device."""
-    out: dict[str, Any] = {}
+    out: ToolFields = {}
     if dev.build is not None:
         st = dev.build.stamp
         out.update(build_commit=(st.get("commit") or "")[:7] or None, build_flag_hash=st.get("flag_hash"),

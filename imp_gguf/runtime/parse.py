@@ -33,6 +33,11 @@ RE_VERSION = re.compile(r"version:\s*(\S+)\s*\(build (\d+), commit ([0-9a-f]+)\)
 RE_BUILT_WITH = re.compile(r"built with (.*)")
 
 
+# Fields a llama.cpp tool printed, as it printed them (llama-bench's JSON rows, `--version`, the bandwidth
+# probe's JSON): their keys belong to the tool's version, not to imp-gguf.
+ToolFields = dict[str, Any]
+
+
 @dataclass
 class MtmdRun:
     """Timings of one llama-mtmd-cli run (ms unless named otherwise); None when not printed."""
@@ -197,7 +202,7 @@ def parse_time_v(text: str) -> float | None:
     return round(int(m.group(1)) / 1024.0, 1) if m else None
 
 
-def parse_version(text: str) -> dict[str, Any]:
+def parse_version(text: str) -> ToolFields:
     m = RE_VERSION.search(text)
     b = RE_BUILT_WITH.search(text)
     out: dict[str, Any] = {}
@@ -208,7 +213,7 @@ def parse_version(text: str) -> dict[str, Any]:
     return out
 
 
-def parse_llama_bench(stdout: str) -> list[dict[str, Any]]:
+def parse_llama_bench(stdout: str) -> list[ToolFields]:
     """llama-bench -o json: a JSON array on stdout (logs go to stderr)."""
     s = stdout.strip()
     start = s.find("[")
@@ -223,7 +228,7 @@ def parse_llama_bench(stdout: str) -> list[dict[str, Any]]:
     return [r for r in rows if isinstance(r, dict)]
 
 
-def parse_bandwidth(stdout: str) -> dict[str, Any] | None:
+def parse_bandwidth(stdout: str) -> ToolFields | None:
     """The probe prints one JSON object."""
     for line in stdout.splitlines()[::-1]:
         line = line.strip()
@@ -272,7 +277,7 @@ def parse_mtmd_chat(stdout: str, stderr: str = "") -> list[ChatTurn]:
     its answer is the plain output (level "none") after the prompt was evaluated (the "\n" eval_message
     prints last) and before the next prompt. The log's last entries may be lost at exit (the logger is
     asynchronous): the last turn then ends at the last piece the log kept. A `/image` line makes no turn."""
-    entries = sorted((e for e in _entries(stdout) + _entries(stderr) if e[0] is not None), key=lambda e: e[0])
+    entries = sorted((e for e in _entries(stdout) + _entries(stderr) if e[0] is not None), key=lambda e: e[0] or 0)
     prompts = [i for i, (_, level, msg) in enumerate(entries) if level == "none" and msg.strip() == ">"]
     turns = []
     for a, b in zip(prompts, [*prompts[1:], len(entries)]):

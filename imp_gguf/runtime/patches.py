@@ -18,6 +18,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from imp_gguf.errors import InternalError
 from imp_gguf.runtime.runner import LocalRunner, Runner
@@ -46,7 +47,7 @@ class Patch:
                 break
         return self.name
 
-    def to_json(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "sha256": self.sha256, "subject": self.subject}
 
 
@@ -104,7 +105,7 @@ def patched_source(source: Source, patches: Sequence[Patch], runner: Runner | No
                 proc = runner.run(_apply_argv(patch, check=False), cwd=work / "vendor" / "llama.cpp", timeout=120)
                 if proc.returncode != 0:
                     raise PatchDoesNotApply(f"patch {patch.name} failed to apply: {(proc.stderr or '').strip()[:200]}")
-            meta = {"version": source.version, "commit": source.commit, "patches": [p.to_json() for p in patches],
+            meta = {"version": source.version, "commit": source.commit, "patches": [p.to_dict() for p in patches],
                     "patched_at": time.time()}
             (work / STAMP_NAME).write_text(json.dumps(meta, indent=2) + "\n")
             if root.exists():  # an unstamped leftover of an interrupted copy

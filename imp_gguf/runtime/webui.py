@@ -30,6 +30,7 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from imp_gguf.errors import InternalError, ToolMissing
 from imp_gguf.runtime.runner import LocalRunner, merged_env, require_program
@@ -81,7 +82,7 @@ class WebUI:
     def dist(self) -> Path:
         return self.folder / "dist"
 
-    def to_json(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {"key": self.key, "dist": str(self.dist), "reused": self.reused, "seconds": round(self.seconds, 1),
                 "commit": self.stamp.get("commit"), "files": self.stamp.get("files"),
                 "bytes": self.stamp.get("bytes"), "node": self.stamp.get("node"), "npm": self.stamp.get("npm")}

@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 from imp_gguf.speed.protocols import (DEFAULT_TARGET_TPS, PAPER_ROW, PROTOCOLS, BenchConfig, BenchSession,
                                       check_kv_type, exit_code, model_facts)
 from imp_gguf.speed.roofline import COMPILERS, build_probe
+from imp_gguf.speed.rows import BenchRow
 from imp_gguf.errors import BadInput
 from imp_gguf.runtime.devices import Device, open_device, soc_choice
 
@@ -17,7 +17,7 @@ from imp_gguf.runtime.devices import Device, open_device, soc_choice
 def bench(models: Sequence[str | Path], mmprojs: Sequence[str | Path], *, device: str = "local",
           cfg: BenchConfig | None = None, ssh_options: Sequence[str] = (), remote_target: str | None = None,
           remote_dir: str | None = None, log: Callable[[str], None] | None = None,
-          dev: Device | None = None, sweep: dict[str, list[str]] | None = None) -> list[dict[str, Any]]:
+          dev: Device | None = None, sweep: dict[str, list[str]] | None = None) -> list[BenchRow]:
     """Bench each model (with its mmproj: one shared, or one per model) on `device`; returns the rows.
 
     Without threads or a CPU mask, the device's SoC default is used (imp_gguf.runtime.soc); `sweep`
@@ -41,19 +41,18 @@ def bench(models: Sequence[str | Path], mmprojs: Sequence[str | Path], *, device
     if cfg.threads is None and cfg.cpu_mask is None:  # the SoC default: big cores only, pinned
         cfg = replace(cfg, threads=soc.threads, cpu_mask=soc.mask, cpu_strict=soc.mask is not None)
     session = BenchSession(dev, cfg, log)
-    rows: list[dict[str, Any]] = []
+    rows: list[BenchRow] = []
     if sweep:
         from imp_gguf.speed.sweep import run_sweep
 
         for f in facts:
             got, summary = run_sweep(session, f, sweep, soc, log or (lambda m: None))
-            for r in got:
-                r["soc_choice"] = soc.to_dict()
-                r["sweep_summary"] = summary
+            for paper in got:
+                paper.soc_choice, paper.sweep_summary = soc, summary
             rows.extend(got)
         return rows
     for f in facts:
         rows.extend(session.run(f))
     for r in rows:
-        r["soc_choice"] = soc.to_dict()
+        r.soc_choice = soc
     return rows

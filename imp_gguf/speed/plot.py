@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from imp_gguf.speed.protocols import PAPER_ROW
+from imp_gguf.speed.rows import BenchRow, rows_json
 
 
 def available() -> bool:
@@ -16,10 +17,12 @@ def available() -> bool:
     return True
 
 
-def plot_rows(rows: list[dict[str, Any]], path: str | Path, *, title: str = "") -> Path:
-    """Three panels: decode tok/s (with roofline ceiling and the paper's 12.73), prompt tok/s, T_VE s."""
+def plot_rows(typed: Sequence[BenchRow], path: str | Path, *, title: str = "") -> Path:
+    """Three panels: decode tok/s (with roofline ceiling and the paper's 12.73), prompt tok/s, T_VE s, drawn
+    from the rows' JSON form (the numbers `--json` prints)."""
     import matplotlib
 
+    rows = rows_json(list(typed))
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -32,9 +35,9 @@ def plot_rows(rows: list[dict[str, Any]], path: str | Path, *, title: str = "") 
         ("image encode s", "vision_encode_ms", PAPER_ROW["vision_encode_s"]),
     ]
     for ax, (label, key, paper) in zip(axes, panels):
-        vals = [(r.get(key) or 0) / (1000.0 if key == "vision_encode_ms" else 1.0) for r in rows]
-        lo = [(r.get(f"{key}_min") if r.get(f"{key}_min") is not None else r.get(key) or 0) for r in rows]
-        hi = [(r.get(f"{key}_max") if r.get(f"{key}_max") is not None else r.get(key) or 0) for r in rows]
+        vals = [float(r.get(key) or 0) / (1000.0 if key == "vision_encode_ms" else 1.0) for r in rows]
+        lo = [float(r[f"{key}_min"] if r.get(f"{key}_min") is not None else r.get(key) or 0) for r in rows]
+        hi = [float(r[f"{key}_max"] if r.get(f"{key}_max") is not None else r.get(key) or 0) for r in rows]
         if key == "vision_encode_ms":
             lo, hi = [v / 1000 for v in lo], [v / 1000 for v in hi]
         err = [[max(0.0, v - a) for v, a in zip(vals, lo)], [max(0.0, b - v) for v, b in zip(vals, hi)]]

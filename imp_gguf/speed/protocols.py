@@ -22,23 +22,24 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, Keys
 
 from imp_gguf.chat_templates import MEDIA_MARKER
 from imp_gguf.speed.roofline import LmTraffic, lm_traffic, roofline
+from imp_gguf.speed.rows import (BenchRow, DecodeCheck, DeviceFacts, FollowupPrediction, FollowupRow, LlamaBenchRow,
+                                 MeasuredChat, MeasuredRun, PaperComparison, PaperRow, PaperTable4, RowBase, Tuning)
 from imp_gguf.errors import BadInput, CheckFailed, InternalError
 from imp_gguf.spelling import unknown
 from imp_gguf.native_log import quiet_native_stderr
 from imp_gguf.runtime.context import image_tokens, job_context
 from imp_gguf.runtime.devices import Device, cpu_info, load_average, version_info
-from imp_gguf.runtime.parse import (cpu_features, parse_bandwidth, parse_llama_bench, parse_mtmd, parse_system_info,
+from imp_gguf.runtime.parse import (MtmdRun, ToolFields, cpu_features, parse_bandwidth, parse_llama_bench, parse_mtmd, parse_system_info,
                                     parse_time_v)
 from imp_gguf.synthetic_images import photo_like
 
-PAPER_ROW = {
+PAPER_ROW: PaperTable4 = {
     "source": "Imp paper Table 4 (arXiv 2405.12107): Imp-3B@196, 4-bit, Snapdragon 8 Gen 3, llama.cpp",
     "vision_encode_s": 2.10, "prompt_tps": 15.64, "decode_tps": 12.73, "total_s": 22.72,
     "n_text_tokens": 41, "n_image_tokens": 196, "n_gen": 64,
@@ -185,13 +186,26 @@ def fit_question(counter: TextCounter, n_tokens: int = PAPER_TEXT_TOKENS, base: 
 
 # ----------------------------------------------------------------------------- statistics
 
-def spread(values: Sequence[float | None]) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Spread:
+    """Median and spread of repeated measurements (None where no value was measured)."""
+
+    median: float | None
+    min: float | None
+    max: float | None
+    mean: float | None
+    stddev: float | None
+    iqr: float | None
+    n: int
+
+
+def spread(values: Sequence[float | None]) -> Spread:
     v = [float(x) for x in values if x is not None]
     if not v:
-        return {"median": None, "min": None, "max": None, "mean": None, "stddev": None, "iqr": None, "n": 0}
+        return Spread(median=None, min=None, max=None, mean=None, stddev=None, iqr=None, n=0)
     q1, q3 = (np.percentile(v, [25, 75]).tolist() if len(v) > 1 else (v[0], v[0]))
-    return {"median": statistics.median(v), "min": min(v), "max": max(v), "mean": statistics.fmean(v),
-            "stddev": statistics.stdev(v) if len(v) > 1 else 0.0, "iqr": q3 - q1, "n": len(v)}
+    return Spread(median=statistics.median(v), min=min(v), max=max(v), mean=statistics.fmean(v),
+                  stddev=statistics.stdev(v) if len(v) > 1 else 0.0, iqr=q3 - q1, n=len(v))
 
 
 def _r(x: float | None, nd: int = 3) -> float | None:
@@ -264,11 +278,11 @@ class BenchConfig:
             args += ["-lm", "none"]
         return args
 
-    def tuning(self) -> dict[str, Any]:
+    def tuning(self) -> Tuning:
         """The same, as row fields."""
-        return {"type_k": self.kv_type, "type_v": self.kv_type, "flash_attn_flag": self.flash_attn or "default",
-                "cpu_mask": self.cpu_mask, "cpu_strict": self.cpu_strict,
-                "load_mode": "mmap" if self.mmap else "read (-lm none)"}
+        return Tuning(type_k=self.kv_type, type_v=self.kv_type, flash_attn_flag=self.flash_attn or "default",
+                      cpu_mask=self.cpu_mask, cpu_strict=self.cpu_strict,
+                      load_mode="mmap" if self.mmap else "read (-lm none)")
 
 
 class BenchSession:
@@ -279,11 +293,11 @@ class BenchSession:
         self.log = log or (lambda m: None)
         self.threads = cfg.threads or dev.default_threads()
         self.tmp = Path(tempfile.mkdtemp(prefix="imp-gguf-bench-"))
-        self._bandwidth: dict[str, Any] | None = None
-        self._common: dict[str, Any] | None = None
+        self._bandwidth: ToolFields | None = None
+        self._common: DeviceFacts | None = None
 
     # -- once per device
-    def bandwidth(self) -> dict[str, Any] | None:
+    def bandwidth(self) -> ToolFields | None:
         if self._bandwidth is None and self.cfg.bandwidth and "bandwidth" in self.dev.tools:
             self.log(f"bandwidth probe ({self.threads} threads, {self.cfg.bandwidth_mib} MiB)...")
             mib = self.cfg.bandwidth_mib if not self.dev.emulated else min(self.cfg.bandwidth_mib, 256)
@@ -292,36 +306,32 @@ class BenchSession:
             self._bandwidth = parse_bandwidth(proc.stdout) or {}
         return self._bandwidth or None
 
-    def common(self, facts: ModelFacts, model_dev: str) -> dict[str, Any]:
+    def common(self, facts: ModelFacts, model_dev: str) -> DeviceFacts:
         if self._common is None:
-            c: dict[str, Any] = {"device": self.dev.label, "device_kind": self.dev.kind, "device_arch": self.dev.arch,
-                                 "emulated": self.dev.emulated, "n_cpus": self.dev.nproc,
-                                 "device_model": self.dev.info.get("model"),
-                                 "android_version": self.dev.info.get("android"),
-                                 "soc": self.dev.info.get("soc"), "gpu_info": "", "backends": "CPU"}
-            c.update(version_info(self.dev))
-            c["cpu_info"] = cpu_info(self.dev)
             # system_info (CPU features as llama.cpp sees them): llama-perplexity prints it right after load
             # (one 16-token chunk: it must run to the end, or the async logger may drop the line at exit)
+            version = version_info(self.dev)
+            cpu = cpu_info(self.dev)
             proc = self.dev.run([self.dev.tools["llama-perplexity"], "-m", model_dev, "-p", "imp gguf " * 40,
                                  "-c", "16", "-b", "16", "--chunks", "1", "-t", str(self.threads)], timeout=900)
             si = parse_system_info((proc.stderr or "") + (proc.stdout or ""))
-            c["system_info"] = si
-            c["cpu_features"] = cpu_features(si)
             bw = self.bandwidth()
-            c["bandwidth_gbps"] = _r(bw.get("gbps")) if bw else None
-            c["bandwidth_probe"] = bw
-            self._common = c
-        return dict(self._common)
+            self._common = DeviceFacts(
+                device=self.dev.label, device_kind=self.dev.kind, device_arch=self.dev.arch,
+                emulated=self.dev.emulated, n_cpus=self.dev.nproc, device_model=self.dev.info.get("model"),
+                android_version=self.dev.info.get("android"), soc=self.dev.info.get("soc"), version=version,
+                cpu_info=cpu, system_info=si, cpu_features=cpu_features(si),
+                bandwidth_gbps=_r(bw.get("gbps")) if bw else None, bandwidth_probe=bw)
+        return self._common
 
-    def _row_base(self, facts: ModelFacts) -> dict[str, Any]:
-        return {"model_filename": facts.path.name, "mmproj_filename": facts.mmproj.name,
-                "model_type": facts.model_type, "model_size": facts.model_size, "mmproj_size": facts.mmproj_size,
-                "model_n_params": facts.n_params, "n_threads": self.threads, "protocol": self.cfg.protocol,
-                "test_time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                "image_size": facts.image_size, "n_image_tokens": facts.n_image_tokens,
-                "model_files_mb": round((facts.model_size + facts.mmproj_size) / 1e6, 1),
-                **self.cfg.tuning()}
+    def _row_base(self, facts: ModelFacts) -> RowBase:
+        return RowBase(model_filename=facts.path.name, mmproj_filename=facts.mmproj.name,
+                       model_type=facts.model_type, model_size=facts.model_size, mmproj_size=facts.mmproj_size,
+                       model_n_params=facts.n_params, n_threads=self.threads, protocol=self.cfg.protocol,
+                       test_time=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                       image_size=facts.image_size, n_image_tokens=facts.n_image_tokens,
+                       model_files_mb=round((facts.model_size + facts.mmproj_size) / 1e6, 1),
+                       tuning=self.cfg.tuning())
 
     # -- protocol: paper
     def _prepared_image(self, facts: ModelFacts) -> Path:
@@ -333,7 +343,7 @@ class BenchSession:
         load_image(src_img, facts.image_size, facts.image_aspect).save(prepared)
         return prepared
 
-    def run_paper(self, facts: ModelFacts) -> dict[str, Any]:
+    def run_paper(self, facts: ModelFacts) -> PaperRow:
         cfg, dev = self.cfg, self.dev
         prepared = self._prepared_image(facts)
         counter = TextCounter(facts)
@@ -360,43 +370,42 @@ class BenchSession:
             if i >= cfg.warmup:
                 runs.append((run, rss))
                 loads.append(load)
-        row = self._paper_row(facts, common, runs, question, n_text, argv)
-        row["n_ctx"] = n_ctx
-        row["load_avg_1m"] = loads  # before each measured run: other work sharing the cores
+        row = self._paper_row(facts, common, runs, question, n_text, argv, n_ctx=n_ctx, loads=loads)
         if cfg.llama_bench_check and "llama-bench" in dev.tools:
-            row["decode_check"] = self._decode_check(facts, model_dev, row)
+            row.decode_check = self._decode_check(facts, model_dev, row)
         return row
 
-    def _decode_check(self, facts: ModelFacts, model_dev: str, row: dict[str, Any]) -> dict[str, Any]:
+    def _decode_check(self, facts: ModelFacts, model_dev: str, row: PaperRow) -> DecodeCheck:
         """llama-bench tg at the paper run's depth, threads, model and flags, in the same session: the
         paper decode should land within 10% of it; what it is not is said (sampling, the wall clock)."""
         cfg, dev = self.cfg, self.dev
-        depth = int(row["n_prompt"])
+        depth = int(row.n_prompt)
         argv = [dev.tools["llama-bench"], "-m", model_dev, "-o", "json", "-p", "0", "-n", str(cfg.n_gen),
                 "-d", str(depth), "-t", str(self.threads), "-r", str(cfg.runs), *cfg.tuning_args()]
         self.log(f"{facts.path.name}: llama-bench tg{cfg.n_gen} @ d{depth} (decode check)")
         proc = dev.run(argv, timeout=cfg.timeout)
         tg = [r for r in parse_llama_bench(proc.stdout) if r.get("n_gen")] if proc.returncode == 0 else []
         if not tg:
-            return {"llama_bench_tg_tps": None, "command": argv,
-                    "note": f"llama-bench failed (exit {proc.returncode}): {(proc.stderr or '').strip()[-200:]}"}
+            return DecodeCheck(llama_bench_tg_tps=None, command=argv,
+                               note=f"llama-bench failed (exit {proc.returncode}): {(proc.stderr or '').strip()[-200:]}")
         ref = float(tg[0]["avg_ts"])
-        ratio = row["decode_tps"] / ref if row.get("decode_tps") else None
-        samp = row.get("sampling_ms_per_token")
+        ratio = row.decode_tps / ref if row.decode_tps else None
+        samp = row.sampling_ms_per_token
         notes = []
         if ratio is not None and abs(ratio - 1) > 0.10:
             notes.append(f"paper decode is {ratio:.0%} of llama-bench tg{cfg.n_gen} @ d{depth}")
         if samp:
             notes.append(f"sampling {samp:.2f} ms/token is outside both (llama_perf eval time)")
-        wall = row.get("decode_wall_tps")
-        if wall and row.get("decode_tps"):
+        wall = row.decode_wall_tps
+        if wall and row.decode_tps:
             notes.append(f"as printed (eval + sampling + output): {wall:.2f} tok/s")
-        return {"llama_bench_tg_tps": _r(ref), "llama_bench_tg_stddev": _r(tg[0].get("stddev_ts")), "depth": depth,
-                "ratio": _r(ratio), "within_10pct": None if ratio is None else abs(ratio - 1) <= 0.10,
-                "command": argv, "note": "; ".join(notes) or None}
+        return DecodeCheck(llama_bench_tg_tps=_r(ref), llama_bench_tg_stddev=_r(tg[0].get("stddev_ts")), depth=depth,
+                           ratio=_r(ratio), within_10pct=None if ratio is None else abs(ratio - 1) <= 0.10,
+                           command=argv, note="; ".join(notes) or None)
 
-    def _paper_row(self, facts: ModelFacts, common: dict[str, Any], runs: list, question: str, n_text: int,
-                   argv: list[str]) -> dict[str, Any]:
+    def _paper_row(self, facts: ModelFacts, common: DeviceFacts, runs: list[tuple[MtmdRun, float | None]],
+                   question: str, n_text: int, argv: list[str], *, n_ctx: int,
+                   loads: list[float | None]) -> PaperRow:
         cfg = self.cfg
         for r, _ in runs:  # perf line lost (async logger): the prompt is the text + image tokens we fed
             if r.prompt_tokens is None:
@@ -409,53 +418,51 @@ class BenchSession:
         rss = spread([m for _, m in runs])
         first = runs[0][0] if runs else None
         n_prompt = first.prompt_tokens if first and first.prompt_tokens else n_text + facts.n_image_tokens
-        bw = common.get("bandwidth_gbps")
+        bw = common.bandwidth_gbps
         depth = n_prompt + cfg.n_gen / 2
-        roof = roofline(tg["median"], bw, facts.traffic, depth)
-        text, passed = verdict(self.dev, tg["median"], cfg.target_tps)
+        roof = roofline(tg.median, bw, facts.traffic, depth)
+        text, passed = verdict(self.dev, tg.median, cfg.target_tps)
         samples_ts = [_r(r.decode_tps) for r, _ in runs]
         samples_ns = [int(r.eval_ms * 1e6) if r.eval_ms else None for r, _ in runs]
         est_mem = None
         if first and first.buffers_mib:
             est_mem = round(sum(first.buffers_mib.values()), 1)
-        row = {**common, **self._row_base(facts),
-               "n_prompt": n_prompt, "n_gen": cfg.n_gen, "n_depth": 0, "n_text_tokens": n_text,
-               "question": question,
-               "avg_ts": _r(tg["mean"]), "stddev_ts": _r(tg["stddev"]), "samples_ts": samples_ts,
-               "avg_ns": int(statistics.fmean([s for s in samples_ns if s])) if any(samples_ns) else None,
-               "samples_ns": samples_ns,
-               "vision_encode_ms": _r(ve["median"], 1), "vision_encode_ms_min": _r(ve["min"], 1),
-               "vision_encode_ms_max": _r(ve["max"], 1),
-               "prompt_tps": _r(pp["median"]), "prompt_tps_min": _r(pp["min"]), "prompt_tps_max": _r(pp["max"]),
-               "decode_tps": _r(tg["median"]), "decode_tps_min": _r(tg["min"]), "decode_tps_max": _r(tg["max"]),
-               "decode_tps_iqr": _r(tg["iqr"]),
-               "total_s": _r(tot["median"]), "total_s_min": _r(tot["min"]), "total_s_max": _r(tot["max"]),
-               "ttft_ms": _r(ttft["median"], 1),
-               "peak_rss_mb": _r(rss["median"], 1),
-               "peak_rss_source": "time -v" if rss["n"] else None,
-               "rss_over_files_mb": (None if rss["median"] is None else
-                                     _r(rss["median"] - (facts.model_size + facts.mmproj_size) / 1e6, 1)),
-               "sampling_ms_per_token": _r(spread([r.sample_ms_per_token for r, _ in runs])["median"], 3),
-               "decode_wall_tps": _r(spread([r.wall_decode_tps for r, _ in runs])["median"]),
-               "llama_buffers_mib": est_mem,
-               "image_decode_ms": _r(spread([r.image_decode_ms for r, _ in runs])["median"], 1),
-               "timings_source": sorted({r.timings_source for r, _ in runs}),
-               "n_generated": first.n_generated if first else None,
-               "runs": len(runs), "warmup_runs": cfg.warmup,
-               **roof,
-               "target_tps": cfg.target_tps, "verdict": text, "passed": passed,
-               "protocol_note": (None if n_text == cfg.n_text else
-                                 f"chat template alone is {n_text} text tokens: the {cfg.n_text}-token prompt "
-                                 f"cannot be matched with this tokenizer"),
-               "command": argv,
-               "runs_detail": [r.to_dict() | {"peak_rss_mb": m} for r, m in runs]}
-        for d in row["runs_detail"]:
-            d.pop("text", None)
-        row["paper"] = paper_comparison(row)
-        return row
+        return PaperRow(
+            facts=common, base=self._row_base(facts),
+            n_prompt=n_prompt, n_gen=cfg.n_gen, n_text_tokens=n_text, question=question,
+            avg_ts=_r(tg.mean), stddev_ts=_r(tg.stddev), samples_ts=samples_ts,
+            avg_ns=int(statistics.fmean([s for s in samples_ns if s])) if any(samples_ns) else None,
+            samples_ns=samples_ns,
+            vision_encode_ms=_r(ve.median, 1), vision_encode_ms_min=_r(ve.min, 1),
+            vision_encode_ms_max=_r(ve.max, 1),
+            prompt_tps=_r(pp.median), prompt_tps_min=_r(pp.min), prompt_tps_max=_r(pp.max),
+            decode_tps=_r(tg.median), decode_tps_min=_r(tg.min), decode_tps_max=_r(tg.max),
+            decode_tps_iqr=_r(tg.iqr),
+            total_s=_r(tot.median), total_s_min=_r(tot.min), total_s_max=_r(tot.max),
+            ttft_ms=_r(ttft.median, 1),
+            peak_rss_mb=_r(rss.median, 1),
+            peak_rss_source="time -v" if rss.n else None,
+            rss_over_files_mb=(None if rss.median is None else
+                               _r(rss.median - (facts.model_size + facts.mmproj_size) / 1e6, 1)),
+            sampling_ms_per_token=_r(spread([r.sample_ms_per_token for r, _ in runs]).median, 3),
+            decode_wall_tps=_r(spread([r.wall_decode_tps for r, _ in runs]).median),
+            llama_buffers_mib=est_mem,
+            image_decode_ms=_r(spread([r.image_decode_ms for r, _ in runs]).median, 1),
+            timings_source=sorted({r.timings_source for r, _ in runs}),
+            n_generated=first.n_generated if first else None,
+            runs=len(runs), warmup_runs=cfg.warmup,
+            roofline=roof,
+            target_tps=cfg.target_tps, verdict=text, passed=passed,
+            protocol_note=(None if n_text == cfg.n_text else
+                           f"chat template alone is {n_text} text tokens: the {cfg.n_text}-token prompt "
+                           f"cannot be matched with this tokenizer"),
+            command=argv,
+            runs_detail=[MeasuredRun(r, m) for r, m in runs],
+            paper=paper_comparison(_r(ve.median, 1), _r(pp.median), _r(tg.median), _r(tot.median)),
+            n_ctx=n_ctx, load_avg_1m=loads)
 
     # -- protocol: llama-bench
-    def run_llama_bench(self, facts: ModelFacts) -> list[dict[str, Any]]:
+    def run_llama_bench(self, facts: ModelFacts) -> list[LlamaBenchRow]:
         cfg, dev = self.cfg, self.dev
         counter = TextCounter(facts)
         _, n_text = fit_question(counter, cfg.n_text)
@@ -474,31 +481,28 @@ class BenchSession:
         if not rows:
             raise InternalError(f"llama-bench printed no JSON rows on {dev.label}")
         rss = parse_time_v(proc.stderr)
-        bw = common.get("bandwidth_gbps")
+        bw = common.bandwidth_gbps
         out = []
         for r in rows:
-            row = {**common, **self._row_base(facts), **r, "peak_rss_mb": rss,
-                   "rss_over_files_mb": None if rss is None else _r(rss - (facts.model_size + facts.mmproj_size) / 1e6, 1),
-                   "peak_rss_source": "time -v" if rss else None, "command": argv,
-                   "vision_encode_ms": None, "ttft_ms": None, "n_text_tokens": n_text, "load_avg_1m": [load]}
-            row["model_filename"] = facts.path.name  # llama-bench prints the device path
             ts = r.get("avg_ts")
             if r.get("n_gen"):
-                row["decode_tps"] = _r(ts)
-                row["prompt_tps"] = None
-                row.update(roofline(ts, bw, facts.traffic, (r.get("n_depth") or 0) + cfg.n_gen / 2))
+                prompt_tps, decode_tps = None, _r(ts)
+                roof = roofline(ts, bw, facts.traffic, (r.get("n_depth") or 0) + cfg.n_gen / 2)
                 text, passed = verdict(dev, ts, cfg.target_tps)
             else:
-                row["prompt_tps"] = _r(ts)
-                row["decode_tps"] = None
-                row.update(roofline(None, bw, facts.traffic, r.get("n_depth") or 0))
+                prompt_tps, decode_tps = _r(ts), None
+                roof = roofline(None, bw, facts.traffic, r.get("n_depth") or 0)
                 text, passed = "prefill row (verdict is on the tg row)", None
-            row.update(target_tps=cfg.target_tps, verdict=text, passed=passed)
-            out.append(row)
+            out.append(LlamaBenchRow(
+                facts=common, base=self._row_base(facts), fields=r, peak_rss_mb=rss,
+                rss_over_files_mb=None if rss is None else _r(rss - (facts.model_size + facts.mmproj_size) / 1e6, 1),
+                peak_rss_source="time -v" if rss else None, command=argv, n_text_tokens=n_text, load_avg_1m=[load],
+                prompt_tps=prompt_tps, decode_tps=decode_tps, roofline=roof, target_tps=cfg.target_tps,
+                verdict=text, passed=passed))
         return out
 
     # -- protocol: followup
-    def run_followup(self, facts: ModelFacts) -> dict[str, Any]:
+    def run_followup(self, facts: ModelFacts) -> FollowupRow:
         """The paper protocol's question, then FOLLOWUP_QUESTION, in one llama-mtmd-cli chat session."""
         from imp_gguf.runtime.parse import parse_mtmd_chat
 
@@ -534,68 +538,69 @@ class BenchSession:
                                     f"{dev.label}: {tail}")
             if i >= cfg.warmup:
                 runs.append((turns, parse_time_v(proc.stderr)))
-        first = spread([t[0].total_ms / 1000 for t, _ in runs])
-        follow = spread([t[1].total_ms / 1000 for t, _ in runs])
-        ratio = spread([t[1].total_ms / t[0].total_ms for t, _ in runs])
+        totals = [(t[0].total_ms or 0.0, t[1].total_ms or 0.0) for t, _ in runs]  # both set: checked above
+        first = spread([a / 1000 for a, _ in totals])
+        follow = spread([b / 1000 for _, b in totals])
+        ratio = spread([b / a for a, b in totals])
         predicted = followup_prediction(facts.n_image_tokens, n_text, n_new, cfg.n_gen)
-        r = _r(ratio["median"])
+        r = _r(ratio.median)
         met = r is not None and r <= FOLLOWUP_GOAL
         where = "device" if dev.is_aarch64_device else ("emulated, timings meaningless" if dev.emulated else "host")
-        return {**common, **self._row_base(facts), "n_ctx": n_ctx, "n_gen": cfg.n_gen, "n_text_tokens": n_text,
-                "question": question, "followup_question": FOLLOWUP_QUESTION, "followup_text_tokens": n_new,
-                "vision_encode_ms": _r(spread([t[0].vision_encode_ms for t, _ in runs])["median"], 1),
-                "followup_vision_encode_ms": _r(spread([t[1].vision_encode_ms or 0.0 for t, _ in runs])["median"], 1),
-                "first_total_s": _r(first["median"]), "first_total_s_min": _r(first["min"]),
-                "first_total_s_max": _r(first["max"]),
-                "followup_total_s": _r(follow["median"]), "followup_total_s_min": _r(follow["min"]),
-                "followup_total_s_max": _r(follow["max"]),
-                "followup_ratio": r, "followup_ratio_min": _r(ratio["min"]), "followup_ratio_max": _r(ratio["max"]),
-                "ttft_ms": _r(spread([t[0].ttft_ms for t, _ in runs])["median"], 1),
-                "followup_ttft_ms": _r(spread([t[1].ttft_ms for t, _ in runs])["median"], 1),
-                "decode_tps": _r(spread([t[0].decode_tps for t, _ in runs])["median"]),
-                "followup_decode_tps": _r(spread([t[1].decode_tps for t, _ in runs])["median"]),
-                "peak_rss_mb": _r(spread([m for _, m in runs])["median"], 1),
-                "paper_prediction": predicted, "followup_goal": FOLLOWUP_GOAL, "followup_goal_met": met,
-                "verdict": f"follow-up x{r} of the first question ({where}; goal <= {FOLLOWUP_GOAL}: "
-                           f"{'met' if met else 'missed'}); the paper's 8 Gen 3 rates predict x{predicted['ratio']}",
-                "passed": None, "runs": len(runs), "warmup_runs": cfg.warmup, "command": argv, "stdin": stdin,
-                "runs_detail": [{"turns": [t.to_dict() | {"text": None} for t in turns], "peak_rss_mb": m}
-                                for turns, m in runs]}
+        return FollowupRow(
+            facts=common, base=self._row_base(facts), n_ctx=n_ctx, n_gen=cfg.n_gen, n_text_tokens=n_text,
+            question=question, followup_question=FOLLOWUP_QUESTION, followup_text_tokens=n_new,
+            vision_encode_ms=_r(spread([t[0].vision_encode_ms for t, _ in runs]).median, 1),
+            followup_vision_encode_ms=_r(spread([t[1].vision_encode_ms or 0.0 for t, _ in runs]).median, 1),
+            first_total_s=_r(first.median), first_total_s_min=_r(first.min), first_total_s_max=_r(first.max),
+            followup_total_s=_r(follow.median), followup_total_s_min=_r(follow.min),
+            followup_total_s_max=_r(follow.max),
+            followup_ratio=r, followup_ratio_min=_r(ratio.min), followup_ratio_max=_r(ratio.max),
+            ttft_ms=_r(spread([t[0].ttft_ms for t, _ in runs]).median, 1),
+            followup_ttft_ms=_r(spread([t[1].ttft_ms for t, _ in runs]).median, 1),
+            decode_tps=_r(spread([t[0].decode_tps for t, _ in runs]).median),
+            followup_decode_tps=_r(spread([t[1].decode_tps for t, _ in runs]).median),
+            peak_rss_mb=_r(spread([m for _, m in runs]).median, 1),
+            paper_prediction=predicted, followup_goal=FOLLOWUP_GOAL, followup_goal_met=met,
+            verdict=f"follow-up x{r} of the first question ({where}; goal <= {FOLLOWUP_GOAL}: "
+                    f"{'met' if met else 'missed'}); the paper's 8 Gen 3 rates predict x{predicted.ratio}",
+            runs=len(runs), warmup_runs=cfg.warmup, command=argv, stdin=stdin,
+            runs_detail=[MeasuredChat(turns, m) for turns, m in runs])
 
-    def run(self, facts: ModelFacts) -> list[dict[str, Any]]:
+    def run(self, facts: ModelFacts) -> list[BenchRow]:
         if self.cfg.protocol == "followup":
             return [self.run_followup(facts)]
         if self.cfg.protocol == "paper":
             return [self.run_paper(facts)]
         if self.cfg.protocol == "llama-bench":
-            return self.run_llama_bench(facts)
+            return [*self.run_llama_bench(facts)]
         raise BadInput(f"--protocol must be one of {', '.join(PROTOCOLS)}")
 
 
-def followup_prediction(n_image: int, n_text: int, n_new: int, n_gen: int) -> dict[str, Any]:
+def followup_prediction(n_image: int, n_text: int, n_new: int, n_gen: int) -> FollowupPrediction:
     """What the paper's 8 Gen 3 rates (PAPER_ROW) give a first question (image encode, image + text prefill,
     n_gen decoded) and a follow-up that reuses the image (its n_new text tokens prefilled, n_gen decoded)."""
     p = PAPER_ROW
     first = p["vision_encode_s"] + (n_image + n_text) / p["prompt_tps"] + n_gen / p["decode_tps"]
     follow = n_new / p["prompt_tps"] + n_gen / p["decode_tps"]
-    return {"source": p["source"], "first_s": round(first, 2), "followup_s": round(follow, 2),
-            "ratio": round(follow / first, 3)}
+    return FollowupPrediction(source=str(p["source"]), first_s=round(first, 2), followup_s=round(follow, 2),
+                              ratio=round(follow / first, 3))
 
 
-def paper_comparison(row: dict[str, Any]) -> dict[str, Any]:
+def paper_comparison(vision_encode_ms: float | None, prompt_tps: float | None, decode_tps: float | None,
+                     total_s: float | None) -> PaperComparison:
     """Measured / paper ratios (>1 = faster for speeds, slower for times)."""
     def ratio(a: float | None, b: float) -> float | None:
         return None if a is None else round(a / b, 3)
 
-    ve_s = row["vision_encode_ms"] / 1000 if row.get("vision_encode_ms") is not None else None
-    return {**PAPER_ROW,
-            "vision_encode_ratio": ratio(ve_s, PAPER_ROW["vision_encode_s"]),
-            "prompt_tps_ratio": ratio(row.get("prompt_tps"), PAPER_ROW["prompt_tps"]),
-            "decode_tps_ratio": ratio(row.get("decode_tps"), PAPER_ROW["decode_tps"]),
-            "total_s_ratio": ratio(row.get("total_s"), PAPER_ROW["total_s"])}
+    ve_s = vision_encode_ms / 1000 if vision_encode_ms is not None else None
+    return PaperComparison(paper=PAPER_ROW.copy(),
+                           vision_encode_ratio=ratio(ve_s, PAPER_ROW["vision_encode_s"]),
+                           prompt_tps_ratio=ratio(prompt_tps, PAPER_ROW["prompt_tps"]),
+                           decode_tps_ratio=ratio(decode_tps, PAPER_ROW["decode_tps"]),
+                           total_s_ratio=ratio(total_s, PAPER_ROW["total_s"]))
 
 
-def exit_code(rows: list[dict[str, Any]]) -> int:
+def exit_code(rows: Sequence[BenchRow]) -> int:
     """CheckFailed's status (3) if any device result missed its target; 0 otherwise (off-device results
     never fail)."""
-    return CheckFailed.exit_code if any(r.get("passed") is False for r in rows) else 0
+    return CheckFailed.exit_code if any(r.passed is False for r in rows) else 0

@@ -1,12 +1,19 @@
-"""Human output (a rich table on stderr, a markdown table for bench/results) and the JSON file."""
+"""Human output (a rich table, a markdown table for bench/results) and the JSON file.
+
+The tables are drawn from the rows' JSON form (what `--json` prints and `--out` writes), so they show
+exactly those numbers, and `markdown` works on rows read back from a results file."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from imp_gguf.speed.protocols import PAPER_ROW
+from imp_gguf.speed.rows import BenchRow, rows_json
+
+RowJson = Mapping[str, Any]  # a row's JSON form (BenchRow.to_dict(), or read back from a results file)
 
 
 def _f(x: Any, spec: str = ".2f") -> str:
@@ -18,7 +25,7 @@ def _f(x: Any, spec: str = ".2f") -> str:
         return str(x)
 
 
-def _span(row: dict[str, Any], key: str, spec: str = ".2f", scale: float = 1.0) -> str:
+def _span(row: RowJson, key: str, spec: str = ".2f", scale: float = 1.0) -> str:
     v, lo, hi = row.get(key), row.get(f"{key}_min"), row.get(f"{key}_max")
     if v is None:
         return "-"
@@ -28,7 +35,7 @@ def _span(row: dict[str, Any], key: str, spec: str = ".2f", scale: float = 1.0) 
     return s
 
 
-def columns(row: dict[str, Any]) -> dict[str, str]:
+def columns(row: RowJson) -> dict[str, str]:
     """One row of the human table (median [min-max] for repeated measurements)."""
     name = row.get("model_filename", "?")
     if row.get("protocol") == "llama-bench":
@@ -49,7 +56,7 @@ def columns(row: dict[str, Any]) -> dict[str, str]:
     }
 
 
-def followup_columns(row: dict[str, Any]) -> dict[str, str]:
+def followup_columns(row: RowJson) -> dict[str, str]:
     """One row of the follow-up protocol's table: measured, then what the paper's rates predict."""
     p = row.get("paper_prediction") or {}
     return {
@@ -65,11 +72,13 @@ def followup_columns(row: dict[str, Any]) -> dict[str, str]:
     }
 
 
-def print_table(rows: list[dict[str, Any]], console: Any) -> None:
+def print_table(given: Sequence[BenchRow | RowJson], console: Any) -> None:
+    """The human table of typed rows (bench) or of their JSON form (a results file)."""
     from rich.table import Table
 
-    if not rows:
+    if not given:
         return
+    rows = [r if isinstance(r, Mapping) else r.to_dict() for r in given]
     r0 = rows[0]
     if r0.get("protocol") == "followup":
         _print_followup(rows, console)
@@ -129,7 +138,7 @@ def print_table(rows: list[dict[str, Any]], console: Any) -> None:
             console.print(f"{r['model_filename']}: {r.get('verdict')}", markup=False, highlight=False, soft_wrap=True)
 
 
-def markdown(rows: list[dict[str, Any]]) -> str:
+def markdown(rows: Sequence[RowJson]) -> str:
     if not rows:
         return ""
     cols = list(columns(rows[0]))
@@ -140,15 +149,16 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_json(rows: list[dict[str, Any]], path: Path) -> None:
+def write_json(rows: Sequence[BenchRow], path: Path) -> None:
+    """`bench --out`: the rows as `--json` prints them."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(rows, indent=2, default=str) + "\n")
+    tmp.write_text(json.dumps(rows_json(list(rows)), indent=2, default=str) + "\n")
     tmp.replace(path)
 
 
-def _print_followup(rows: list[dict[str, Any]], console: Any) -> None:
+def _print_followup(rows: Sequence[RowJson], console: Any) -> None:
     from rich.table import Table
 
     r0 = rows[0]

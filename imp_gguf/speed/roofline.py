@@ -102,15 +102,31 @@ def lm_traffic(model: str | Path, kv_type_bytes: float = 2.0) -> LmTraffic:
     return LmTraffic(weight, embd_bytes, embd_row, kv, n_layer, sum(t["n_elements"] for t in tensors))
 
 
-def roofline(decode_tps: float | None, bandwidth_gbps: float | None, traffic: LmTraffic, depth: float) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Roofline:
+    """Decode against the memory bandwidth (None where unknown)."""
+
+    bytes_per_token: int  # at the mean decode depth
+    decode_depth: float
+    ceiling_tps: float | None  # bandwidth / bytes per token
+    decode_efficiency: float | None  # decode_tps * bytes per token / bandwidth
+    achieved_gbps: float | None  # decode_tps * bytes per token
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"bytes_per_token": self.bytes_per_token, "decode_depth": self.decode_depth,
+                "ceiling_tps": self.ceiling_tps, "decode_efficiency": self.decode_efficiency,
+                "achieved_gbps": self.achieved_gbps}
+
+
+def roofline(decode_tps: float | None, bandwidth_gbps: float | None, traffic: LmTraffic, depth: float) -> Roofline:
     """bytes/token at the mean decode depth, ceiling tokens/s, and decode efficiency (None when unknown)."""
     bpt = traffic.bytes_per_token(depth)
-    out: dict[str, Any] = {"bytes_per_token": int(bpt), "decode_depth": round(depth, 1),
-                           "ceiling_tps": None, "decode_efficiency": None, "achieved_gbps": None}
+    ceiling = efficiency = achieved = None
     if decode_tps:
-        out["achieved_gbps"] = round(decode_tps * bpt / 1e9, 3)
+        achieved = round(decode_tps * bpt / 1e9, 3)
     if bandwidth_gbps:
-        out["ceiling_tps"] = round(bandwidth_gbps * 1e9 / bpt, 2)
+        ceiling = round(bandwidth_gbps * 1e9 / bpt, 2)
         if decode_tps:
-            out["decode_efficiency"] = round(decode_tps * bpt / (bandwidth_gbps * 1e9), 3)
-    return out
+            efficiency = round(decode_tps * bpt / (bandwidth_gbps * 1e9), 3)
+    return Roofline(bytes_per_token=int(bpt), decode_depth=round(depth, 1), ceiling_tps=ceiling,
+                    decode_efficiency=efficiency, achieved_gbps=achieved)

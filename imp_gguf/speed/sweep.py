@@ -14,11 +14,12 @@ from __future__ import annotations
 import itertools
 import json
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
-from imp_gguf.speed.protocols import FA, KV, BenchConfig, check_kv_type, is_hex_mask
+from imp_gguf.speed.protocols import FA, KV, BenchConfig, BenchSession, ModelFacts, check_kv_type, is_hex_mask
+from imp_gguf.speed.rows import PaperRow, SweepPoint, SweepSummaryRow
 from imp_gguf.errors import BadInput
 from imp_gguf.spelling import unknown
 from imp_gguf.runtime.soc import SocChoice
@@ -63,7 +64,7 @@ def points(axes: dict[str, list[str]]) -> list[dict[str, str]]:
     return [dict(zip(names, combo)) for combo in itertools.product(*(axes[a] for a in names))]
 
 
-def configure(cfg: Any, point: dict[str, str], soc: SocChoice) -> Any:
+def configure(cfg: BenchConfig, point: SweepPoint, soc: SocChoice) -> BenchConfig:
     """The BenchConfig for one sweep point (axes not swept keep cfg's values)."""
     kw: dict[str, Any] = {}
     if "threads" in point:
@@ -78,68 +79,101 @@ def configure(cfg: Any, point: dict[str, str], soc: SocChoice) -> Any:
     return replace(cfg, **kw)
 
 
-def summary_row(point: dict[str, str], cfg: Any, row: dict[str, Any]) -> dict[str, Any]:
-    return {"point": point, "threads": cfg.threads, "fa": cfg.flash_attn or "default", "cpu_mask": cfg.cpu_mask,
-            "kv": cfg.kv_type, "decode_tps": row.get("decode_tps"), "decode_tps_min": row.get("decode_tps_min"),
-            "decode_tps_max": row.get("decode_tps_max"), "prompt_tps": row.get("prompt_tps"),
-            "vision_encode_ms": row.get("vision_encode_ms"), "total_s": row.get("total_s"),
-            "peak_rss_mb": row.get("peak_rss_mb"), "args": args_of(cfg)}
+def summary_row(point: SweepPoint, cfg: BenchConfig, row: PaperRow) -> SweepSummaryRow:
+    return SweepSummaryRow(point=point, threads=cfg.threads, fa=cfg.flash_attn or "default", cpu_mask=cfg.cpu_mask,
+                           kv=cfg.kv_type, decode_tps=row.decode_tps, decode_tps_min=row.decode_tps_min,
+                           decode_tps_max=row.decode_tps_max, prompt_tps=row.prompt_tps,
+                           vision_encode_ms=row.vision_encode_ms, total_s=row.total_s, peak_rss_mb=row.peak_rss_mb,
+                           args=args_of(cfg))
 
 
-def args_of(cfg: Any) -> list[str]:
+def args_of(cfg: BenchConfig) -> list[str]:
     """The llama.cpp flags a configuration stands for (threads first)."""
     return ["-t", str(cfg.threads), *cfg.tuning_args()]
 
 
-def best(summary: list[dict[str, Any]]) -> dict[str, Any]:
-    measured = [s for s in summary if s.get("decode_tps") is not None]
+def best(summary: list[SweepSummaryRow]) -> SweepSummaryRow:
+    measured = [s for s in summary if s.decode_tps is not None]
     if not measured:
         raise BadInput("the sweep measured no decode speed")
-    return max(measured, key=lambda s: (s["decode_tps"], -(s.get("total_s") or 0.0)))
+    return max(measured, key=lambda s: (s.decode_tps or 0.0, -(s.total_s or 0.0)))
 
 
-def run_sweep(session: Any, facts: Any, axes: dict[str, list[str]], soc: SocChoice,
-              log: Callable[[str], None]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def run_sweep(session: BenchSession, facts: ModelFacts, axes: dict[str, list[str]], soc: SocChoice,
+              log: Callable[[str], None]) -> tuple[list[PaperRow], list[SweepSummaryRow]]:
     """Every point through the paper protocol on one device session; (rows, summary)."""
     base = replace(session.cfg, llama_bench_check=False)
     for kv in axes.get("kv", []):  # before the first run, not at the point that would fail
         check_kv_type(facts, kv)
-    rows, summary = [], []
+    rows: list[PaperRow] = []
+    summary: list[SweepSummaryRow] = []
     for i, point in enumerate(points(axes), 1):
         cfg = configure(base, point, soc)
-        if cfg.threads is None:
-            cfg = replace(cfg, threads=soc.threads)
-        session.cfg, session.threads = cfg, cfg.threads
+        threads = cfg.threads if cfg.threads is not None else soc.threads
+        cfg = replace(cfg, threads=threads)
+        session.cfg, session.threads = cfg, threads
         log(f"sweep {i}/{len(points(axes))}: {' '.join(f'{k}={v}' for k, v in point.items())}")
         row = session.run_paper(facts)
-        row["sweep_point"] = point
+        row.sweep_point = point
         rows.append(row)
         summary.append(summary_row(point, cfg, row))
     session.cfg = base
     return rows, summary
 
 
-def make_profile(summary: list[dict[str, Any]], rows: list[dict[str, Any]], soc: SocChoice) -> dict[str, Any]:
+@dataclass(frozen=True)
+class DeviceProfile:
+    """`bench --sweep`'s best configuration and where it was measured: the file `bundle --profile` reads
+    (load_profile checks it back)."""
+
+    created: str
+    device: str
+    device_kind: str
+    device_model: str | None
+    soc: SocChoice
+    cpu_info: str | None
+    n_cpus: int | None
+    build_commit: str | None
+    model_filename: str
+    best: SweepSummaryRow
+    sweep: list[SweepSummaryRow]
+    emulated: bool
+    note: str | None
+    protocol: str = "paper"
+    version: int = PROFILE_VERSION
+
+    @property
+    def args(self) -> list[str]:
+        return self.best.args
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "imp_gguf_profile": self.version, "created": self.created, "device": self.device,
+            "device_kind": self.device_kind, "device_model": self.device_model, "soc": self.soc.to_dict(),
+            "cpu_info": self.cpu_info, "n_cpus": self.n_cpus, "build_commit": self.build_commit,
+            "model_filename": self.model_filename, "protocol": self.protocol, "best": self.best.to_dict(),
+            "args": self.args, "sweep": [s.to_dict() for s in self.sweep], "emulated": self.emulated,
+            "note": self.note,
+        }
+
+
+def make_profile(summary: list[SweepSummaryRow], rows: list[PaperRow], soc: SocChoice) -> DeviceProfile:
     top = best(summary)
-    r0 = rows[0]
-    on_phone = r0.get("device_kind") in ("adb", "ssh") and r0.get("device_arch") in ("aarch64", "arm64")
-    return {
-        "imp_gguf_profile": PROFILE_VERSION,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "device": r0.get("device"), "device_kind": r0.get("device_kind"), "device_model": r0.get("device_model"),
-        "soc": soc.to_dict(), "cpu_info": r0.get("cpu_info"), "n_cpus": r0.get("n_cpus"),
-        "build_commit": r0.get("build_commit"), "model_filename": r0.get("model_filename"),
-        "protocol": "paper", "best": top, "args": top["args"], "sweep": summary,
-        "emulated": bool(r0.get("emulated")),
-        "note": None if on_phone else (f"measured on {r0.get('device')}: the sweep's logic, not phone numbers"),
-    }
+    f = rows[0].facts
+    on_phone = f.device_kind in ("adb", "ssh") and f.device_arch in ("aarch64", "arm64")
+    return DeviceProfile(
+        created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        device=f.device, device_kind=f.device_kind, device_model=f.device_model, soc=soc, cpu_info=f.cpu_info,
+        n_cpus=f.n_cpus, build_commit=f.build_commit, model_filename=rows[0].model_filename, best=top,
+        sweep=summary, emulated=bool(f.emulated),
+        note=None if on_phone else f"measured on {f.device}: the sweep's logic, not phone numbers")
 
 
-def write_profile(profile: dict[str, Any], path: Path) -> None:
+def write_profile(profile: DeviceProfile, path: Path) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(profile, indent=2) + "\n")
+    tmp.write_text(json.dumps(profile.to_dict(), indent=2) + "\n")
     tmp.replace(path)
 
 
@@ -182,14 +216,14 @@ def apply_profile(cfg: BenchConfig, args: list[str]) -> BenchConfig:
     return replace(cfg, **kw)
 
 
-def table(summary: list[dict[str, Any]]) -> list[dict[str, str]]:
+def table(summary: list[SweepSummaryRow]) -> list[dict[str, str]]:
     """Rows for the human table (best marked)."""
-    top = best(summary) if any(s.get("decode_tps") is not None for s in summary) else None
+    top = best(summary) if any(s.decode_tps is not None for s in summary) else None
 
-    def f(x: Any, spec: str) -> str:
+    def f(x: float | None, spec: str) -> str:
         return "-" if x is None else format(x, spec)
 
-    return [{"": "*" if s is top else "", "threads": str(s["threads"]), "fa": s["fa"], "mask": s["cpu_mask"] or "-",
-             "kv": s["kv"], "decode tok/s": f(s["decode_tps"], ".2f"), "prompt tok/s": f(s["prompt_tps"], ".2f"),
-             "T_VE s": f(None if s["vision_encode_ms"] is None else s["vision_encode_ms"] / 1000, ".2f"),
-             "total s": f(s["total_s"], ".2f"), "peak RSS MB": f(s["peak_rss_mb"], ".0f")} for s in summary]
+    return [{"": "*" if s is top else "", "threads": str(s.threads), "fa": s.fa, "mask": s.cpu_mask or "-",
+             "kv": s.kv, "decode tok/s": f(s.decode_tps, ".2f"), "prompt tok/s": f(s.prompt_tps, ".2f"),
+             "T_VE s": f(None if s.vision_encode_ms is None else s.vision_encode_ms / 1000, ".2f"),
+             "total s": f(s.total_s, ".2f"), "peak RSS MB": f(s.peak_rss_mb, ".0f")} for s in summary]

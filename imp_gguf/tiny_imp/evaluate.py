@@ -14,8 +14,9 @@ import json
 import os
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence, Union
+from typing import Any, Callable, Sequence, Union, cast
 
 from PIL import Image
 
@@ -90,7 +91,7 @@ def pytorch_predictions(ckpt_dir: str | Path, items: Sequence[HeldoutItem], tick
 
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     model = ImpModel.from_checkpoint(ckpt_dir, fast=True)
-    size = model.vision.config.image_size
+    size = cast(int, model.vision.config.image_size)  # SigLIP's: one side
     return model_predictions(model, TextCodec(ckpt_dir), items, size, tick=tick)
 
 
@@ -184,25 +185,67 @@ def _kinds(n: int) -> list[str]:
     return [D.KINDS[i % len(D.KINDS)] for i in range(n)]  # heldout_examples cycles through KINDS
 
 
-def score(preds: Sequence[str], items: Sequence[HeldoutItem]) -> dict[str, Any]:
-    """{"accuracy", "by_kind": {kind: accuracy}} for answers to heldout_set items."""
+@dataclass(frozen=True)
+class Score:
+    """Accuracy over all answers and per question kind."""
+
+    accuracy: float
+    by_kind: dict[str, float]
+
+
+def score(preds: Sequence[str], items: Sequence[HeldoutItem]) -> Score:
+    """Accuracy, overall and by kind, of answers to heldout_set items."""
     by_kind: dict[str, list[int]] = {}
     for i, kind in enumerate(_kinds(len(items))):
         by_kind.setdefault(kind, []).append(i)
-    return {"accuracy": round(accuracy(preds, items), 4),
-            "by_kind": {k: round(accuracy([preds[i] for i in ix], [items[i] for i in ix]), 4) for k, ix in by_kind.items()}}
+    return Score(accuracy=round(accuracy(preds, items), 4),
+                 by_kind={k: round(accuracy([preds[i] for i in ix], [items[i] for i in ix]), 4)
+                          for k, ix in by_kind.items()})
+
+
+@dataclass(frozen=True)
+class AnswerDetails:
+    """Every question, its golden answer and each runtime's answer (accuracy_report(details=True))."""
+
+    golden: list[str]
+    questions: list[str]
+    predictions: dict[str, list[str]]  # runtime -> answers
+
+
+@dataclass(frozen=True)
+class AccuracyReport:
+    """`imp-gguf eval`'s report. A runtime is "pytorch" or a recipe name."""
+
+    checkpoint: str
+    n: int
+    seed: int
+    accuracy: dict[str, float]  # runtime -> accuracy
+    by_kind: dict[str, dict[str, float]]  # runtime -> kind -> accuracy
+    agreement_with_pytorch: dict[str, float]  # recipe -> share of answers identical to PyTorch's ({}: no PyTorch)
+    files: dict[str, dict[str, Any]]  # recipe -> the recipe result's files and sizes (paths only with a workdir)
+    details: AnswerDetails | None = None
+    plot: str | None = None  # the PNG `eval --plot` wrote
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"checkpoint": self.checkpoint, "n": self.n, "seed": self.seed,
+                               "accuracy": self.accuracy, "by_kind": self.by_kind,
+                               "agreement_with_pytorch": self.agreement_with_pytorch, "files": self.files}
+        if self.details is not None:
+            out.update(golden=self.details.golden, questions=self.details.questions,
+                       predictions=self.details.predictions)
+        if self.plot is not None:
+            out["plot"] = self.plot
+        return out
 
 
 def accuracy_report(ckpt_dir: str | Path | None = None, recipes: Sequence[str] = ("f16", "q8_0", "q4_k"), *,
                     n: int = N_HELDOUT, seed: int = 1, pytorch: bool = True, workdir: str | Path | None = None,
                     n_threads: int = 1, details: bool = False, log: Callable[[str], None] | None = None,
-                    progress: Callable[[str, int], Tick] | None = None, verbose: bool = False) -> dict[str, Any]:
+                    progress: Callable[[str, int], Tick] | None = None, verbose: bool = False) -> AccuracyReport:
     """Held-out accuracy of the PyTorch checkpoint and of each recipe's GGUFs through llama.cpp, on
     the same n questions (default checkpoint: the bundled tiny Imp).
 
-    Keys: checkpoint, n, seed, accuracy {runtime: acc} (runtime "pytorch" or a recipe name),
-    by_kind {runtime: {kind: acc}}, agreement_with_pytorch {recipe: share of identical answers},
-    files {recipe: {model, mmproj, lm_bytes, ...}} (paths only kept with workdir); details=True adds
+    files {recipe: {model, mmproj, lm_bytes, ...}} keeps paths only with workdir; details=True adds
     questions, golden and predictions. progress(runtime, n) returns the per-answer tick for a runtime."""
     from imp_gguf.tiny_imp.bundled import default_checkpoint
 
@@ -222,21 +265,17 @@ def accuracy_report(ckpt_dir: str | Path | None = None, recipes: Sequence[str] =
             preds[recipe] = llama_predictions(g["model"], g["mmproj"], items, n_threads=n_threads,
                                               tick=progress(recipe, len(items)) if progress else None)
     scores = {k: score(v, items) for k, v in preds.items()}
-    report: dict[str, Any] = {
-        "checkpoint": str(ckpt), "n": len(items), "seed": seed,
-        "accuracy": {k: s["accuracy"] for k, s in scores.items()},
-        "by_kind": {k: s["by_kind"] for k, s in scores.items()},
-        "agreement_with_pytorch": ({r: round(sum(D.normalise(a) == D.normalise(b) for a, b in
-                                                  zip(preds[r], preds["pytorch"])) / max(1, len(items)), 4)
-                                    for r in files} if "pytorch" in preds else {}),
-        "files": files if workdir else {k: {x: v for x, v in f.items() if x not in ("model", "mmproj")}
-                                         for k, f in files.items()},
-    }
-    if details:
-        report["golden"] = [it[2] for it in items]
-        report["questions"] = [it[1] for it in items]
-        report["predictions"] = preds
-    return report
+    return AccuracyReport(
+        checkpoint=str(ckpt), n=len(items), seed=seed,
+        accuracy={k: s.accuracy for k, s in scores.items()},
+        by_kind={k: s.by_kind for k, s in scores.items()},
+        agreement_with_pytorch=({r: round(sum(D.normalise(a) == D.normalise(b) for a, b in
+                                              zip(preds[r], preds["pytorch"])) / max(1, len(items)), 4)
+                                 for r in files} if "pytorch" in preds else {}),
+        files=files if workdir else {k: {x: v for x, v in f.items() if x not in ("model", "mmproj")}
+                                     for k, f in files.items()},
+        details=AnswerDetails(golden=[it[2] for it in items], questions=[it[1] for it in items],
+                              predictions=preds) if details else None)
 
 
 def check_tiny_imp(ckpt: str | Path) -> None:

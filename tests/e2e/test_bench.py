@@ -18,6 +18,7 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -95,13 +96,13 @@ def test_roofline_and_spread():
     bpt = t.bytes_per_token(269)
     assert bpt == 1_600_000_000 + 2_000 + 327_680 * 269
     r = roofline(12.73, 60.0, t, 269)
-    assert r["ceiling_tps"] == round(60e9 / bpt, 2)
-    assert r["decode_efficiency"] == round(12.73 * bpt / 60e9, 3)
-    assert roofline(None, None, t, 0)["ceiling_tps"] is None
+    assert r.ceiling_tps == round(60e9 / bpt, 2)
+    assert r.decode_efficiency == round(12.73 * bpt / 60e9, 3)
+    assert roofline(None, None, t, 0).ceiling_tps is None
     s = spread([3.0, 1.0, 2.0, None])
-    assert (s["median"], s["min"], s["max"], s["n"]) == (2.0, 1.0, 3.0, 3)
-    p = paper_comparison({"vision_encode_ms": 4200.0, "prompt_tps": 15.64, "decode_tps": 25.46, "total_s": 11.36})
-    assert (p["vision_encode_ratio"], p["prompt_tps_ratio"], p["decode_tps_ratio"], p["total_s_ratio"]) == (2.0, 1.0, 2.0, 0.5)
+    assert (s.median, s.min, s.max, s.n) == (2.0, 1.0, 3.0, 3)
+    p = paper_comparison(vision_encode_ms=4200.0, prompt_tps=15.64, decode_tps=25.46, total_s=11.36)
+    assert (p.vision_encode_ratio, p.prompt_tps_ratio, p.decode_tps_ratio, p.total_s_ratio) == (2.0, 1.0, 2.0, 0.5)
 
 
 def _dev(kind, arch, emulated=False):
@@ -117,8 +118,8 @@ def test_verdicts_and_exit_code():
     text, ok = verdict(_dev("adb", "aarch64"), 9.0, 13)
     assert ok is False and text.startswith("MISS")
     assert verdict(_dev("ssh", "x86_64"), 9.0, 13)[1] is None  # an x86 ssh host is not a device
-    assert exit_code([{"passed": None}, {"passed": True}]) == 0
-    assert exit_code([{"passed": True}, {"passed": False}]) == 3  # a check that ran and failed (docs/exit-codes.md)
+    assert exit_code([SimpleNamespace(passed=None), SimpleNamespace(passed=True)]) == 0  # type: ignore[list-item]
+    assert exit_code([SimpleNamespace(passed=True), SimpleNamespace(passed=False)]) == 3  # type: ignore[list-item]  # a check that ran and failed (docs/exit-codes.md)
 
 
 # ---------------------------------------------------------------- prompt fitting on a converted model
@@ -190,8 +191,8 @@ def test_bench_local_paper_protocol_cli(tiny, converted, host_tools, tmp_path, t
 
 @pytest.mark.slow
 def test_bench_local_llama_bench_protocol(tiny, host_tools):
-    rows = bench([tiny[0]], [tiny[1]], device="local",
-                 cfg=BenchConfig(protocol="llama-bench", runs=1, threads=1, n_gen=16, bandwidth=False))
+    rows = [r.to_dict() for r in bench([tiny[0]], [tiny[1]], device="local",
+                                       cfg=BenchConfig(protocol="llama-bench", runs=1, threads=1, n_gen=16, bandwidth=False))]
     assert [bool(r["n_gen"]) for r in rows] == [False, True]
     pp, tg = rows
     assert pp["n_depth"] == tg["n_depth"] == pp["n_image_tokens"]
@@ -206,7 +207,7 @@ def test_bench_local_llama_bench_protocol(tiny, host_tools):
 @pytest.mark.slow
 def test_bench_qemu_is_labelled_emulated(tiny, arm64_tools):
     rows = bench([tiny[0]], [tiny[1]], device="qemu", cfg=BenchConfig(runs=1, threads=2, n_gen=8))
-    row = rows[0]
+    row = rows[0].to_dict()
     assert row["emulated"] is True and row["device_kind"] == "qemu" and row["passed"] is None
     assert "emulated" in row["verdict"] and exit_code(rows) == 0
     assert row["n_generated"] == 8 or row["timings_source"] == ["timestamps"]
@@ -297,7 +298,7 @@ def test_bench_over_ssh(sshd, tiny, host_tools, tmp_path):
     remote_dir = str(tmp_path / "remote")
     rows = bench([tiny[0]], [tiny[1]], device=url, ssh_options=opts, remote_dir=remote_dir,
                  cfg=BenchConfig(runs=1, threads=1, n_gen=8, bandwidth_mib=64))
-    row = rows[0]
+    row = rows[0].to_dict()
     assert row["device_kind"] == "ssh" and row["device_arch"] == os.uname().machine
     assert row["passed"] is None and "not a device result" in row["verdict"]  # x86_64 ssh host
     assert row["decode_tps"] > 0 and row["bandwidth_gbps"] > 0 and row["build_commit"]
@@ -341,7 +342,7 @@ def test_bench_over_fake_adb(tiny, host_tools, tmp_path, monkeypatch):
     dev = open_device("adb:FAKE1", runner=runner)
     assert dev.kind == "adb" and dev.target == "host" and dev.tools["llama-mtmd-cli"] == "./bin/llama-mtmd-cli"
     rows = bench([tiny[0]], [tiny[1]], dev=dev, cfg=BenchConfig(runs=1, threads=1, n_gen=8, bandwidth_mib=64))
-    assert rows[0]["device_kind"] == "adb" and rows[0]["decode_tps"] > 0
+    assert rows[0].facts.device_kind == "adb" and (rows[0].decode_tps or 0) > 0
     log = (tmp_path / "adb.log").read_text()
     assert "'push'" in log and "getprop ro.product.model" in log and "llama-mtmd-cli" in log
 
@@ -426,8 +427,8 @@ def test_report_table_and_markdown():
            "total_s": 22.7, "ttft_ms": 17300.0, "peak_rss_mb": 2100.0, "ceiling_tps": 35.2,
            "decode_efficiency": 0.36, "device": "adb SM-S928B (aarch64)", "n_threads": 6, "build_commit": "0c1e570",
            "bandwidth_gbps": 60.1, "verdict": "MISS: ...", "passed": False, "n_gen": 64,
-           "paper": paper_comparison({"vision_encode_ms": 2100.0, "prompt_tps": 15.64, "decode_tps": 12.73,
-                                      "total_s": 22.7})}
+           "paper": paper_comparison(vision_encode_ms=2100.0, prompt_tps=15.64, decode_tps=12.73,
+                                     total_s=22.7).to_dict()}
     buf = io.StringIO()
     print_table([row], Console(file=buf, width=80))
     text = buf.getvalue()

@@ -49,8 +49,8 @@ def test_paper_rates_prediction() -> None:
     p = followup_prediction(196, 41, 15, 64)
     first = PAPER_ROW["vision_encode_s"] + 237 / PAPER_ROW["prompt_tps"] + 64 / PAPER_ROW["decode_tps"]
     follow = 15 / PAPER_ROW["prompt_tps"] + 64 / PAPER_ROW["decode_tps"]
-    assert p["first_s"] == pytest.approx(first, abs=0.01) and p["followup_s"] == pytest.approx(follow, abs=0.01)
-    assert p["ratio"] == pytest.approx(follow / first, abs=1e-3)
+    assert p.first_s == pytest.approx(first, abs=0.01) and p.followup_s == pytest.approx(follow, abs=0.01)
+    assert p.ratio == pytest.approx(follow / first, abs=1e-3)
 
 
 @pytest.mark.slow
@@ -73,5 +73,6 @@ def test_bench_followup_protocol_on_the_host(host_tools: dict[str, Path], tmp_pa
     assert row["runs"] == 2 and all(len(d["turns"]) == 2 for d in row["runs_detail"])
     assert all(t["n_generated"] == 16 for d in row["runs_detail"] for t in d["turns"])  # EOS ignored
     pred = row["paper_prediction"]
-    assert pred == followup_prediction(row["n_image_tokens"], row["n_text_tokens"], row["followup_text_tokens"], 16)
+    assert pred == followup_prediction(row["n_image_tokens"], row["n_text_tokens"], row["followup_text_tokens"],
+                                       16).to_dict()
     assert "host" in row["verdict"] and row["passed"] is None

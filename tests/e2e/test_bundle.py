@@ -148,7 +148,7 @@ def test_bundle_cli_exit_codes(tmp_path: Path, models: tuple[Path, Path]) -> Non
 def test_linux_arm64_bundle_runs_under_qemu(tmp_path: Path, models: tuple[Path, Path], arm64_tools: dict[str, Path]) -> None:
     model, mmproj = models
     res = make_bundle(tmp_path / "imp-arm64", model=model, mmproj=mmproj)  # default target: linux-arm64
-    assert res.manifest["target"] == "linux-arm64"
+    assert res.manifest.target == "linux-arm64"
     for name in rt.TOOLS:
         info = rt.read_elf(res.folder / "bin" / name)
         assert info.machine == rt.EM_AARCH64 and info.is_static

@@ -428,13 +428,13 @@ def test_timings_text_and_json_are_the_same_numbers():
 
     t = normalize({"encode_ms": 464.04, "prefill_ms": 12.345, "prompt_tokens": 56, "decode_ms": 80.0,
                    "decode_tokens": 8})
-    assert t == {"encode_ms": 464.0, "prefill_ms": 12.3, "prompt_tokens": 56, "decode_ms": 80.0,
+    assert t.to_dict() == {"encode_ms": 464.0, "prefill_ms": 12.3, "prompt_tokens": 56, "decode_ms": 80.0,
                  "decode_tokens": 8, "decode_tps": 100.0}
     assert text(t) == "image encode 464.0 ms, prompt 56 tokens, text prefill 12.3 ms, 8 tokens in 80.0 ms (100.0 tok/s)"
     log = ("image slice encoded in 2100 ms\nimage decoded (batch 1/1) in 9000 ms\n"
            "llama_perf_context_print: prompt eval time =   15150.00 ms /   237 tokens (   63.92 ms per token)\n"
            "llama_perf_context_print:        eval time =    4949.00 ms /    63 runs   (   78.56 ms per token)\n")
-    assert from_mtmd_log("", log) == {"encode_ms": 11100.0, "prefill_ms": 6150.0, "prompt_tokens": 237,
+    assert from_mtmd_log("", log).to_dict() == {"encode_ms": 11100.0, "prefill_ms": 6150.0, "prompt_tokens": 237,
                                       "decode_ms": 4949.0, "decode_tokens": 63, "decode_tps": 12.7}
 
 

@@ -107,7 +107,7 @@ def test_runtime_where_and_termux_steps_name_the_patches(host_tools) -> None:
     import sys
 
     res = rt.where("host")
-    assert [p["name"] for p in res.to_json()["patches"]] == [p.name for p in bundled_patches()]
+    assert [p.name for p in res.patches] == [p.name for p in bundled_patches()]
     proc = subprocess.run([sys.executable, "-m", "imp_gguf.cli.main", "runtime", "where", "--target", "host"],
                           capture_output=True, text=True)
     assert proc.returncode == 0 and "patch\t0001-mtmd-preprocessing-keys.patch" in proc.stdout.splitlines()
@@ -286,7 +286,7 @@ def test_host_bundle_answers_raw_wide_and_tall_scenes(tiny_imp_pair, host_tools,
 
     model, mmproj = tiny_imp_pair
     res = make_bundle(tmp_path / "b", model=model, mmproj=mmproj, target="host", binaries=host_tools)
-    assert [p["name"] for p in res.manifest["patches"]] == [p.name for p in bundled_patches()]
+    assert [p.name for p in res.manifest.patches] == [p.name for p in bundled_patches()]
     _check_bundle_answers(res.folder, tmp_path, {**os.environ, "IMP_THREADS": "2"})
 
 

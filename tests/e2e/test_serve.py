@@ -56,9 +56,9 @@ def test_bundle_has_chat_and_server_beside_its_llama_server(tmp_path: Path, tiny
         assert subprocess.run(["sh", "-n", str(res.folder / name)]).returncode == 0
     readme = (res.folder / "README.txt").read_text()
     assert "sh chat.sh" in readme and "sh serve.sh" in readme and "image_url" in readme and "curl" in readme
-    budget = res.manifest["server_memory_budget_mb"]
+    budget = res.manifest.server_memory_budget_mb
     assert f"about {budget['total_mb']} MB" in readme and budget["n_ctx"] >= 16 + 4 * 64
-    assert set(res.manifest["sha256"]) >= {"serve.sh", "chat.sh", "bin/llama-server"}
+    assert set(res.manifest.sha256) >= {"serve.sh", "chat.sh", "bin/llama-server"}
 
 
 def test_serve_sh_refuses_the_network_without_a_key(tmp_path: Path, tiny_pair: tuple[Path, Path]) -> None:

@@ -168,6 +168,7 @@ def test_run_sh_unknown_soc_is_unpinned(tmp_path, tiny_pair):
 
 def test_sweep_axes_points_and_errors():
     from imp_gguf.speed.protocols import BenchConfig
+    from imp_gguf.speed.rows import SweepSummaryRow
     from imp_gguf.speed.sweep import best, configure, parse_axes, points
 
     axes = parse_axes(["threads=2,4,6,8 fa=on,off", "mask=big,none,0x3"])
@@ -183,8 +184,12 @@ def test_sweep_axes_points_and_errors():
                       ("threads", "AXIS=")):
         with pytest.raises(BadInput, match=word):
             parse_axes([bad])
-    assert best([{"decode_tps": 5.0, "total_s": 3.0}, {"decode_tps": 6.0, "total_s": 9.0},
-                 {"decode_tps": 6.0, "total_s": 4.0}, {"decode_tps": None}]) == {"decode_tps": 6.0, "total_s": 4.0}
+    def point(decode_tps: float | None, total_s: float | None = None) -> SweepSummaryRow:
+        return SweepSummaryRow(point={}, threads=1, fa="default", cpu_mask=None, kv="f16", decode_tps=decode_tps,
+                               decode_tps_min=None, decode_tps_max=None, prompt_tps=None, vision_encode_ms=None,
+                               total_s=total_s, peak_rss_mb=None, args=[])
+
+    assert best([point(5.0, 3.0), point(6.0, 9.0), point(6.0, 4.0), point(None)]) == point(6.0, 4.0)
 
 
 def test_profile_validation(tmp_path):
@@ -260,9 +265,10 @@ def test_sweep_under_qemu(tiny_pair, arm64_tools):
 
     rows = bench([tiny_pair[0]], [tiny_pair[1]], device="qemu", sweep={"threads": ["1", "2"]},
                  cfg=BenchConfig(runs=1, n_gen=4, bandwidth=False))
-    assert [r["n_threads"] for r in rows] == [1, 2] and all(r["emulated"] for r in rows)
-    prof = make_profile(rows[0]["sweep_summary"], rows, SocChoice(**rows[0]["soc_choice"]))
-    assert prof["emulated"] is True and "not phone numbers" in prof["note"]
+    assert [r.base.n_threads for r in rows] == [1, 2] and all(r.facts.emulated for r in rows)
+    assert rows[0].sweep_summary is not None and rows[0].soc_choice is not None
+    prof = make_profile(rows[0].sweep_summary, rows, rows[0].soc_choice)
+    assert prof.emulated is True and prof.note and "not phone numbers" in prof.note
 
 
 def test_quantized_kv_needs_heads_divisible_by_the_block(tiny_pair):

@@ -120,9 +120,9 @@ def test_llama_cpp_tokenizes_like_the_checkpoint(ckpt: Path, ggufs: dict[str, di
 
 def test_pytorch_model_sees(pytorch_preds: list[str], items: list) -> None:
     result = score(pytorch_preds, items)
-    assert result["accuracy"] >= FLOOR, f"PyTorch held-out accuracy {result['accuracy']:.3f}"
-    assert set(result["by_kind"]) == set(D.KINDS)
-    for kind, kacc in result["by_kind"].items():  # every question kind is learnt, not just the easy ones
+    assert result.accuracy >= FLOOR, f"PyTorch held-out accuracy {result.accuracy:.3f}"
+    assert set(result.by_kind) == set(D.KINDS)
+    for kind, kacc in result.by_kind.items():  # every question kind is learnt, not just the easy ones
         assert kacc >= 0.6, f"{kind}: {kacc:.2f}"
 
 

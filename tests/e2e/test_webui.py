@@ -62,8 +62,8 @@ def test_serve_sh_serves_the_web_ui_beside_the_api(web_ui: webui.WebUI, tiny_pai
     folder = res.folder
     index = (folder / "ui" / "index.html").read_bytes()
     assert index == (web_ui.dist / "index.html").read_bytes()
-    assert res.manifest["web_ui"]["key"] == web_ui.key and res.manifest["web_ui"]["folder"] == "ui"
-    assert "ui/index.html" in res.manifest["sha256"]
+    assert res.manifest.web_ui.key == web_ui.key and res.manifest.web_ui.to_dict()["folder"] == "ui"
+    assert "ui/index.html" in res.manifest.sha256
     assert "--path ui" in (folder / "serve.sh").read_text()
     readme = (folder / "README.txt").read_text()
     assert "Web UI: llama.cpp's own, at http://127.0.0.1:8080/" in readme and "No web UI" not in readme

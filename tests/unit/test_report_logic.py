@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import replace
 
 from imp_gguf.cli._common import ProgressLines
 from imp_gguf.quant.catalog import accuracy_note, kl_order
 from imp_gguf.quant.quantize import fallback_summary
-from imp_gguf.reference.parity import problems
+from imp_gguf.reference.parity import ParityReport, problems
 
 
 def _fb(tensor: str, part: str = "mmproj", ne0: int = 4304, extra: int = 1000) -> dict:
@@ -84,10 +85,13 @@ def test_accuracy_note_only_when_every_recipe_ties():
 
 
 def test_parity_problems_say_why_instead_of_nan():
-    ok = {"text_logits_max_err_over_std": 0.01, "text_top1_agreement": 1.0, "image_cos_min": 0.9999,
-          "image_prompt_max_err_over_std": 0.02, "image_prompt_top1_match": True, "tokenizer_mismatches": []}
-    assert problems(ok) == []
-    flat = dict(ok, text_logits_max_err_over_std=None, text_top1_agreement=None)
+    ok = ParityReport(checkpoint="ckpt", model="m.gguf", mmproj="mm.gguf", variant="imp-v1-3b", text_logits_std=1.0,
+                      text_logits_max_err_over_std=0.01, text_top1_agreement=1.0, image_cos_min=0.9999,
+                      image_cos_mean=0.99995, image_prompt_max_err_over_std=0.02, image_prompt_top1_match=True,
+                      tokenizer_mismatches=[])
+    assert problems(ok) == [] and ok.ok and ok.to_dict()["problems"] == []
+    flat = replace(ok, text_logits_max_err_over_std=None, text_top1_agreement=None)
     (why,) = problems(flat)
     assert why.startswith("undefined: the PyTorch text logits are constant")
-    assert problems(dict(ok, image_cos_min=0.9)) == ["image embeddings: cosine 0.9000 < 0.99"]
+    assert not flat.ok and flat.to_dict()["problems"] == [why]
+    assert problems(replace(ok, image_cos_min=0.9)) == ["image embeddings: cosine 0.9000 < 0.99"]
