@@ -23,10 +23,11 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from imp_gguf import __version__
-from imp_gguf.errors import BadInput, CheckFailed, ImpGgufError, OutputExists
+from imp_gguf.errors import BadInput, CheckFailed, ImpGgufError, InternalError, OutputExists
 from imp_gguf.pins import LLAMA_CPP_COMMIT, LLAMA_CPP_PYTHON_VERSION
 from imp_gguf.quant.evalset import EvalSet, Scene, build_evalset
-from imp_gguf.quant.quantize import Scorer, run_recipes
+from imp_gguf.convert import ConversionResult
+from imp_gguf.quant.quantize import RecipeResult, Scorer, Scores, run_recipes
 from imp_gguf.quant.recipes import Recipe, list_recipes, load_recipe
 from imp_gguf.writer import atomic_outputs
 
@@ -195,23 +196,23 @@ class FidelityAndSpeed:
         self.ref: Reference | None = None
         self.threads: int | None = None
 
-    def __call__(self, recipe: Recipe, result: dict[str, Any], f16: dict[str, Any]) -> dict[str, Any]:
+    def __call__(self, recipe: Recipe, result: RecipeResult, f16: ConversionResult) -> Scores:
         from imp_gguf.runtime.bindings import Session
 
         if self.ref is None:
             self.say("scoring the F16 reference")
-            with Session(f16["model"], f16["mmproj"], n_threads=self.n_threads) as s:
+            with Session(f16.model, f16.mmproj, n_threads=self.n_threads) as s:
                 self.ref = reference_outputs(s, self.ev)
                 self.threads = s.n_threads
         self.say(f"{recipe.name}: measuring fidelity and speed ({self.runs} runs)")
-        with Session(result["model"], result["mmproj"], n_threads=self.n_threads) as s:
+        with Session(result.model, result.mmproj, n_threads=self.n_threads) as s:
             fid = fidelity(s, self.ev, self.ref)
             return {**fid, **speed(s, self.ev, self.runs)}
 
 
 def optional(scorer: Scorer, say: Log) -> Scorer:
     """A scorer whose failure skips its columns for that recipe, with a note, instead of ending the run."""
-    def run(recipe: Recipe, result: dict[str, Any], f16: dict[str, Any]) -> dict[str, Any]:
+    def run(recipe: Recipe, result: RecipeResult, f16: ConversionResult) -> Scores:
         try:
             return scorer(recipe, result, f16)
         except (ImpGgufError, ValueError, KeyError, NotImplementedError) as exc:
@@ -220,14 +221,16 @@ def optional(scorer: Scorer, say: Log) -> Scorer:
     return run
 
 
-def _row(result: dict[str, Any], scores: dict[str, Any]) -> dict[str, Any]:
+def _row(result: RecipeResult, scores: Scores) -> dict[str, Any]:
+    """A recipe's row of the report: apply_recipe's result (not whether the mmproj was reused) and the scores."""
     keep = ("recipe", "lm_bytes", "mmproj_bytes", "bpw", "mmproj_bpw", "encoding", "description",
             "tensor_types", "mmproj_tensor_types", "fallbacks", "model", "mmproj")
-    row = {k: result[k] for k in keep} | scores
+    applied = result.to_dict()
+    row = {k: applied[k] for k in keep} | scores
     return {k: row[k] for k in (*REQUIRED_ROW_KEYS, *[k for k in row if k not in REQUIRED_ROW_KEYS])}
 
 
-def compare_recipes(source: str | Path, recipes: list[str | Path | Recipe] | None, outdir: str | Path, *,
+def compare_recipes(source: str | Path, recipes: Sequence[str | Path | Recipe] | None, outdir: str | Path, *,
                     runs: int = 3, force: bool = False, n_threads: int | None = None,
                     log: Log | None = None, keep_files: bool = True, evalset: EvalSet | None = None,
                     scorers: Sequence[Scorer | None] = (), verbose: bool = False) -> dict[str, Any]:
@@ -239,7 +242,7 @@ def compare_recipes(source: str | Path, recipes: list[str | Path | Recipe] | Non
     scorer), each skipped with a note where it fails; a scorer's summary() adds top-level report keys.
     """
     say = log or (lambda _msg: None)
-    scorers = [s for s in scorers if s is not None]
+    extra = [s for s in scorers if s is not None]
     chosen = [load_recipe(r) for r in recipes] if recipes else list_recipes()
     names = [r.name for r in chosen]
     if len(set(names)) != len(names):
@@ -253,11 +256,13 @@ def compare_recipes(source: str | Path, recipes: list[str | Path | Recipe] | Non
 
     ev = evalset or build_evalset(out / "evalset")
     quality = FidelityAndSpeed(ev, runs, n_threads, say)
-    conv, results = run_recipes(source, out, chosen, scorers=[quality, *(optional(s, say) for s in scorers)],
+    conv, results = run_recipes(source, out, chosen, scorers=[quality, *(optional(s, say) for s in extra)],
                                 log=say, verbose=verbose, keep_files=keep_files)
-    f16_model, f16_mmproj = Path(conv["model"]), Path(conv["mmproj"])
+    f16_model, f16_mmproj = conv.model, conv.mmproj
     rows = [_row(*r) for r in results]
     ref, threads = quality.ref, quality.threads
+    if ref is None:
+        raise InternalError("the F16 reference was never scored")
 
     if not recipes:  # the default set reads best from the largest file to the smallest
         rows.sort(key=lambda r: -(r["lm_bytes"] + r["mmproj_bytes"]))
@@ -266,9 +271,9 @@ def compare_recipes(source: str | Path, recipes: list[str | Path | Recipe] | Non
         r["pareto"] = on_front
     report = {
         "recipes": rows,
-        **{k: v for s in scorers if hasattr(s, "summary") for k, v in s.summary().items()},
+        **{k: v for s in extra if hasattr(s, "summary") for k, v in s.summary().items()},
         "checkpoint": str(source),
-        "variant": conv.get("variant"),
+        "variant": conv.facts.variant,
         "reference": {"model": str(f16_model), "mmproj": str(f16_mmproj),
                       "lm_bytes": f16_model.stat().st_size, "mmproj_bytes": f16_mmproj.stat().st_size},
         "evalset": {"texts": len(ev.texts), "images": len(ev.images), "positions": ref.n_positions,

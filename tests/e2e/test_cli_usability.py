@@ -44,8 +44,9 @@ def q4(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """The tiny Imp at q4_k, through the CLI."""
     out = tmp_path_factory.mktemp("q4")
     from imp_gguf.quant.quantize import convert_and_quantize
+    from imp_gguf.quant.recipes import load_recipe
 
-    return convert_and_quantize(TINY, out, "q4_k")
+    return convert_and_quantize(TINY, out, load_recipe("q4_k")).to_dict()
 
 
 @pytest.fixture()

@@ -8,13 +8,12 @@ import time
 
 from imp_gguf.cli._common import ProgressLines
 from imp_gguf.quant.catalog import accuracy_note, kl_order
-from imp_gguf.quant.quantize import fallback_summary
+from imp_gguf.quant.quantize import FallbackRow, fallback_summary
 from imp_gguf.reference.parity import problems
 
 
-def _fb(tensor: str, part: str = "mmproj", ne0: int = 4304, extra: int = 1000) -> dict:
-    return {"part": part, "tensor": tensor, "ne0": ne0, "wanted": "Q8_0", "type": "F16", "rule": "x",
-            "extra_bytes": extra}
+def _fb(tensor: str, part: str = "mmproj", ne0: int = 4304, extra: int = 1000) -> FallbackRow:
+    return FallbackRow(part=part, tensor=tensor, ne0=ne0, wanted="Q8_0", type="F16", rule="x", extra_bytes=extra)
 
 
 def test_fallback_summary_folds_blocks_and_sums_the_cost():
