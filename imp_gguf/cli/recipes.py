@@ -87,7 +87,7 @@ def compare_cmd(
 
         report = compare_recipes(checkpoint, names, out, runs=runs, force=force, n_threads=threads, log=log,
                                  keep_files=not clean, verbose=STATE["verbose"],
-                                 scorers=[accuracy_scorer(checkpoint, n_threads=threads)])
+                                 scorers=[accuracy_scorer(checkpoint, n_threads=threads)]).to_dict()
     problems = apply_baseline(report, baseline, out) if baseline else []
     if write_baseline:
         save_baseline(report, write_baseline, force=force)
