@@ -78,7 +78,7 @@ def test_pair_check_library(q4, other_ckpt, tmp_path):
     narrow = write_tiny_llama(tmp_path / "narrow.gguf", n_embd=64)
     with pytest.raises(BadInput, match="projects to width 256 but narrow.gguf is 64 wide"):
         check_pair(narrow, mm)
-    other = convert(other_ckpt, tmp_path / "other", outtype="f16")
+    other = convert(other_ckpt, tmp_path / "other", outtype="f16").to_dict()
     with pytest.raises(BadInput, match="different checkpoints"):
         check_pair(m, other["mmproj"])
     with pytest.raises(BadInput, match="does not exist"):
