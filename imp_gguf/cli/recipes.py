@@ -47,7 +47,7 @@ def show_cmd(
     from imp_gguf.quant.catalog import recipe_card, render_card
 
     card = recipe_card(name, plan)
-    _print(card if json_out else None, lambda: render_card(card))
+    _print(card.to_dict() if json_out else None, lambda: render_card(card))
 
 
 @sub.command("compare")

@@ -8,11 +8,13 @@ from __future__ import annotations
 import json
 import textwrap
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from imp_gguf.quant.recipes import DEFAULT_RECIPE, accepted_names, ftype_names, list_recipes
+from imp_gguf.quant.recipes import DEFAULT_RECIPE, Recipe, accepted_names, ftype_names, list_recipes
 from imp_gguf.quant.released import released_size
+from imp_gguf.quant.rules import TypeChoice
 
 # What `recipes list` shows ships inside the package, so an installed wheel shows what a checkout shows.
 MEASURED = Path(__file__).resolve().parents[1] / "data" / "measured"
@@ -154,7 +156,33 @@ def render(rows: list[dict[str, Any]], width: int = 80) -> list[str]:
 
 # ---------------------------------------------------------------- `recipes show`
 
-def recipe_card(name: str | Path, plan: str | Path | None = None) -> dict[str, Any]:
+@dataclass(frozen=True)
+class TensorPlan:
+    """The type each tensor of one F16 GGUF gets under a recipe (`recipes show --plan`)."""
+
+    file: Path
+    part: str  # "lm" or "mmproj"
+    tensors: tuple[TypeChoice, ...]
+
+    def to_dict(self) -> dict[str, object]:
+        return {"file": str(self.file), "part": self.part, "tensors": [c.to_dict() for c in self.tensors]}
+
+
+@dataclass(frozen=True)
+class RecipeCard:
+    """`recipes show`: one recipe, its predicted shape fallbacks on the released models and, with a
+    file, that file's per-tensor plan."""
+
+    recipe: Recipe
+    released_fallbacks: dict[str, list[str]]  # model -> ["blk.*.ffn_down.weight x12: Q4_K -> Q5_0", ...]
+    plan: TensorPlan | None = None
+
+    def to_dict(self) -> dict[str, object]:
+        return (self.recipe.to_dict() | {"released_fallbacks": self.released_fallbacks}
+                | ({"plan": self.plan.to_dict()} if self.plan else {}))
+
+
+def recipe_card(name: str | Path, plan: str | Path | None = None) -> RecipeCard:
     """One recipe's settings, its predicted shape fallbacks on the released models and (plan: an F16
     GGUF, model or mmproj) the type each of that file's tensors gets."""
     from gguf import Keys
@@ -165,36 +193,36 @@ def recipe_card(name: str | Path, plan: str | Path | None = None) -> dict[str, A
     from imp_gguf.quant.rules import expected_types
 
     recipe = load_recipe(name)
-    out = recipe.to_dict()
-    out["released_fallbacks"] = released_fallbacks(recipe)
+    tensors = None
     if plan is not None:
         meta = read_gguf_meta(plan)
         arch = meta.get(Keys.General.ARCHITECTURE)
         part = "mmproj" if arch == MMPROJ_ARCH else "lm"
         n_layer = 0 if part == "mmproj" else int(meta.get(Keys.LLM.BLOCK_COUNT.format(arch=arch)) or 0)
         choices = expected_types(recipe, tensor_table(plan), n_layer, part=part)
-        out["plan"] = {"file": str(plan), "part": part, "tensors": [c.to_dict() for c in choices]}
-    return out
+        tensors = TensorPlan(Path(plan), part, tuple(choices))
+    return RecipeCard(recipe, released_fallbacks(recipe), tensors)
 
 
-def render_card(card: dict[str, Any]) -> list[str]:
+def render_card(card: RecipeCard) -> list[str]:
     """`recipes show` as text lines; the plan's tensors as plain aligned lines (names never wrapped or cut)."""
-    lm, mm = card["lm"], card["mmproj"]
-    lines = [f"{card['name']}: {card['description']}", f"  file:       {card['path'] or '(built in)'}",
-             f"  lm ftype:   {lm['ftype']} (base {lm['base_type']}{', pure' if lm['pure'] else ''})",
-             f"  output:     {lm['output'] or 'llama.cpp mixture'}",
-             f"  token_embd: {lm['token_embd'] or 'llama.cpp mixture'}",
-             f"  overrides:  {', '.join(f'{p}={t}' for p, t in lm['overrides'].items()) or 'none'}",
-             f"  mmproj:     {mm['type']} (rows not divisible by 32 stay F16)",
-             f"  file names: <model>-{card['encoding']}.gguf, mmproj-<model>-{mm['type']}.gguf",
+    r, lm = card.recipe, card.recipe.lm
+    mm_type = r.mmproj.ftype
+    lines = [f"{r.name}: {r.description}", f"  file:       {r.path or '(built in)'}",
+             f"  lm ftype:   {lm.ftype} (base {lm.base_type}{', pure' if lm.pure else ''})",
+             f"  output:     {lm.output or 'llama.cpp mixture'}",
+             f"  token_embd: {lm.token_embd or 'llama.cpp mixture'}",
+             f"  overrides:  {', '.join(f'{p}={t}' for p, t in lm.overrides) or 'none'}",
+             f"  mmproj:     {mm_type} (rows not divisible by 32 stay F16)",
+             f"  file names: <model>-{r.encoding}.gguf, mmproj-<model>-{mm_type}.gguf",
              "  shape fallbacks on the released Imp models (llama.cpp's rules, predicted):"]
     lines += [f"    {model}: {'; '.join(rows) if rows else 'none'}"
-              for model, rows in card["released_fallbacks"].items()]
-    if "plan" in card:
-        plan = card["plan"]
-        lines.append(f"\n{Path(plan['file']).name} ({plan['part']}): "
+              for model, rows in card.released_fallbacks.items()]
+    if card.plan is not None:
+        plan = card.plan
+        lines.append(f"\n{plan.file.name} ({plan.part}): "
                      "tensor, row width, recipe's type -> written type, why")
-        for c in plan["tensors"]:
-            mark = "  <- shape fallback" if c["fallback"] else ""
-            lines.append(f"  {c['name']:<36} {c['ne0']:>6}  {c['wanted']:>6} -> {c['type']:<6} {c['rule']}{mark}")
+        for c in plan.tensors:
+            mark = "  <- shape fallback" if c.fallback else ""
+            lines.append(f"  {c.name:<36} {c.ne0:>6}  {c.wanted:>6} -> {c.type:<6} {c.rule}{mark}")
     return lines
