@@ -43,9 +43,11 @@ def checkpoint(variant: str) -> Path:
 def recipes_196() -> dict[str, tuple[Path, Path]]:
     """The 196 px model converted once to F16, then each recipe applied (quant's one recipe runner)."""
     from imp_gguf.quant.quantize import run_recipes
+    from imp_gguf.quant.recipes import load_recipe
 
-    _, rows = run_recipes(checkpoint("Imp-v1.5-3B-196"), WORK / "Imp-v1.5-3B-196", RECIPES, log=log)
-    return {rc: (Path(r["model"]), Path(r["mmproj"])) for rc, (r, _) in zip(RECIPES, rows)}
+    _, rows = run_recipes(checkpoint("Imp-v1.5-3B-196"), WORK / "Imp-v1.5-3B-196", [load_recipe(r) for r in RECIPES],
+                          log=log)
+    return {rc: (r.model, r.mmproj) for rc, (r, _) in zip(RECIPES, rows)}
 
 
 def mmproj_384_q8() -> Path:
@@ -57,10 +59,10 @@ def mmproj_384_q8() -> Path:
     dst = WORK / "mmproj-imp-v1-3b-384-Q8_0.gguf"
     if not dst.is_file():
         r = convert(checkpoint("imp-v1-3b"), WORK / "imp-v1-3b-f16", outtype="f16", force=True)
-        Path(r["model"]).unlink()
+        r.model.unlink()
         log("quantizing the 384 px mmproj to Q8_0")
         tmp = dst.with_name(dst.name + ".tmp")
-        quantize_file(Path(r["mmproj"]), tmp, load_recipe("q4_k").mmproj)
+        quantize_file(r.mmproj, tmp, load_recipe("q4_k").mmproj)
         tmp.replace(dst)
     return dst
 

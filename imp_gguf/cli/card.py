@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
 
 from imp_gguf.cli._common import STATE, echo, info, print_json
+
+if TYPE_CHECKING:
+    from imp_gguf.share.card import CardResult
 
 HELP = """Make a folder of converted GGUFs ready to share: write a model card (README.md) and an ollama Modelfile.
 
@@ -29,16 +32,17 @@ Examples:
 
 
 def write_and_show(folder: Path, *, publisher: str = "local", force: bool = False, lmstudio: Path | None = None,
-                   json_out: bool = False, quiet: bool = False) -> dict:
+                   json_out: bool = False, quiet: bool = False) -> CardResult:
+    """Write the card; unless json_out, print the paths written (stdout) and the notes (stderr)."""
     from imp_gguf.share.card import write_card
 
     result = write_card(folder, publisher=publisher, force=force, lmstudio=lmstudio)
     if json_out:
         return result
-    for key in ("card", "modelfile", "lmstudio"):
-        if result[key]:
-            echo(result[key] if quiet else f"wrote {result[key]}")
-    for note in result["notes"]:
+    for path in (result.card, result.modelfile, result.lmstudio):
+        if path:
+            echo(str(path) if quiet else f"wrote {path}")
+    for note in result.notes:
         info(f"  note: {note}")
     return result
 
@@ -58,7 +62,7 @@ def card_cmd(
     result = write_and_show(folder, publisher=publisher, force=force, lmstudio=lmstudio, json_out=json_out,
                             quiet=STATE["quiet"])
     if json_out:
-        print_json(result)
+        print_json(result.to_dict())
 
 
 def register(app: typer.Typer) -> None:

@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional, Union
 
 import typer
 
 from imp_gguf.cli._common import STATE, echo, info, print_json, progress
-from imp_gguf.convert import dry_run_result, plan_conversion, run_conversion
+from imp_gguf.convert import CheckpointFacts, ConversionResult, dry_run_result, plan_conversion, run_conversion
 from imp_gguf.converters.registry import FAMILIES
 from imp_gguf.policy import OUTTYPES
+
+if TYPE_CHECKING:
+    from imp_gguf.quant.quantize import FallbackRow, QuantizedConversion
+
+    Result = Union[ConversionResult, QuantizedConversion]
 
 HELP = """Convert an Imp checkpoint into two GGUF files that llama.cpp runs unchanged.
 
@@ -82,52 +87,49 @@ def convert_cmd(
         from imp_gguf.quant.quantize import convert_and_quantize
 
         with progress(enabled=not (json_out or dry_run)) as prog:
-            result = convert_and_quantize(ckpt, outdir, opts.recipe, force=force, keep_intermediate=keep_intermediate,
-                                          model_name=model_name, allow_pickle=allow_pickle, dry_run=dry_run,
-                                          chat_template=chat_template, verbose=STATE["verbose"],
-                                          progress=prog.advance, phase=prog.phase)
-        if not (dry_run or json_out or quiet) and result["mmproj_reused"]:
-            info(f"reused {result['mmproj']} (same checkpoint, same {opts.recipe.mmproj_encoding} mmproj)")
-        _card(result, outdir, card and not dry_run, json_out, quiet)
-        _show(result, json_out, quiet)
-        _refuse_if_blocked(result)
+            qresult = convert_and_quantize(ckpt, outdir, opts.recipe, force=force, keep_intermediate=keep_intermediate,
+                                           model_name=model_name, allow_pickle=allow_pickle, dry_run=dry_run,
+                                           chat_template=chat_template, verbose=STATE["verbose"],
+                                           progress=prog.advance, phase=prog.phase)
+        if not (dry_run or json_out or quiet) and qresult.recipe.mmproj_reused:
+            info(f"reused {qresult.mmproj} (same checkpoint, same {opts.recipe.mmproj_encoding} mmproj)")
+        _show(qresult, _card(outdir, card and not dry_run, json_out, quiet), json_out, quiet)
+        _refuse_if_blocked(qresult)
         return
     plan = plan_conversion(ckpt, outdir, outtype=opts.outtype, force=force or dry_run, model_name=model_name,
                            allow_pickle=allow_pickle, metadata_only=dry_run, chat_template=chat_template)
     if dry_run:
         result = dry_run_result(plan, force=force)
-        _show(result, json_out, quiet)
+        _show(result, None, json_out, quiet)
         _refuse_if_blocked(result)
         return
     if not json_out:
-        _describe(plan.summary())
+        _describe(plan.facts(), dry=False)
     with progress(enabled=not json_out) as prog:
         prog.phase(f"writing {plan.outtype.upper()}", plan.lm_bytes + plan.mmproj_bytes)
         result = run_conversion(plan, force=force, progress=prog.advance)
-    _card(result, outdir, card, json_out, quiet)
-    _show(result, json_out, quiet)
+    _show(result, _card(outdir, card, json_out, quiet), json_out, quiet)
 
 
-def _describe(summary: dict) -> None:
+def _describe(facts: CheckpointFacts, *, dry: bool, recipe: str | None = None) -> None:
     """What the run is about to write, on stderr: the variant and every value taken from a default."""
-    dry = summary.get("dry_run", False)
-    info(f"{'dry run: ' if dry else ''}{summary['variant_description']}, {summary['image_size']} px, "
-         f"{summary['image_tokens']} image tokens, {summary['vision_blocks_run']} vision blocks, "
-         f"{summary['lm_tensors']} + {summary['mmproj_tensors']} tensors"
-         + (f", recipe {summary['recipe']}" if "recipe" in summary else ""))
-    for key, d in (summary.get("defaults") or {}).items():  # config.json left them out
-        info(f"  default: {key} = {d['value']} (not in config.json; from {d['from']})")
-    for note in summary.get("notes") or []:
+    info(f"{'dry run: ' if dry else ''}{facts.variant_description}, {facts.image_size} px, "
+         f"{facts.image_tokens} image tokens, {facts.vision_blocks_run} vision blocks, "
+         f"{facts.lm_tensors} + {facts.mmproj_tensors} tensors" + (f", recipe {recipe}" if recipe else ""))
+    for key, d in facts.defaults.items():  # config.json left them out
+        info(f"  default: {key} = {d.value} (not in config.json; from {d.source})")
+    for note in facts.notes:
         info(f"  note: {note}")
 
 
-def _card(result: dict, outdir: Path, wanted: bool, json_out: bool, quiet: bool) -> None:
+def _card(outdir: Path, wanted: bool, json_out: bool, quiet: bool) -> dict[str, object] | None:
     """--card: the folder's card and Modelfile, once the GGUFs they describe exist (their paths printed,
     or under "card" in the JSON)."""
-    if wanted:
-        from imp_gguf.cli.card import write_and_show
+    if not wanted:
+        return None
+    from imp_gguf.cli.card import write_and_show
 
-        result["card"] = write_and_show(outdir, json_out=json_out, quiet=quiet)
+    return write_and_show(outdir, json_out=json_out, quiet=quiet).to_dict()
 
 
 def _with_revision(ckpt: str, revision: str | None) -> str:
@@ -143,21 +145,23 @@ def _with_revision(ckpt: str, revision: str | None) -> str:
     return f"{repo}@{rev}"
 
 
-def _show(result: dict, json_out: bool, quiet: bool) -> None:
-    """The result on stdout: JSON, the bare paths (--quiet), or one line per file; notes on stderr."""
-    from imp_gguf.quant.quantize import fallback_summary
+def _show(result: Result, card: dict[str, object] | None, json_out: bool, quiet: bool) -> None:
+    """The result on stdout: JSON (with --card's result under "card"), the bare paths (--quiet), or one
+    line per file; notes on stderr."""
+    from imp_gguf.quant.quantize import QuantizedConversion, fallback_summary
 
     if json_out:
-        print_json(result)
+        print_json(result.to_dict() | ({"card": card} if card is not None else {}))
         return
-    dry = result.get("dry_run", False)
+    dry = result.dry_run
     if quiet:
-        for o in result["outputs"]:
-            echo(o["path"])
+        for o in result.outputs:
+            echo(str(o.path))
         return
     if dry:
-        _describe(result)
-    fallbacks = result.get("fallbacks") or []
+        _describe(result.facts, dry=True,
+                  recipe=result.recipe.recipe if isinstance(result, QuantizedConversion) else None)
+    fallbacks = result.recipe.fallbacks if isinstance(result, QuantizedConversion) else ()
     if fallbacks:  # llama.cpp's shape fallbacks: shown, never silent; once, unless --verbose
         info(f"  note: {fallback_summary(fallbacks)}" + ("" if STATE["verbose"] else " (--verbose lists them)"))
         if STATE["verbose"]:
@@ -165,22 +169,22 @@ def _show(result: dict, json_out: bool, quiet: bool) -> None:
                 info(f"    {_fallback_text(fb)}")
     verbs = {"write": "would write" if dry else "wrote", "overwrite": "would overwrite" if dry else "overwrote",
              "reuse": "would reuse" if dry else "reused", "blocked": "exists, blocked:"}
-    for o in result["outputs"]:
-        size = f"{o['bytes'] / 1e6:.1f} MB" if o.get("bytes") is not None else "?"
-        echo(f"{verbs[o['action']]} {o['path']}  ({o['type']}, {'~' if dry else ''}{size})")
+    for o in result.outputs:
+        size = f"{o.bytes / 1e6:.1f} MB" if o.bytes is not None else "?"
+        echo(f"{verbs[o.action]} {o.path}  ({o.type}, {'~' if dry else ''}{size})")
 
 
-def _refuse_if_blocked(result: dict) -> None:
+def _refuse_if_blocked(result: Result) -> None:
     """A dry run that found what would stop the real run exits 2 as the real run would, after its plan."""
-    if result.get("blocked"):
+    if result.blocked:
         from imp_gguf.errors import OutputExists
 
-        raise OutputExists(f"{result['blocked'][0]} (dry run)")
+        raise OutputExists(f"{result.blocked[0]} (dry run)")
 
 
-def _fallback_text(fb: dict) -> str:
-    return (f"{fb.get('tensor')}: {fb.get('wanted')} needs rows divisible by its block, "
-            f"{fb.get('ne0')} are not: written as {fb.get('type')} (+{fb.get('extra_bytes', 0) / 1e6:.2f} MB)")
+def _fallback_text(fb: FallbackRow) -> str:
+    return (f"{fb.tensor}: {fb.wanted} needs rows divisible by its block, "
+            f"{fb.ne0} are not: written as {fb.type} (+{fb.extra_bytes / 1e6:.2f} MB)")
 
 
 def register(app: typer.Typer) -> None:

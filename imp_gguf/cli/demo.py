@@ -26,7 +26,7 @@ def demo_cmd(
     result = run_demo(outdir, quant=quant, force=force, log=quiet if json_out else info,
                       show=quiet if json_out else echo, verbose=STATE["verbose"])
     if json_out:
-        print_json(result)
+        print_json(result.to_dict())
 
 
 def register(app: typer.Typer) -> None:

@@ -83,12 +83,11 @@ def full_size_cmd(
 
     t0 = time.monotonic()
     path = make_fullsize(variant, out, seed=seed, force=force, progress=progress)
-    summary = {"folder": str(path), "variant": variant, "n_params": n_params(FULL_VARIANTS[variant]),
-               "seconds": round(time.monotonic() - t0, 1)}
+    params, seconds = n_params(FULL_VARIANTS[variant]), round(time.monotonic() - t0, 1)
     if json_out:
-        print_json(summary)
+        print_json({"folder": str(path), "variant": variant, "n_params": params, "seconds": seconds})
     else:
-        echo(f"wrote {path} ({summary['n_params'] / 1e9:.2f} B parameters, bf16) in {summary['seconds']} s")
+        echo(f"wrote {path} ({params / 1e9:.2f} B parameters, bf16) in {seconds} s")
 
 
 def register(app: typer.Typer) -> None:

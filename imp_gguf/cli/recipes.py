@@ -29,11 +29,10 @@ def list_cmd(json_out: bool = typer.Option(False, "--json", help="Print the reci
     """List the shipped recipes on stdout: bits per weight, size and decode speed on the released 3B model,
     size, KL (with its spread over seeds) and accuracy measured on the tiny Imp, whether KL falls as bits
     rise, the recommended one, and the names --quant accepts."""
-    from imp_gguf.quant.catalog import accuracy_note, aliases, catalog, kl_order, render
+    from imp_gguf.quant.catalog import recipe_listing, render
 
-    rows = catalog()
-    _print({"recipes": rows, "aliases": aliases(), "kl_order": kl_order(rows), "accuracy_note": accuracy_note(rows)}
-           if json_out else None, lambda: render(rows))
+    listing = recipe_listing()
+    _print(listing.to_dict() if json_out else None, lambda: render(listing.rows))
 
 
 @sub.command("show")
@@ -47,7 +46,7 @@ def show_cmd(
     from imp_gguf.quant.catalog import recipe_card, render_card
 
     card = recipe_card(name, plan)
-    _print(card if json_out else None, lambda: render_card(card))
+    _print(card.to_dict() if json_out else None, lambda: render_card(card))
 
 
 @sub.command("compare")
@@ -87,7 +86,7 @@ def compare_cmd(
 
         report = compare_recipes(checkpoint, names, out, runs=runs, force=force, n_threads=threads, log=log,
                                  keep_files=not clean, verbose=STATE["verbose"],
-                                 scorers=[accuracy_scorer(checkpoint, n_threads=threads)])
+                                 scorers=[accuracy_scorer(checkpoint, n_threads=threads)]).to_dict()
     problems = apply_baseline(report, baseline, out) if baseline else []
     if write_baseline:
         save_baseline(report, write_baseline, force=force)

@@ -15,7 +15,7 @@ import json
 import os
 import platform
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from statistics import median
 from typing import Any, Callable, Sequence
@@ -23,10 +23,11 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from imp_gguf import __version__
-from imp_gguf.errors import BadInput, CheckFailed, ImpGgufError, OutputExists
+from imp_gguf.errors import BadInput, CheckFailed, ImpGgufError, InternalError, OutputExists
 from imp_gguf.pins import LLAMA_CPP_COMMIT, LLAMA_CPP_PYTHON_VERSION
 from imp_gguf.quant.evalset import EvalSet, Scene, build_evalset
-from imp_gguf.quant.quantize import Scorer, run_recipes
+from imp_gguf.convert import ConversionResult, JsonDict
+from imp_gguf.quant.quantize import RecipeResult, Scorer, Scores, run_recipes
 from imp_gguf.quant.recipes import Recipe, list_recipes, load_recipe
 from imp_gguf.writer import atomic_outputs
 
@@ -195,23 +196,23 @@ class FidelityAndSpeed:
         self.ref: Reference | None = None
         self.threads: int | None = None
 
-    def __call__(self, recipe: Recipe, result: dict[str, Any], f16: dict[str, Any]) -> dict[str, Any]:
+    def __call__(self, recipe: Recipe, result: RecipeResult, f16: ConversionResult) -> Scores:
         from imp_gguf.runtime.bindings import Session
 
         if self.ref is None:
             self.say("scoring the F16 reference")
-            with Session(f16["model"], f16["mmproj"], n_threads=self.n_threads) as s:
+            with Session(f16.model, f16.mmproj, n_threads=self.n_threads) as s:
                 self.ref = reference_outputs(s, self.ev)
                 self.threads = s.n_threads
         self.say(f"{recipe.name}: measuring fidelity and speed ({self.runs} runs)")
-        with Session(result["model"], result["mmproj"], n_threads=self.n_threads) as s:
+        with Session(result.model, result.mmproj, n_threads=self.n_threads) as s:
             fid = fidelity(s, self.ev, self.ref)
             return {**fid, **speed(s, self.ev, self.runs)}
 
 
 def optional(scorer: Scorer, say: Log) -> Scorer:
     """A scorer whose failure skips its columns for that recipe, with a note, instead of ending the run."""
-    def run(recipe: Recipe, result: dict[str, Any], f16: dict[str, Any]) -> dict[str, Any]:
+    def run(recipe: Recipe, result: RecipeResult, f16: ConversionResult) -> Scores:
         try:
             return scorer(recipe, result, f16)
         except (ImpGgufError, ValueError, KeyError, NotImplementedError) as exc:
@@ -220,17 +221,74 @@ def optional(scorer: Scorer, say: Log) -> Scorer:
     return run
 
 
-def _row(result: dict[str, Any], scores: dict[str, Any]) -> dict[str, Any]:
-    keep = ("recipe", "lm_bytes", "mmproj_bytes", "bpw", "mmproj_bpw", "encoding", "description",
-            "tensor_types", "mmproj_tensor_types", "fallbacks", "model", "mmproj")
-    row = {k: result[k] for k in keep} | scores
-    return {k: row[k] for k in (*REQUIRED_ROW_KEYS, *[k for k in row if k not in REQUIRED_ROW_KEYS])}
+@dataclass(frozen=True)
+class ComparedRecipe:
+    """One recipe's row of the comparison: what applying it gave (not whether the mmproj was reused),
+    what the scorers measured (kl_mean, decode_tps, accuracy, ...) and whether it is on the size/KL front."""
+
+    result: RecipeResult
+    scores: Scores
+    pareto: bool = False
+
+    @property
+    def total_bytes(self) -> int:
+        return self.result.lm_bytes + self.result.mmproj_bytes
+
+    def to_dict(self) -> JsonDict:
+        keep = ("recipe", "lm_bytes", "mmproj_bytes", "bpw", "mmproj_bpw", "encoding", "description",
+                "tensor_types", "mmproj_tensor_types", "fallbacks", "model", "mmproj")
+        applied = self.result.to_dict()
+        row = {k: applied[k] for k in keep} | self.scores
+        ordered = {k: row[k] for k in (*REQUIRED_ROW_KEYS, *[k for k in row if k not in REQUIRED_ROW_KEYS])}
+        return ordered | {"pareto": self.pareto}
 
 
-def compare_recipes(source: str | Path, recipes: list[str | Path | Recipe] | None, outdir: str | Path, *,
+@dataclass(frozen=True)
+class CompareReport:
+    """compare_recipes' result; to_dict() is report.json (what report.md, the plot and baselines are made from)."""
+
+    rows: tuple[ComparedRecipe, ...]
+    summaries: JsonDict  # the scorers' own top-level keys ("heldout")
+    checkpoint: str
+    variant: str
+    reference: F16Files
+    evalset: JsonDict  # texts, images, positions, seeds, scenes, answer_tokens, speed_prompt_tokens, decode_tokens
+    host: JsonDict  # machine, system, cpu_count, threads, runs
+    plot: Path | None = None  # report.png (None without matplotlib)
+
+    def to_dict(self) -> JsonDict:
+        return {
+            "recipes": [r.to_dict() for r in self.rows],
+            **self.summaries,
+            "checkpoint": self.checkpoint,
+            "variant": self.variant,
+            "reference": self.reference.to_dict(),
+            "evalset": dict(self.evalset),
+            "host": dict(self.host),
+            "versions": {"imp_gguf": __version__, "llama_cpp_python": LLAMA_CPP_PYTHON_VERSION,
+                         "llama_cpp": LLAMA_CPP_COMMIT},
+            "plot": str(self.plot) if self.plot else None,
+        }
+
+
+@dataclass(frozen=True)
+class F16Files:
+    """The F16 conversion every recipe is measured against."""
+
+    model: Path
+    mmproj: Path
+    lm_bytes: int
+    mmproj_bytes: int
+
+    def to_dict(self) -> JsonDict:
+        return {"model": str(self.model), "mmproj": str(self.mmproj), "lm_bytes": self.lm_bytes,
+                "mmproj_bytes": self.mmproj_bytes}
+
+
+def compare_recipes(source: str | Path, recipes: Sequence[str | Path | Recipe] | None, outdir: str | Path, *,
                     runs: int = 3, force: bool = False, n_threads: int | None = None,
                     log: Log | None = None, keep_files: bool = True, evalset: EvalSet | None = None,
-                    scorers: Sequence[Scorer | None] = (), verbose: bool = False) -> dict[str, Any]:
+                    scorers: Sequence[Scorer | None] = (), verbose: bool = False) -> CompareReport:
     """Run the comparison and write report.json, report.md and report.png into outdir; returns the report.
 
     `evalset` defaults to the full fixed set (what baselines are made with); a shorter one
@@ -239,7 +297,7 @@ def compare_recipes(source: str | Path, recipes: list[str | Path | Recipe] | Non
     scorer), each skipped with a note where it fails; a scorer's summary() adds top-level report keys.
     """
     say = log or (lambda _msg: None)
-    scorers = [s for s in scorers if s is not None]
+    extra = [s for s in scorers if s is not None]
     chosen = [load_recipe(r) for r in recipes] if recipes else list_recipes()
     names = [r.name for r in chosen]
     if len(set(names)) != len(names):
@@ -253,35 +311,27 @@ def compare_recipes(source: str | Path, recipes: list[str | Path | Recipe] | Non
 
     ev = evalset or build_evalset(out / "evalset")
     quality = FidelityAndSpeed(ev, runs, n_threads, say)
-    conv, results = run_recipes(source, out, chosen, scorers=[quality, *(optional(s, say) for s in scorers)],
+    conv, results = run_recipes(source, out, chosen, scorers=[quality, *(optional(s, say) for s in extra)],
                                 log=say, verbose=verbose, keep_files=keep_files)
-    f16_model, f16_mmproj = Path(conv["model"]), Path(conv["mmproj"])
-    rows = [_row(*r) for r in results]
     ref, threads = quality.ref, quality.threads
-
+    if ref is None:
+        raise InternalError("the F16 reference was never scored")
+    rows = [ComparedRecipe(*r) for r in results]
     if not recipes:  # the default set reads best from the largest file to the smallest
-        rows.sort(key=lambda r: -(r["lm_bytes"] + r["mmproj_bytes"]))
-    front = pareto_front([(r["lm_bytes"] + r["mmproj_bytes"], r["kl_mean"]) for r in rows])
-    for r, on_front in zip(rows, front):
-        r["pareto"] = on_front
-    report = {
-        "recipes": rows,
-        **{k: v for s in scorers if hasattr(s, "summary") for k, v in s.summary().items()},
-        "checkpoint": str(source),
-        "variant": conv.get("variant"),
-        "reference": {"model": str(f16_model), "mmproj": str(f16_mmproj),
-                      "lm_bytes": f16_model.stat().st_size, "mmproj_bytes": f16_mmproj.stat().st_size},
-        "evalset": {"texts": len(ev.texts), "images": len(ev.images), "positions": ref.n_positions,
-                    "seeds": list(ev.seeds), "scenes": len(ev.scenes), "answer_tokens": ev.answer_tokens,
-                    "speed_prompt_tokens": rows[0]["prefill_tokens"] if rows else None,
-                    "decode_tokens": ev.decode_tokens},
-        "host": {"machine": platform.machine(), "system": platform.system(), "cpu_count": os.cpu_count(),
-                 "threads": threads, "runs": runs},
-        "versions": {"imp_gguf": __version__, "llama_cpp_python": LLAMA_CPP_PYTHON_VERSION,
-                     "llama_cpp": LLAMA_CPP_COMMIT},
-    }
-    write_report(report, out, force=True)
-    return report
+        rows.sort(key=lambda r: -r.total_bytes)
+    front = pareto_front([(r.total_bytes, r.scores["kl_mean"]) for r in rows])
+    report = CompareReport(
+        rows=tuple(replace(r, pareto=on_front) for r, on_front in zip(rows, front)),
+        summaries={k: v for s in extra if hasattr(s, "summary") for k, v in s.summary().items()},
+        checkpoint=str(source), variant=conv.facts.variant, reference=F16Files(conv.model, conv.mmproj, conv.model.stat().st_size, conv.mmproj.stat().st_size),
+        evalset={"texts": len(ev.texts), "images": len(ev.images), "positions": ref.n_positions,
+                 "seeds": list(ev.seeds), "scenes": len(ev.scenes), "answer_tokens": ev.answer_tokens,
+                 "speed_prompt_tokens": rows[0].scores.get("prefill_tokens") if rows else None,
+                 "decode_tokens": ev.decode_tokens},
+        host={"machine": platform.machine(), "system": platform.system(), "cpu_count": os.cpu_count(),
+              "threads": threads, "runs": runs})
+    paths = write_report(report.to_dict(), out, force=True)
+    return replace(report, plot=paths.get("png"))
 
 
 # ---------------------------------------------------------------- report files

@@ -11,10 +11,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from imp_gguf.synthetic_images import shapes_image
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 
 # Varied registers: prose, instructions, code, numbers, a dialogue turn. Short enough for tiny models.
@@ -95,11 +99,15 @@ def _write_png(path: Path, image) -> None:
         tmp.replace(path)
 
 
-def scene_image(seed: int, index: int):
+def scene_image(seed: int, index: int) -> Image.Image:
     """A random scene (background, one to three shapes) drawn from (seed, index) alone."""
     rng = np.random.default_rng([seed, index])
-    colour = lambda: tuple(int(c) for c in rng.integers(0, 256, 3))  # noqa: E731
-    shapes = []
+
+    def colour() -> tuple[int, int, int]:
+        r, g, b = (int(c) for c in rng.integers(0, 256, 3))
+        return r, g, b
+
+    shapes: list[tuple[str, tuple[int, int, int], tuple[float, float, float, float]]] = []
     for _ in range(int(rng.integers(1, 4))):
         x0, y0 = rng.uniform(0.0, 0.6, 2)
         side = rng.uniform(0.2, 0.4)

@@ -14,7 +14,7 @@ import shutil
 import tempfile
 import time
 from collections import Counter
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -25,7 +25,8 @@ from imp_gguf.errors import BadInput, InternalError, OutputExists
 from imp_gguf.gguf_info import MMPROJ_ARCH, read_gguf_meta, summary, tensor_table
 from imp_gguf.gguf_naming import SOURCE_KEY, VERSION_KEY, ModelIdentity
 from imp_gguf.native_log import quiet_native_stderr
-from imp_gguf.quant.recipes import QuantSpec, Recipe, ftype_id, ggml_type_id, load_recipe
+from imp_gguf.convert import CheckpointFacts, ConversionPlan, ConversionResult, JsonDict, OutputRow, blocked_by, plan_output
+from imp_gguf.quant.recipes import QuantSpec, Recipe, ftype_id, ggml_type_id
 from imp_gguf.quant.rules import TypeChoice, estimated_bytes, expected_types, fallbacks
 from imp_gguf.writer import atomic_outputs
 
@@ -92,18 +93,28 @@ def _block_count(meta: dict[str, Any]) -> int:
     return n
 
 
-def plan_recipe(recipe: Recipe | str | Path, f16_model: str | Path, f16_mmproj: str | Path) -> dict[str, Any]:
-    """Predicted types of both files (no writing): {"lm": [TypeChoice], "mmproj": [TypeChoice]}."""
-    recipe = load_recipe(recipe)
+@dataclass(frozen=True)
+class RecipePlan:
+    """Predicted types of both files under a recipe (no writing), with the F16 files' tensor tables and metadata."""
+
+    lm: list[TypeChoice]
+    mmproj: list[TypeChoice]
+    lm_tensors: list[dict[str, Any]]
+    mm_tensors: list[dict[str, Any]]
+    lm_meta: dict[str, Any]
+    mm_meta: dict[str, Any]
+
+
+def plan_recipe(recipe: Recipe, f16_model: str | Path, f16_mmproj: str | Path) -> RecipePlan:
+    """Predicted types of both files of an F16 conversion under `recipe` (no writing)."""
     lm_meta, mm_meta = read_gguf_meta(f16_model), read_gguf_meta(f16_mmproj)
     if lm_meta.get(Keys.General.ARCHITECTURE) == MMPROJ_ARCH:
         raise BadInput(f"{Path(f16_model).name} is an mmproj, not a language model")
     if mm_meta.get(Keys.General.ARCHITECTURE) != MMPROJ_ARCH:
         raise BadInput(f"{Path(f16_mmproj).name} is not an mmproj (arch {mm_meta.get(Keys.General.ARCHITECTURE)})")
     lm_t, mm_t = tensor_table(f16_model), tensor_table(f16_mmproj)
-    return {"lm": expected_types(recipe, lm_t, _block_count(lm_meta), part="lm"),
-            "mmproj": expected_types(recipe, mm_t, 0, part="mmproj"),
-            "lm_tensors": lm_t, "mm_tensors": mm_t, "lm_meta": lm_meta, "mm_meta": mm_meta}
+    return RecipePlan(expected_types(recipe, lm_t, _block_count(lm_meta), part="lm"),
+                      expected_types(recipe, mm_t, 0, part="mmproj"), lm_t, mm_t, lm_meta, mm_meta)
 
 
 def _produce(src: Path, tmp: Path, spec: QuantSpec, provenance: dict[str, str], verbose: bool) -> None:
@@ -116,15 +127,31 @@ def _produce(src: Path, tmp: Path, spec: QuantSpec, provenance: dict[str, str], 
         quantize_file(src, tmp, spec, provenance=provenance, verbose=verbose)
 
 
-def fallback_rows(part: str, choices: list[TypeChoice], tensors: list[dict[str, Any]]) -> list[dict[str, Any]]:
+@dataclass(frozen=True)
+class FallbackRow:
+    """A tensor llama.cpp writes wider than the recipe asks (its rows do not divide into the type's blocks)."""
+
+    part: str  # "lm" or "mmproj"
+    tensor: str
+    ne0: int
+    wanted: str
+    type: str
+    rule: str
+    extra_bytes: int  # over the type the recipe wanted
+
+    def to_dict(self) -> JsonDict:
+        return {"part": self.part, "tensor": self.tensor, "ne0": self.ne0, "wanted": self.wanted,
+                "type": self.type, "rule": self.rule, "extra_bytes": self.extra_bytes}
+
+
+def fallback_rows(part: str, choices: list[TypeChoice], tensors: list[dict[str, Any]]) -> list[FallbackRow]:
     """llama.cpp's shape fallbacks among `choices` (tensors: their tensor_table rows), each with the bytes it
     costs over the type the recipe wanted."""
     rows = []
     for c in fallbacks(choices):
         got, _ = estimated_bytes([c], tensors)
         wanted, _ = estimated_bytes([replace(c, type=c.wanted)], tensors)
-        rows.append({"part": part, "tensor": c.name, "ne0": c.ne0, "wanted": c.wanted, "type": c.type,
-                     "rule": c.rule, "extra_bytes": got - wanted})
+        rows.append(FallbackRow(part, c.name, c.ne0, c.wanted, c.type, c.rule, got - wanted))
     return rows
 
 
@@ -139,29 +166,81 @@ def _numbers(ns: list[int]) -> str:
     return ",".join(f"{r[0]}-{r[-1]}" if len(r) > 2 else ",".join(map(str, r)) for r in runs)
 
 
-def fallback_summary(rows: list[dict[str, Any]]) -> str | None:
+def fallback_summary(rows: Sequence[FallbackRow]) -> str | None:
     """fallback_rows as one sentence: which tensors (blocks folded: v.blk.{0-25}.ffn_down.weight), why, and
     the size they cost; None when there are none."""
     if not rows:
         return None
     groups: dict[tuple, list[int | None]] = {}
     for r in rows:
-        m = re.match(r"^(.*?blk\.)(\d+)(\..*)$", r["tensor"])
-        name, blk = (f"{m[1]}{{}}{m[3]}", int(m[2])) if m else (r["tensor"], None)
-        groups.setdefault((name, r["part"], r["ne0"], r["wanted"], r["type"]), []).append(blk)
+        m = re.match(r"^(.*?blk\.)(\d+)(\..*)$", r.tensor)
+        name, blk = (f"{m[1]}{{}}{m[3]}", int(m[2])) if m else (r.tensor, None)
+        groups.setdefault((name, r.part, r.ne0, r.wanted, r.type), []).append(blk)
     parts = []
     for (name, part, ne0, wanted, typ), blks in groups.items():
         shown = name.format("{" + _numbers([b for b in blks if b is not None]) + "}") if "{}" in name else name
         parts.append(f"{shown} ({part}, rows of {ne0}) {wanted} -> {typ}")
-    extra = sum(r.get("extra_bytes", 0) for r in rows)
+    extra = sum(r.extra_bytes for r in rows)
     return (f"{len(rows)} tensor{'s' if len(rows) > 1 else ''} written wider than the recipe asks, because "
             f"their rows do not divide into the type's blocks (llama.cpp's fallback): {'; '.join(parts)}; "
             f"+{extra / 1e6:.2f} MB")
 
 
-def apply_recipe(recipe: Recipe | str | Path, f16_model: str | Path, f16_mmproj: str | Path, outdir: str | Path, *,
+@dataclass(frozen=True)
+class RecipeResult:
+    """What a recipe made of an F16 conversion (apply_recipe), or would make (plan_convert_and_quantize):
+    its two files, their sizes, types and llama.cpp's shape fallbacks."""
+
+    recipe: str
+    description: str
+    encoding: str
+    model: Path
+    mmproj: Path
+    lm_bytes: int
+    mmproj_bytes: int
+    bpw: float
+    mmproj_bpw: float
+    tensor_types: dict[str, int]
+    mmproj_tensor_types: dict[str, int]
+    fallbacks: tuple[FallbackRow, ...]
+    overridden: tuple[str, ...]  # language-model tensors a recipe override typed
+    mmproj_reused: bool  # an identical mmproj was already there
+
+    def to_dict(self) -> JsonDict:
+        return {
+            "recipe": self.recipe,
+            "description": self.description,
+            "encoding": self.encoding,
+            "model": str(self.model),
+            "mmproj": str(self.mmproj),
+            "lm_bytes": self.lm_bytes,
+            "mmproj_bytes": self.mmproj_bytes,
+            "bpw": self.bpw,
+            "mmproj_bpw": self.mmproj_bpw,
+            "tensor_types": dict(self.tensor_types),
+            "mmproj_tensor_types": dict(self.mmproj_tensor_types),
+            "fallbacks": [f.to_dict() for f in self.fallbacks],
+            "overridden": list(self.overridden),
+            "mmproj_reused": self.mmproj_reused,
+        }
+
+
+def recipe_outputs(recipe: Recipe, identity: ModelIdentity, outdir: Path, sizes: tuple[int | None, int | None], *,
+                   force: bool, source_sha256: str | None) -> tuple[OutputRow, OutputRow]:
+    """The recipe's two files in `outdir` (named by its encodings), each with what the run does about it
+    (plan_output); the mmproj may be reused when an identical one is there."""
+    def same_mmproj(path: Path) -> bool:
+        return mmproj_reuse(path, source_sha256, recipe.mmproj) == "reuse"
+
+    return (plan_output("model", outdir / identity.lm_filename(recipe.encoding), recipe.encoding, sizes[0],
+                        force=force),
+            plan_output("mmproj", outdir / identity.mmproj_filename(recipe.mmproj_encoding), recipe.mmproj_encoding,
+                        sizes[1], force=force, reusable=same_mmproj))
+
+
+def apply_recipe(recipe: Recipe, f16_model: str | Path, f16_mmproj: str | Path, outdir: str | Path, *,
                  force: bool = False, keep_intermediate: bool = True,
-                 identity: ModelIdentity | None = None, verbose: bool = False) -> dict[str, Any]:
+                 identity: ModelIdentity | None = None, verbose: bool = False) -> RecipeResult:
     """Quantize an F16 language model + mmproj by `recipe` into `outdir`, named with the recipe's encoding.
 
     keep_intermediate=False deletes the F16 inputs once both outputs are in place (a file that is
@@ -169,18 +248,18 @@ def apply_recipe(recipe: Recipe | str | Path, f16_model: str | Path, f16_mmproj:
     `outdir` that this recipe would write identically (mmproj_reuse) is kept and reported, not an error:
     recipes differ in the language model, most share the Q8_0 mmproj.
     """
-    recipe = load_recipe(recipe)
     f16_model, f16_mmproj, out = Path(f16_model), Path(f16_mmproj), Path(outdir)
     plan = plan_recipe(recipe, f16_model, f16_mmproj)
-    ident = identity or identity_from_gguf(plan["lm_meta"], f16_model.stem)
+    ident = identity or identity_from_gguf(plan.lm_meta, f16_model.stem)
     out.mkdir(parents=True, exist_ok=True)
-    lm_out = out / ident.lm_filename(recipe.encoding)
-    mm_out = out / ident.mmproj_filename(recipe.mmproj_encoding)
+    lm_row, mm_row = recipe_outputs(recipe, ident, out, (None, None), force=force,
+                                    source_sha256=plan.mm_meta.get(SOURCE_KEY))
+    lm_out, mm_out = lm_row.path, mm_row.path
     provenance = {RECIPE_KEY: recipe.name, "imp_gguf.recipe_sha256": recipe.digest,
                   "imp_gguf.quantized_by": f"imp-gguf {__version__}"}
-    reused = not force and mmproj_reuse(mm_out, plan["mm_meta"].get(SOURCE_KEY), recipe.mmproj) == "reuse"
+    reused = mm_row.action == "reuse"
     jobs = [(src, dst, spec, exp) for src, dst, spec, exp in
-            ((f16_model, lm_out, recipe.lm, plan["lm"]), (f16_mmproj, mm_out, recipe.mmproj, plan["mmproj"]))
+            ((f16_model, lm_out, recipe.lm, plan.lm), (f16_mmproj, mm_out, recipe.mmproj, plan.mmproj))
             if not (dst.exists() and dst.resolve() == src.resolve())  # f16 recipe in place: nothing to do
             and not (reused and dst == mm_out)]
     with atomic_outputs([dst for _, dst, _, _ in jobs], force) as tmps:
@@ -192,32 +271,25 @@ def apply_recipe(recipe: Recipe | str | Path, f16_model: str | Path, f16_mmproj:
             if src.exists() and src.resolve() != dst.resolve():
                 src.unlink()
     lm_sum, mm_sum = summary(lm_out), summary(mm_out)
-    return {
-        "recipe": recipe.name,
-        "description": recipe.description,
-        "encoding": recipe.encoding,
-        "model": str(lm_out),
-        "mmproj": str(mm_out),
-        "lm_bytes": lm_sum["file_bytes"],
-        "mmproj_bytes": mm_sum["file_bytes"],
-        "bpw": lm_sum["bpw"],
-        "mmproj_bpw": mm_sum["bpw"],
-        "tensor_types": lm_sum["tensor_types"],
-        "mmproj_tensor_types": mm_sum["tensor_types"],
-        "fallbacks": fallback_rows("lm", plan["lm"], plan["lm_tensors"])
-                     + fallback_rows("mmproj", plan["mmproj"], plan["mm_tensors"]),
-        "overridden": [c.name for c in plan["lm"] if c.rule.startswith("override")],
-        "mmproj_reused": reused,
-    }
+    return RecipeResult(
+        recipe=recipe.name, description=recipe.description, encoding=recipe.encoding, model=lm_out, mmproj=mm_out,
+        lm_bytes=lm_sum["file_bytes"], mmproj_bytes=mm_sum["file_bytes"], bpw=lm_sum["bpw"],
+        mmproj_bpw=mm_sum["bpw"], tensor_types=lm_sum["tensor_types"], mmproj_tensor_types=mm_sum["tensor_types"],
+        fallbacks=tuple(fallback_rows("lm", plan.lm, plan.lm_tensors)
+                        + fallback_rows("mmproj", plan.mmproj, plan.mm_tensors)),
+        overridden=tuple(c.name for c in plan.lm if c.rule.startswith("override")),
+        mmproj_reused=reused)
 
 
-Scorer = Callable[[Recipe, dict[str, Any], dict[str, Any]], dict[str, Any]]
+Scores = dict[str, Any]
+"""A scorer's columns of a recipe's row in the comparison report (kl_mean, decode_tps, accuracy, ...)."""
+Scorer = Callable[[Recipe, RecipeResult, ConversionResult], Scores]
 """(recipe, its apply_recipe result, the F16 conversion result) -> fields added to the recipe's row."""
 
 
-def run_recipes(source: str | Path, workdir: str | Path, recipes: Sequence[Recipe | str | Path], *,
+def run_recipes(source: str | Path, workdir: str | Path, recipes: Sequence[Recipe], *,
                 scorers: Sequence[Scorer] = (), log: Callable[[str], None] | None = None, verbose: bool = False,
-                keep_files: bool = True) -> tuple[dict[str, Any], list[tuple[dict[str, Any], dict[str, Any]]]]:
+                keep_files: bool = True) -> tuple[ConversionResult, list[tuple[RecipeResult, Scores]]]:
     """The one recipe runner: convert `source` once to F16 (workdir/f16), apply each recipe to it
     (workdir/<recipe>) and score each result with every scorer in turn (fidelity, speed, accuracy: the
     caller's). Returns the conversion result and, per recipe, apply_recipe's result and the scorers'
@@ -226,21 +298,20 @@ def run_recipes(source: str | Path, workdir: str | Path, recipes: Sequence[Recip
     from imp_gguf.convert import convert
 
     say = log or (lambda _msg: None)
-    chosen = [load_recipe(r) for r in recipes]  # unknown names fail before any work
     work = Path(workdir)
     say(f"converting {source} to F16")
     f16 = convert(source, work / "f16", outtype="f16", force=True)
     rows = []
-    for recipe in chosen:
+    for recipe in recipes:
         say(f"{recipe.name}: quantizing ({recipe.encoding}, mmproj {recipe.mmproj_encoding})")
-        result = apply_recipe(recipe, f16["model"], f16["mmproj"], work / recipe.name, force=True, verbose=verbose)
-        scores: dict[str, Any] = {}
+        result = apply_recipe(recipe, f16.model, f16.mmproj, work / recipe.name, force=True, verbose=verbose)
+        scores: Scores = {}
         for scorer in scorers:
             scores.update(scorer(recipe, result, f16))
         rows.append((result, scores))
         if not keep_files and recipe.name != "f16":
-            for key in ("model", "mmproj"):
-                Path(result[key]).unlink(missing_ok=True)
+            result.model.unlink(missing_ok=True)
+            result.mmproj.unlink(missing_ok=True)
     return f16, rows
 
 
@@ -268,138 +339,131 @@ def _estimate(choices: list[TypeChoice], tensors: list[dict[str, Any]]) -> tuple
     return nbytes, n_params, dict(sorted(Counter(c.type for c in choices).items()))
 
 
-def _f16_tables(conv_plan: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def _f16_tables(conv_plan: ConversionPlan) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """tensor_table-style rows (ggml order) of the F16 files a conversion plan would write."""
     def rows(tensors: list[Any]) -> list[dict[str, Any]]:
         return [{"name": t.dst, "type": t.gtype.name, "shape": list(reversed(t.shape))} for t in tensors]
     return rows(conv_plan.lm_tensors), rows(conv_plan.mm_tensors)
 
 
-CONVERSION_KEYS_DROPPED = ("model", "mmproj", "model_bytes_estimate", "mmproj_bytes_estimate", "outtype",
-                           "model_bytes", "peak_rss_mb", "seconds", "outputs", "blocked")
+@dataclass(frozen=True)
+class QuantizedConversion:
+    """`convert --quant`'s result (convert_and_quantize) or, with dry_run, what it would be
+    (plan_convert_and_quantize): the same fields, sizes estimated, "seconds" None and what would block
+    the run under "blocked". The F16 conversion's own files are not in it: only kept ones, as
+    "intermediate" (and as outputs)."""
+
+    facts: CheckpointFacts
+    recipe: RecipeResult
+    intermediate: tuple[Path, Path] | None  # the kept F16 model and mmproj
+    source_sha256: str | None
+    seconds: float | None
+    outputs: tuple[OutputRow, ...]
+    blocked: tuple[str, ...]
+    dry_run: bool = False
+
+    @property
+    def model(self) -> Path:
+        return self.recipe.model
+
+    @property
+    def mmproj(self) -> Path:
+        return self.recipe.mmproj
+
+    def to_dict(self) -> JsonDict:
+        return self.facts.to_dict() | self.recipe.to_dict() | {
+            "intermediate": ({"model": str(self.intermediate[0]), "mmproj": str(self.intermediate[1])}
+                             if self.intermediate else None),
+            "source_sha256": self.source_sha256,
+            "seconds": self.seconds,
+            "outputs": [o.to_dict() for o in self.outputs],
+            "blocked": list(self.blocked),
+        } | ({"dry_run": True} if self.dry_run else {})
 
 
-def plan_convert_and_quantize(conv_plan: Any, recipe: Recipe | str | Path, outdir: str | Path, *,
+def _keeps_f16(recipe: Recipe, keep_intermediate: bool) -> bool:
+    """Whether the F16 files are kept as intermediates (the f16 recipe's F16 files are its outputs)."""
+    return keep_intermediate and not (recipe.lm.is_copy and recipe.mmproj.is_copy)
+
+
+def plan_convert_and_quantize(conv_plan: ConversionPlan, recipe: Recipe, outdir: str | Path, *,
                               force: bool = False, keep_intermediate: bool = False,
-                              source_sha256: str | None = None) -> dict[str, Any]:
+                              source_sha256: str | None = None) -> QuantizedConversion:
     """`convert --quant` before any work: the final files with their predicted types and sizes, and
-    what would block the run. The keys are those of convert_and_quantize's result (values estimated,
-    seconds None), so a dry run and a real run read the same."""
-    recipe = load_recipe(recipe)
+    what would block the run, as convert_and_quantize's result (values estimated, seconds None), so a
+    dry run and a real run read the same."""
     out = Path(outdir)
-    ident = conv_plan.identity
     lm_t, mm_t = _f16_tables(conv_plan)
     lm_c = expected_types(recipe, lm_t, conv_plan.hp.n_layer, part="lm")
     mm_c = expected_types(recipe, mm_t, 0, part="mmproj")
     lm_bytes, lm_n, lm_types = _estimate(lm_c, lm_t)
     mm_bytes, mm_n, mm_types = _estimate(mm_c, mm_t)
-    lm_out, mm_out = out / ident.lm_filename(recipe.encoding), out / ident.mmproj_filename(recipe.mmproj_encoding)
-    outputs = [{"role": "model", "path": str(lm_out), "type": recipe.encoding, "bytes": lm_bytes},
-               {"role": "mmproj", "path": str(mm_out), "type": recipe.mmproj_encoding, "bytes": mm_bytes}]
-    copy = recipe.lm.is_copy and recipe.mmproj.is_copy
-    if keep_intermediate and not copy:
-        outputs += [{"role": f"intermediate {role}", "path": str(out / p.name), "type": "F16", "bytes": b}
+    outputs = list(recipe_outputs(recipe, conv_plan.identity, out, (lm_bytes, mm_bytes), force=force,
+                                  source_sha256=source_sha256))
+    kept = _keeps_f16(recipe, keep_intermediate)
+    if kept:
+        outputs += [plan_output(f"intermediate {role}", out / p.name, "F16", b, force=force)
                     for role, p, b in (("model", conv_plan.lm_path, conv_plan.lm_bytes),
                                        ("mmproj", conv_plan.mmproj_path, conv_plan.mmproj_bytes))]
-    blocked = []
-    for o in outputs:
-        p = Path(o["path"])
-        o["exists"] = p.exists()
-        if not p.exists():
-            o["action"] = "write"
-        elif force:
-            o["action"] = "overwrite"
-        elif o["role"] == "mmproj" and mmproj_reuse(p, source_sha256, recipe.mmproj) == "reuse":
-            o["action"] = "reuse"
-        else:
-            o["action"] = "blocked"
-            blocked.append(f"{p} exists" + ("; it is another mmproj (other checkpoint, type or imp-gguf version)"
-                                            if o["role"] == "mmproj" else "") + "; pass --force to overwrite it")
+    blocked = blocked_by(outputs)
     if out.exists() and not out.is_dir():
-        blocked.insert(0, f"--outdir {out} is a file, not a folder")
-    conv = {k: v for k, v in conv_plan.summary().items() if k not in CONVERSION_KEYS_DROPPED}
-    return conv | {
-        "recipe": recipe.name,
-        "description": recipe.description,
-        "encoding": recipe.encoding,
-        "model": str(lm_out),
-        "mmproj": str(mm_out),
-        "lm_bytes": lm_bytes,
-        "mmproj_bytes": mm_bytes,
-        "bpw": round(8.0 * lm_bytes / lm_n, 4) if lm_n else 0.0,
-        "mmproj_bpw": round(8.0 * mm_bytes / mm_n, 4) if mm_n else 0.0,
-        "tensor_types": lm_types,
-        "mmproj_tensor_types": mm_types,
-        "fallbacks": fallback_rows("lm", lm_c, lm_t) + fallback_rows("mmproj", mm_c, mm_t),
-        "overridden": [c.name for c in lm_c if c.rule.startswith("override")],
-        "mmproj_reused": outputs[1]["action"] == "reuse",
-        "intermediate": ({"model": str(conv_plan.lm_path), "mmproj": str(conv_plan.mmproj_path)}
-                         if keep_intermediate and not copy else None),
-        "source_sha256": source_sha256,
-        "seconds": None,
-        "outputs": outputs,
-        "blocked": blocked,
-    }
+        blocked = (f"--outdir {out} is a file, not a folder", *blocked)
+    planned = RecipeResult(
+        recipe=recipe.name, description=recipe.description, encoding=recipe.encoding, model=outputs[0].path,
+        mmproj=outputs[1].path, lm_bytes=lm_bytes, mmproj_bytes=mm_bytes,
+        bpw=round(8.0 * lm_bytes / lm_n, 4) if lm_n else 0.0, mmproj_bpw=round(8.0 * mm_bytes / mm_n, 4) if mm_n else 0.0,
+        tensor_types=lm_types, mmproj_tensor_types=mm_types,
+        fallbacks=tuple(fallback_rows("lm", lm_c, lm_t) + fallback_rows("mmproj", mm_c, mm_t)),
+        overridden=tuple(c.name for c in lm_c if c.rule.startswith("override")),
+        mmproj_reused=outputs[1].action == "reuse")
+    return QuantizedConversion(conv_plan.facts(), planned,
+                               (out / conv_plan.lm_path.name, out / conv_plan.mmproj_path.name) if kept else None,
+                               source_sha256, None, tuple(outputs), blocked)
 
 
-def convert_and_quantize(source: str | Path, outdir: str | Path, recipe: Recipe | str | Path, *, force: bool = False,
+def convert_and_quantize(source: str | Path, outdir: str | Path, recipe: Recipe, *, force: bool = False,
                          keep_intermediate: bool = False, progress: Callable[[int], None] | None = None,
                          model_name: str | None = None, allow_pickle: bool = False,
                          dry_run: bool = False, chat_template: str | None = None,
-                         verbose: bool = False, phase: Callable[[str, int], None] | None = None) -> dict[str, Any]:
+                         verbose: bool = False, phase: Callable[[str, int], None] | None = None) -> QuantizedConversion:
     """Checkpoint -> F16 (in a temporary folder inside outdir unless keep_intermediate) -> recipe outputs.
 
-    Returns the final files only (plan_convert_and_quantize's keys, measured): the converter's summary,
-    the recipe's result, "intermediate" (the kept F16 paths, or None) and "outputs" (each final file with
-    its type, size and whether it was written, overwritten or reused). With dry_run, the same keys,
-    estimated, plus "dry_run": True, and nothing is written. `phase(what, total_bytes)` is called as each
-    step starts (the conversion's bytes then go to `progress`).
+    Returns the final files only: the checkpoint's facts, the recipe's result, "intermediate" (the kept
+    F16 paths, or None) and "outputs" (each final file with its type, size and whether it was written,
+    overwritten or reused). With dry_run, plan_convert_and_quantize's estimate, and nothing is written.
+    `phase(what, total_bytes)` is called as each step starts (the conversion's bytes then go to `progress`).
     """
     from imp_gguf.convert import plan_conversion, run_conversion, source_sha256_or_none
 
     t0 = time.perf_counter()
-    recipe = load_recipe(recipe)
     out = Path(outdir)
     direct = keep_intermediate or recipe.lm.is_copy and recipe.mmproj.is_copy  # F16 files written in outdir
     if dry_run:
         plan = plan_conversion(source, out, outtype="f16", force=True, model_name=model_name,
                                allow_pickle=allow_pickle, metadata_only=True, chat_template=chat_template)
-        return plan_convert_and_quantize(plan, recipe, out, force=force, keep_intermediate=keep_intermediate,
-                                         source_sha256=source_sha256_or_none(plan)) | {"dry_run": True}
+        return replace(plan_convert_and_quantize(plan, recipe, out, force=force, keep_intermediate=keep_intermediate,
+                                                 source_sha256=source_sha256_or_none(plan)), dry_run=True)
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out, prefix=".imp-gguf-f16-") as tmp:
         work = out if direct else Path(tmp)
         plan = plan_conversion(source, work, outtype="f16", force=force, model_name=model_name,
                                allow_pickle=allow_pickle, chat_template=chat_template)
         # Refuse existing final outputs before the (long) conversion starts; an identical mmproj is reused.
-        final = plan_convert_and_quantize(plan, recipe, out, force=force, keep_intermediate=False,
-                                          source_sha256=plan.ckpt.source_sha256())
-        for o in final["outputs"]:
-            if o["action"] == "blocked" and not (direct and Path(o["path"]) in (plan.lm_path, plan.mmproj_path)):
-                raise OutputExists(final["blocked"][0])
+        sha = plan.ckpt.source_sha256()
+        final = plan_convert_and_quantize(plan, recipe, out, force=force, keep_intermediate=False, source_sha256=sha)
+        for o in final.outputs:
+            if o.action == "blocked" and not (direct and o.path in (plan.lm_path, plan.mmproj_path)):
+                raise OutputExists(o.blocked_by or f"{o.path} exists")
         if phase:
             phase("converting to F16", plan.lm_bytes + plan.mmproj_bytes)
-        run_conversion(plan, force=force, progress=progress)
+        f16 = run_conversion(plan, force=force, progress=progress)
         if phase:
             phase(f"quantizing to {recipe.encoding} + {recipe.mmproj_encoding} mmproj", 0)
         result = apply_recipe(recipe, plan.lm_path, plan.mmproj_path, out, force=force,
                               keep_intermediate=direct, identity=plan.identity, verbose=verbose)
-    actions = {o["role"]: o["action"] for o in final["outputs"]}
-    outputs = [{"role": role, "path": result[role], "type": typ, "bytes": result[key], "exists": True,
-                "action": "reuse" if role == "mmproj" and result["mmproj_reused"] else
-                          "overwrite" if actions[role] == "overwrite" else "write"}
-               for role, typ, key in (("model", recipe.encoding, "lm_bytes"),
-                                      ("mmproj", recipe.mmproj_encoding, "mmproj_bytes"))]
-    kept = keep_intermediate and not (recipe.lm.is_copy and recipe.mmproj.is_copy)
-    if kept:
-        outputs += [{"role": f"intermediate {role}", "path": str(p), "type": "F16", "bytes": p.stat().st_size,
-                     "exists": True, "action": "write"} for role, p in (("model", plan.lm_path),
-                                                                      ("mmproj", plan.mmproj_path))]
-    conv = {k: v for k, v in final.items() if k not in result}
-    return conv | result | {
-        "intermediate": {"model": str(plan.lm_path), "mmproj": str(plan.mmproj_path)} if kept else None,
-        "seconds": round(time.perf_counter() - t0, 3),
-        "outputs": outputs,
-        "blocked": [],
-    }
-
+    outputs = [o.done(size) for o, size in zip(final.outputs, (result.lm_bytes, result.mmproj_bytes))]
+    kept = _keeps_f16(recipe, keep_intermediate)
+    if kept:  # the conversion's own rows: it wrote them into outdir
+        outputs += [o.done(o.bytes or 0, role=f"intermediate {o.role}") for o in f16.outputs]
+    return QuantizedConversion(f16.facts, result, (plan.lm_path, plan.mmproj_path) if kept else None, sha,
+                               round(time.perf_counter() - t0, 3), tuple(outputs), ())

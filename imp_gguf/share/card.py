@@ -18,6 +18,7 @@ from gguf import Keys
 
 from imp_gguf import __version__
 from imp_gguf.chat_templates import TEMPLATES
+from imp_gguf.convert import JsonDict
 from imp_gguf.errors import BadInput, OutputExists
 from imp_gguf.gguf_info import MMPROJ_ARCH, open_reader, summary
 from imp_gguf.hub import HUB_URL
@@ -205,6 +206,25 @@ def render_modelfile(f: Folder) -> str | None:
                      int(n_ctx) if isinstance(n_ctx, int) else None, header)
 
 
+@dataclass(frozen=True)
+class CardResult:
+    """What `card` wrote: the model card, the Modelfile (None when no ollama template is known for the
+    chat template), the GGUFs it describes and, on request, the LM Studio folder."""
+
+    card: Path
+    modelfile: Path | None
+    models: tuple[str, ...]  # file names
+    mmprojs: tuple[str, ...]
+    recommended: str
+    lmstudio: Path | None
+    notes: tuple[str, ...]
+
+    def to_dict(self) -> JsonDict:
+        return {"card": str(self.card), "modelfile": str(self.modelfile) if self.modelfile else None,
+                "models": list(self.models), "mmprojs": list(self.mmprojs), "recommended": self.recommended,
+                "lmstudio": str(self.lmstudio) if self.lmstudio else None, "notes": list(self.notes)}
+
+
 def _ours(path: Path) -> bool:
     try:
         return MARK in path.read_text(encoding="utf-8", errors="replace")[:4096]
@@ -213,11 +233,12 @@ def _ours(path: Path) -> bool:
 
 
 def write_card(folder: str | Path, *, publisher: str = "local", force: bool = False,
-               lmstudio: str | Path | None = None) -> dict[str, Any]:
+               lmstudio: str | Path | None = None) -> CardResult:
     """Write README.md and Modelfile into `folder` (replacing its own earlier ones; anything else only with
     force) and, with `lmstudio` (a models folder), link the GGUFs into `<lmstudio>/<publisher>/<repo>/`."""
     f = scan(Path(folder))
-    texts = {f.root / "README.md": render_card(f, publisher)}
+    card = f.root / "README.md"
+    texts = {card: render_card(f, publisher)}
     mf = render_modelfile(f)
     if mf is not None:
         texts[f.root / "Modelfile"] = mf
@@ -228,14 +249,12 @@ def write_card(folder: str | Path, *, publisher: str = "local", force: bool = Fa
     with atomic_outputs(paths, force=True) as tmps:
         for tmp, p in zip(tmps, paths):
             tmp.write_text(texts[p], encoding="utf-8")
-    out: dict[str, Any] = {"card": str(f.root / "README.md"), "modelfile": str(paths[1]) if mf else None,
-                           "models": [m.path.name for m in f.models], "mmprojs": [p.path.name for p in f.mmprojs],
-                           "recommended": f.recommended.path.name, "lmstudio": None,
-                           "notes": [] if mf else ["no Modelfile: the chat template is not one of Imp's, so no "
-                                                   "ollama TEMPLATE is known for it"]}
-    if lmstudio is not None:
-        out["lmstudio"] = str(link_lmstudio(f, Path(lmstudio), publisher, force=force))
-    return out
+    return CardResult(
+        card=card, modelfile=paths[1] if mf else None, models=tuple(m.path.name for m in f.models),
+        mmprojs=tuple(p.path.name for p in f.mmprojs), recommended=f.recommended.path.name,
+        lmstudio=link_lmstudio(f, Path(lmstudio), publisher, force=force) if lmstudio is not None else None,
+        notes=() if mf else ("no Modelfile: the chat template is not one of Imp's, so no ollama TEMPLATE is "
+                             "known for it",))
 
 
 def link_lmstudio(f: Folder, models_dir: Path, publisher: str, *, force: bool = False) -> Path:

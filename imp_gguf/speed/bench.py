@@ -6,12 +6,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from imp_gguf.speed.protocols import (DEFAULT_TARGET_TPS, PAPER_ROW, PROTOCOLS, BenchConfig, BenchSession,
-                                      check_kv_type, exit_code, model_facts)
-from imp_gguf.speed.roofline import COMPILERS, build_probe
-from imp_gguf.speed.rows import BenchRow
 from imp_gguf.errors import BadInput
 from imp_gguf.runtime.devices import Device, open_device, soc_choice
+from imp_gguf.speed.protocols import BenchConfig, BenchSession, check_kv_type, model_facts
+from imp_gguf.speed.roofline import COMPILERS, build_probe
+from imp_gguf.speed.rows import BenchRow
 
 
 def bench(models: Sequence[str | Path], mmprojs: Sequence[str | Path], *, device: str = "local",

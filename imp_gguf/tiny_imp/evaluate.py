@@ -16,11 +16,16 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence, Union, cast
+from typing import TYPE_CHECKING, Any, Callable, Sequence, Union, cast
 
 from PIL import Image
 
 from imp_gguf.tiny_imp import data as D
+
+if TYPE_CHECKING:
+    from imp_gguf.convert import ConversionResult
+    from imp_gguf.quant.quantize import RecipeResult
+    from imp_gguf.quant.recipes import Recipe
 
 ImageLike = Union[str, Path, Image.Image]
 HeldoutItem = tuple[ImageLike, str, str]  # (image, question, golden answer)
@@ -153,8 +158,8 @@ class HeldoutAccuracy:
     def __init__(self, source: str | Path, n_threads: int | None = None):
         self.source, self.n_threads = source, n_threads
 
-    def __call__(self, recipe: Any, result: dict[str, Any], f16: dict[str, Any]) -> dict[str, float]:
-        return {"accuracy": float(heldout_accuracy(result["model"], result["mmproj"], n_threads=self.n_threads))}
+    def __call__(self, recipe: Recipe, result: RecipeResult, f16: ConversionResult) -> dict[str, float]:
+        return {"accuracy": float(heldout_accuracy(result.model, result.mmproj, n_threads=self.n_threads))}
 
     def summary(self) -> dict[str, Any]:
         return {"heldout": {"n": N_HELDOUT, "pytorch_accuracy": _pytorch_accuracy(self.source)}}
@@ -175,10 +180,11 @@ def recipe_ggufs(ckpt_dir: str | Path, workdir: str | Path, recipes: Sequence[st
     """{recipe: {"model", "mmproj", "lm_bytes"}}: one F16 conversion, then each recipe applied to it
     by imp_gguf.quant (llama.cpp's quantizer), as `imp-gguf convert --quant` would."""
     from imp_gguf.quant.quantize import run_recipes
+    from imp_gguf.quant.recipes import load_recipe
 
-    _, rows = run_recipes(ckpt_dir, workdir, recipes, log=log, verbose=verbose)
-    keep = ("model", "mmproj", "lm_bytes", "mmproj_bytes", "bpw")
-    return {r["recipe"]: {k: r[k] for k in keep} for r, _ in rows}
+    _, rows = run_recipes(ckpt_dir, workdir, [load_recipe(r) for r in recipes], log=log, verbose=verbose)
+    return {r.recipe: {"model": str(r.model), "mmproj": str(r.mmproj), "lm_bytes": r.lm_bytes,
+                       "mmproj_bytes": r.mmproj_bytes, "bpw": r.bpw} for r, _ in rows}
 
 
 def _kinds(n: int) -> list[str]:

@@ -385,7 +385,7 @@ def test_fullsize_small_replica_converts_with_real_token_ids(tmp_path):
     ck = make_fullsize("x", tmp_path / "ck", spec=spec, shard_bytes=20_000_000)
     index = json.loads((ck / "model.safetensors.index.json").read_text())
     assert len(set(index["weight_map"].values())) > 1  # sharded
-    r = convert(ck, tmp_path / "gguf", outtype="f16")
+    r = convert(ck, tmp_path / "gguf", outtype="f16").to_dict()
     assert r["image_tokens"] == 196 and r["vision_blocks_run"] == 2
     meta = read_gguf_meta(r["model"])
     assert meta["phi2.embedding_length"] == 256

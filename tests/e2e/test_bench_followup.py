@@ -58,7 +58,7 @@ def test_bench_followup_protocol_on_the_host(host_tools: dict[str, Path], tmp_pa
     from imp_gguf.convert import convert
     from imp_gguf.tiny_imp.bundled import default_checkpoint
 
-    r = convert(default_checkpoint(), tmp_path / "gguf", outtype="f16")
+    r = convert(default_checkpoint(), tmp_path / "gguf", outtype="f16").to_dict()
     out = tmp_path / "rows.json"
     proc = subprocess.run([sys.executable, "-m", "imp_gguf.cli.main", "bench", "-m", str(r["model"]), "--mmproj",
                            str(r["mmproj"]), "--protocol", "followup", "-r", "2", "-t", "2", "--no-bandwidth",

@@ -31,7 +31,7 @@ def models(tmp_path: Path) -> tuple[Path, Path]:
 
     r = convert(default_checkpoint(), tmp_path / "models", outtype="f16", lm_filename=MODEL_NAME,
                 mmproj_filename=MMPROJ_NAME)
-    return Path(r["model"]), Path(r["mmproj"])
+    return r.model, r.mmproj
 
 
 def _fake_tools(tmp_path: Path) -> dict[str, Path]:

@@ -13,15 +13,15 @@ from pathlib import Path
 
 import pytest
 
-from imp_gguf.cli.main import main
 from tests.e2e.test_cli_usability import CLI, IMAGE, TINY, one_error_line, sh
 
 
 @pytest.fixture(scope="module")
 def q4(tmp_path_factory: pytest.TempPathFactory) -> dict:
     from imp_gguf.quant.quantize import convert_and_quantize
+    from imp_gguf.quant.recipes import load_recipe
 
-    return convert_and_quantize(TINY, tmp_path_factory.mktemp("q4"), "q4_k")
+    return convert_and_quantize(TINY, tmp_path_factory.mktemp("q4"), load_recipe("q4_k")).to_dict()
 
 
 # ---------------------------------------------------------------- 1. -q/--quiet everywhere; the dry run names defaults
@@ -99,7 +99,7 @@ def zeros(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
     for f in ckpt.glob("*.safetensors"):
         save_file({k: torch.zeros_like(v) for k, v in load_file(f).items()}, f, metadata={"format": "pt"})
     r = convert(ckpt, root / "gguf", outtype="f16")
-    return ckpt, Path(r["model"]), Path(r["mmproj"])
+    return ckpt, r.model, r.mmproj
 
 
 def test_verify_on_constant_outputs_exits_3_saying_why_in_one_line(zeros):

@@ -44,8 +44,9 @@ def q4(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """The tiny Imp at q4_k, through the CLI."""
     out = tmp_path_factory.mktemp("q4")
     from imp_gguf.quant.quantize import convert_and_quantize
+    from imp_gguf.quant.recipes import load_recipe
 
-    return convert_and_quantize(TINY, out, "q4_k")
+    return convert_and_quantize(TINY, out, load_recipe("q4_k")).to_dict()
 
 
 @pytest.fixture()
@@ -77,7 +78,7 @@ def test_pair_check_library(q4, other_ckpt, tmp_path):
     narrow = write_tiny_llama(tmp_path / "narrow.gguf", n_embd=64)
     with pytest.raises(BadInput, match="projects to width 256 but narrow.gguf is 64 wide"):
         check_pair(narrow, mm)
-    other = convert(other_ckpt, tmp_path / "other", outtype="f16")
+    other = convert(other_ckpt, tmp_path / "other", outtype="f16").to_dict()
     with pytest.raises(BadInput, match="different checkpoints"):
         check_pair(m, other["mmproj"])
     with pytest.raises(BadInput, match="does not exist"):

@@ -135,7 +135,7 @@ def test_kl_orders_recipes(variant: str, tiny_checkpoints, tmp_path: Path, monke
     quick = build_evalset(tmp_path / "evalset", n_texts=3, n_images=2, decode_tokens=8, seeds=(0, 1),
                           scenes_per_seed=2, answer_tokens=8)
     report = compare_recipes(tiny_checkpoints[variant], ["q8_0", "q4_k", "q3_k"], tmp_path, runs=1, n_threads=1,
-                             evalset=quick, scorers=[accuracy_scorer(tiny_checkpoints[variant], n_threads=1)])
+                             evalset=quick, scorers=[accuracy_scorer(tiny_checkpoints[variant], n_threads=1)]).to_dict()
     rows = {r["recipe"]: r for r in report["recipes"]}
     assert [r["recipe"] for r in report["recipes"]] == ["q8_0", "q4_k", "q3_k"]  # the order asked for
     assert rows["q8_0"]["kl_mean"] < rows["q4_k"]["kl_mean"] < rows["q3_k"]["kl_mean"]

@@ -36,8 +36,8 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict:
     D.render(scene).save(image)
     golden = {k: D.ask(scene, random.Random(0), k) for k in ("shape", "colour")}
     assert golden["shape"][0] == Q_SHAPE and golden["colour"][0] == Q_COLOUR
-    return {"f32": convert(default_checkpoint(), root / "f32", outtype="f32"),
-            "f16": convert(default_checkpoint(), root / "f16", outtype="f16"),
+    return {"f32": convert(default_checkpoint(), root / "f32", outtype="f32").to_dict(),
+            "f16": convert(default_checkpoint(), root / "f16", outtype="f16").to_dict(),
             "image": image, "shape": golden["shape"][1], "colour": golden["colour"][1]}
 
 

@@ -276,7 +276,7 @@ def tiny_imp_pair(tmp_path_factory) -> tuple[Path, Path]:
     from imp_gguf.convert import convert
     from imp_gguf.tiny_imp.bundled import default_checkpoint
 
-    r = convert(default_checkpoint(), tmp_path_factory.mktemp("tiny-imp"), outtype="f16")
+    r = convert(default_checkpoint(), tmp_path_factory.mktemp("tiny-imp"), outtype="f16").to_dict()
     return Path(r["model"]), Path(r["mmproj"])
 
 

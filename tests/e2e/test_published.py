@@ -92,7 +92,7 @@ def test_full_f16_conversion_tensor_by_tensor(published, tmp_path):
     from imp_gguf.convert import convert
 
     src = published["imp-v1-3b"]
-    r = convert(src, tmp_path, outtype="f16")
+    r = convert(src, tmp_path, outtype="f16").to_dict()
     ck = open_checkpoint(src)
     lm, mm = gguf.GGUFReader(r["model"]), gguf.GGUFReader(r["mmproj"])
 

@@ -37,7 +37,7 @@ def f16_files(tiny_checkpoints: dict[str, Path], tmp_path_factory: pytest.TempPa
     out = {}
     for name, ckpt in tiny_checkpoints.items():
         res = convert(ckpt, root / name, outtype="f16", force=True)
-        out[name] = (Path(res["model"]), Path(res["mmproj"]))
+        out[name] = (res.model, res.mmproj)
     return out
 
 
@@ -186,18 +186,18 @@ def test_every_recipe_on_every_variant(variant: str, f16_files, tmp_path: Path) 
     for recipe in list_recipes():
         res = apply_recipe(recipe, lm, mm, tmp_path / recipe.name)
         want_lm, want_mm = _predicted(recipe, lm, mm)
-        assert _types(Path(res["model"])) == want_lm, recipe.name
-        assert _types(Path(res["mmproj"])) == want_mm, recipe.name
-        assert Path(res["model"]).name.endswith(f"-{recipe.encoding}.gguf")
-        assert Path(res["mmproj"]).name.startswith("mmproj-") and res["mmproj"].endswith(f"-{recipe.mmproj.ftype}.gguf")
-        assert res["tensor_types"] == summary(res["model"])["tensor_types"]
-        mm_fb = {f["tensor"]: f["type"] for f in res["fallbacks"] if f["part"] == "mmproj"}
+        assert _types(res.model) == want_lm, recipe.name
+        assert _types(res.mmproj) == want_mm, recipe.name
+        assert res.model.name.endswith(f"-{recipe.encoding}.gguf")
+        assert res.mmproj.name.startswith("mmproj-") and res.mmproj.name.endswith(f"-{recipe.mmproj.ftype}.gguf")
+        assert res.tensor_types == summary(res.model)["tensor_types"]
+        mm_fb = {f.tensor: f.type for f in res.fallbacks if f.part == "mmproj"}
         if recipe.mmproj.ftype == "Q8_0":  # SigLIP FFN rows of 344 are not divisible by 32
             assert mm_fb == {"v.blk.0.ffn_down.weight": "F16", "v.blk.1.ffn_down.weight": "F16"}
         if recipe.name != "f16":
-            meta = read_gguf_meta(res["model"])
+            meta = read_gguf_meta(res.model)
             assert meta["imp_gguf.recipe"] == recipe.name and meta["general.file_type"] == ftype_id(recipe.lm.ftype)
-        lm_fb = {f["tensor"]: (f["wanted"], f["type"]) for f in res["fallbacks"] if f["part"] == "lm"}
+        lm_fb = {f.tensor: (f.wanted, f.type) for f in res.fallbacks if f.part == "lm"}
         if variant == "Imp-v1.5-2B-Qwen1.5" and recipe.name == "q4_k":
             # 2 layers: use_more_bits picks layer 1 -> Q6_K -> Q8_0; layer 0 Q4_K -> Q5_0
             assert lm_fb == {"blk.0.ffn_down.weight": ("Q4_K", "Q5_0"), "blk.1.ffn_down.weight": ("Q6_K", "Q8_0")}
@@ -215,7 +215,7 @@ def deep_f16(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, 
     for variant in ("Imp-v1.5-2B-Qwen1.5", "Imp-v1.5-3B-Phi2"):
         ckpt = make_checkpoint(variant, root / "ckpt" / variant, dims=dims_with(n_layer=16))
         res = convert(ckpt, root / "f16" / variant, outtype="f16")
-        out[variant] = (Path(res["model"]), Path(res["mmproj"]))
+        out[variant] = (res.model, res.mmproj)
     return out
 
 
@@ -241,7 +241,7 @@ def test_mixture_rules_on_deep_models(name: str, deep_f16, tmp_path: Path) -> No
     for variant, (lm, mm) in deep_f16.items():
         res = apply_recipe(recipe, lm, mm, tmp_path / variant)  # raises if llama.cpp disagrees
         want_lm, _ = _predicted(recipe, lm, mm)
-        got = _types(Path(res["model"]))
+        got = _types(res.model)
         assert got == want_lm, (variant, name)
         if name == "io_types":
             assert got["output.weight"] == "Q8_0" and got["token_embd.weight"] == "Q6_K"
@@ -255,22 +255,23 @@ def test_mixture_rules_on_deep_models(name: str, deep_f16, tmp_path: Path) -> No
 
 def test_convert_and_quantize(tiny_checkpoints, tmp_path: Path) -> None:
     ckpt = tiny_checkpoints["Imp-v1.5-2B-Qwen1.5"]
-    res = convert_and_quantize(ckpt, tmp_path, "q4_k")
-    assert Path(res["model"]).name == "Imp-v1.5-2B-Qwen1.5-Q4_K_M.gguf"
-    assert Path(res["mmproj"]).name == "mmproj-Imp-v1.5-2B-Qwen1.5-Q8_0.gguf"
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([Path(res["model"]).name, Path(res["mmproj"]).name])
-    assert res["recipe"] == "q4_k" and res["intermediate"] is None
-    assert res["tensor_types"]["Q5_0"] == 1 and res["tensor_types"]["Q8_0"] == 1
-    assert {f["tensor"] for f in res["fallbacks"] if f["part"] == "lm"} == {"blk.0.ffn_down.weight", "blk.1.ffn_down.weight"}
+    q4_k = load_recipe("q4_k")
+    res = convert_and_quantize(ckpt, tmp_path, q4_k)
+    assert res.model.name == "Imp-v1.5-2B-Qwen1.5-Q4_K_M.gguf"
+    assert res.mmproj.name == "mmproj-Imp-v1.5-2B-Qwen1.5-Q8_0.gguf"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([res.model.name, res.mmproj.name])
+    assert res.recipe.recipe == "q4_k" and res.intermediate is None
+    assert res.recipe.tensor_types["Q5_0"] == 1 and res.recipe.tensor_types["Q8_0"] == 1
+    assert {f.tensor for f in res.recipe.fallbacks if f.part == "lm"} == {"blk.0.ffn_down.weight", "blk.1.ffn_down.weight"}
     with pytest.raises(OutputExists):
-        convert_and_quantize(ckpt, tmp_path, "q4_k")
+        convert_and_quantize(ckpt, tmp_path, q4_k)
     assert len(list(tmp_path.iterdir())) == 2  # refused before converting: no temporary folder left
-    again = convert_and_quantize(ckpt, tmp_path, "q4_k", force=True, keep_intermediate=True)
-    assert Path(again["intermediate"]["model"]).name == "Imp-v1.5-2B-Qwen1.5-F16.gguf"
-    assert Path(again["intermediate"]["model"]).exists()
-    f16 = convert_and_quantize(ckpt, tmp_path / "f16", "f16")
-    assert Path(f16["model"]).name == "Imp-v1.5-2B-Qwen1.5-F16.gguf" and len(list((tmp_path / "f16").iterdir())) == 2
-    assert f16["tensor_types"] == {"F16": 16, "F32": 11}
+    again = convert_and_quantize(ckpt, tmp_path, q4_k, force=True, keep_intermediate=True)
+    assert again.intermediate is not None and again.intermediate[0].name == "Imp-v1.5-2B-Qwen1.5-F16.gguf"
+    assert again.intermediate[0].exists()
+    f16 = convert_and_quantize(ckpt, tmp_path / "f16", load_recipe("f16"))
+    assert f16.model.name == "Imp-v1.5-2B-Qwen1.5-F16.gguf" and len(list((tmp_path / "f16").iterdir())) == 2
+    assert f16.recipe.tensor_types == {"F16": 16, "F32": 11}
 
 
 # ---------------------------------------------------------------- CLI

@@ -26,7 +26,7 @@ def tiny_pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     from imp_gguf.convert import convert
     from imp_gguf.tiny_imp.bundled import default_checkpoint
 
-    r = convert(default_checkpoint(), tmp_path_factory.mktemp("tiny-serve"), outtype="f16")
+    r = convert(default_checkpoint(), tmp_path_factory.mktemp("tiny-serve"), outtype="f16").to_dict()
     return Path(r["model"]), Path(r["mmproj"])
 
 

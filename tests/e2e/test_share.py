@@ -284,11 +284,12 @@ def test_modelfile_template_matches_the_gguf(tiny_checkpoints: dict[str, Path], 
     kw = {"chat_template": template} if template else {}
     res = convert(tiny_checkpoints[variant], tmp_path / "out", outtype="f16", **kw)
     written = write_card(tmp_path / "out")
-    mf = Path(written["modelfile"]).read_text()
+    assert written.modelfile is not None
+    mf = written.modelfile.read_text()
     go = re.search(r'^TEMPLATE """(.*?)"""$', mf, re.S | re.M)[1]
-    jinja = open_reader(res["model"]).fields[Keys.Tokenizer.CHAT_TEMPLATE].contents()
+    jinja = open_reader(res.model).fields[Keys.Tokenizer.CHAT_TEMPLATE].contents()
     for conv in CONVERSATIONS:
         assert render_ollama(go, conv) == render(jinja, conv)
-    name = res["chat_template"]
+    name = res.facts.chat_template
     assert re.findall(r'^PARAMETER stop "(.*)"$', mf, re.M) == [STOPS[name]]
     assert re.search(r"^PARAMETER temperature ", mf, re.M) and re.search(r"^PARAMETER num_ctx \d+$", mf, re.M)

@@ -284,5 +284,5 @@ def test_training_runs_and_is_deterministic(tmp_path: Path) -> None:
     out = tmp_path / "Tiny-Imp-v1.5-56px"
     assert main(["--out", str(out), "--vision-steps", "2", "--steps", "2", "--images-per-step", "1",
                  "--eval-n", "0", "--log-every", "0"]) == 0
-    r = convert(out, tmp_path / "gguf", outtype="f16", force=True)
+    r = convert(out, tmp_path / "gguf", outtype="f16", force=True).to_dict()
     assert Path(r["model"]).is_file() and Path(r["mmproj"]).is_file()

@@ -47,8 +47,8 @@ def _whole_tensor_copy(plan):
 def test_fast_paths_write_the_bytes_of_a_whole_tensor_conversion(fp16_ckpt, tmp_path, outtype):
     from imp_gguf.convert import run_conversion
 
-    fast = run_conversion(_plan(fp16_ckpt, tmp_path / "fast", outtype))
-    slow = run_conversion(_whole_tensor_copy(_plan(fp16_ckpt, tmp_path / "slow", outtype)))
+    fast = run_conversion(_plan(fp16_ckpt, tmp_path / "fast", outtype)).to_dict()
+    slow = run_conversion(_whole_tensor_copy(_plan(fp16_ckpt, tmp_path / "slow", outtype))).to_dict()
     for key in ("model", "mmproj"):
         assert Path(fast[key]).read_bytes() == Path(slow[key]).read_bytes(), key
 
@@ -113,7 +113,7 @@ def test_copy_falls_back_when_the_kernel_cannot_copy(fp16_ckpt, tmp_path, monkey
     """EXDEV (another file system, older kernels) then ENOSYS: sendfile, then pread/pwrite, same bytes."""
     from imp_gguf.convert import run_conversion
 
-    want = run_conversion(_plan(fp16_ckpt, tmp_path / "want"))
+    want = run_conversion(_plan(fp16_ckpt, tmp_path / "want")).to_dict()
     calls: dict[str, int] = {}
 
     def refused(name: str, code: int):
@@ -124,7 +124,7 @@ def test_copy_falls_back_when_the_kernel_cannot_copy(fp16_ckpt, tmp_path, monkey
 
     for name, code in zip(refuse, (errno.EXDEV, errno.ENOSYS)):
         monkeypatch.setattr(os, name, refused(name, code))
-    got = run_conversion(_plan(fp16_ckpt, tmp_path / "got"))
+    got = run_conversion(_plan(fp16_ckpt, tmp_path / "got")).to_dict()
     assert all(calls.get(n, 0) >= 1 for n in refuse), calls
     for key in ("model", "mmproj"):
         assert Path(got[key]).read_bytes() == Path(want[key]).read_bytes()
@@ -136,13 +136,13 @@ def test_copy_to_another_file_system_and_full_disk(fp16_ckpt, tmp_path):
     from imp_gguf.convert import run_conversion
     from tests.hostile.test_hostile_outputs import tmpfs
 
-    want = run_conversion(_plan(fp16_ckpt, tmp_path / "want"))
+    want = run_conversion(_plan(fp16_ckpt, tmp_path / "want")).to_dict()
     mounted = []
     try:
         for name, size in (("big", "64m"), ("small", "1m")):
             tmpfs(tmp_path / name, f"size={size}")
             mounted.append(tmp_path / name)
-        got = run_conversion(_plan(fp16_ckpt, tmp_path / "big"))
+        got = run_conversion(_plan(fp16_ckpt, tmp_path / "big")).to_dict()
         assert Path(got["model"]).read_bytes() == Path(want["model"]).read_bytes()
         r = subprocess.run([sys.executable, "-m", "imp_gguf.cli.main", "convert", str(fp16_ckpt), "-o",
                             str(tmp_path / "small"), "--quiet"], capture_output=True, text=True, check=False)

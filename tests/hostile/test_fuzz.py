@@ -37,7 +37,7 @@ def fuzz_sources(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
     src = hostile_checkpoint(tmp_path_factory)
     r = convert(src, tmp_path_factory.mktemp("fuzz-gguf"))
-    return {"checkpoint": src, "model": Path(r["model"]), "mmproj": Path(r["mmproj"])}
+    return {"checkpoint": src, "model": r.model, "mmproj": r.mmproj}
 
 
 def run_cases(n: int, make: Callable[[int], bytes], target: Path, check: Callable[[Path], None],

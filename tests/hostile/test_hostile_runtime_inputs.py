@@ -48,7 +48,7 @@ def ggufs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     out = tmp_path_factory.mktemp("hostile-gguf")
     r = convert(src, out / "narrow")
     w = convert(wide, out / "wide")
-    return {"model": Path(r["model"]), "mmproj": Path(r["mmproj"]), "wide_mmproj": Path(w["mmproj"])}
+    return {"model": r.model, "mmproj": r.mmproj, "wide_mmproj": w.mmproj}
 
 
 def cut(src: Path, dest: Path, n: int) -> Path:

@@ -29,7 +29,7 @@ def bundle(host_tools: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
 
     tmp = tmp_path_factory.mktemp("hostile-serve")
     r = convert(default_checkpoint(), tmp / "gguf", outtype="f16")
-    res = make_bundle(tmp / "imp-host", model=Path(r["model"]), mmproj=Path(r["mmproj"]), target="host",
+    res = make_bundle(tmp / "imp-host", model=r.model, mmproj=r.mmproj, target="host",
                       binaries=host_tools)
     return {"folder": res.folder, "budget_mb": res.manifest.server_memory_budget_mb["total_mb"]}
 

@@ -18,7 +18,7 @@ def tiny_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path
 
 @pytest.fixture(scope="session")
 def converted(tiny_checkpoints: dict[str, Path], tmp_path_factory: pytest.TempPathFactory):
-    """convert(variant, outtype) -> result dict, cached per session."""
+    """convert(variant, outtype) -> the conversion's result as its JSON (ConversionResult.to_dict()), cached per session."""
     from imp_gguf.convert import convert
 
     cache: dict[tuple[str, str], dict] = {}
@@ -27,7 +27,7 @@ def converted(tiny_checkpoints: dict[str, Path], tmp_path_factory: pytest.TempPa
     def get(variant: str, outtype: str = "f32") -> dict:
         key = (variant, outtype)
         if key not in cache:
-            cache[key] = convert(tiny_checkpoints[variant], root / f"{variant}-{outtype}", outtype=outtype)
+            cache[key] = convert(tiny_checkpoints[variant], root / f"{variant}-{outtype}", outtype=outtype).to_dict()
         return cache[key]
 
     return get

@@ -8,14 +8,14 @@ import time
 from dataclasses import replace
 
 from imp_gguf.cli._common import ProgressLines
-from imp_gguf.quant.catalog import accuracy_note, kl_order
-from imp_gguf.quant.quantize import fallback_summary
+from imp_gguf.quant.catalog import CatalogRow, TinyImpMeasure, accuracy_note, kl_order
+from imp_gguf.quant.quantize import FallbackRow, fallback_summary
+from imp_gguf.quant.recipes import load_recipe
 from imp_gguf.reference.parity import ParityReport, problems
 
 
-def _fb(tensor: str, part: str = "mmproj", ne0: int = 4304, extra: int = 1000) -> dict:
-    return {"part": part, "tensor": tensor, "ne0": ne0, "wanted": "Q8_0", "type": "F16", "rule": "x",
-            "extra_bytes": extra}
+def _fb(tensor: str, part: str = "mmproj", ne0: int = 4304, extra: int = 1000) -> FallbackRow:
+    return FallbackRow(part=part, tensor=tensor, ne0=ne0, wanted="Q8_0", type="F16", rule="x", extra_bytes=extra)
 
 
 def test_fallback_summary_folds_blocks_and_sums_the_cost():
@@ -55,10 +55,11 @@ def test_progress_lines_tick_every_few_seconds_and_at_each_phase():
     assert quiet == []
 
 
-def _rows(kl: dict[str, tuple[float, dict]], acc: dict[str, float] | None = None) -> list[dict]:
+def _rows(kl: dict[str, tuple[float, dict]], acc: dict[str, float] | None = None) -> list[CatalogRow]:
     bpw = {"q8_0": 8.5, "q6_k": 6.6, "q5_k": 5.9, "q4_k": 5.1, "q3_k": 4.5}
-    return [{"name": n, "tiny_imp": {"bpw": bpw[n], "kl_mean": m, "kl_seeds": s, "accuracy": (acc or {}).get(n),
-                                     "lm_fallbacks": ["blk.0.ffn_down.weight Q6_K->Q8_0"] if n == "q6_k" else []}}
+    return [CatalogRow(load_recipe(n), False, 0.0, 0, None,
+                       TinyImpMeasure(bpw=bpw[n], kl_mean=m, kl_seeds=s, accuracy=(acc or {}).get(n),
+                                      lm_fallbacks=["blk.0.ffn_down.weight Q6_K->Q8_0"] if n == "q6_k" else []))
             for n, (m, s) in kl.items()]
 
 
@@ -67,14 +68,14 @@ def test_kl_order_overall_and_per_seed():
             "q5_k": (0.01, {"0": 0.01, "1": 0.01}), "q4_k": (0.05, {"0": 0.05, "1": 0.05}),
             "q3_k": (0.1, {"0": 0.1, "1": 0.1})}
     order = kl_order(_rows(good))
-    assert order["ordered"] and order["recipes"] == ["q8_0", "q6_k", "q5_k", "q4_k", "q3_k"] and order["seeds"] == ["0", "1"]
+    assert order.ordered and order.recipes == ["q8_0", "q6_k", "q5_k", "q4_k", "q3_k"] and order.seeds == ["0", "1"]
     # the mean is in order but one seed is not: still a break, naming the seed and the fallbacks
     one_seed = dict(good, q6_k=(0.008, {"0": 0.004, "1": 0.012}))
     order = kl_order(_rows(one_seed))
-    assert not order["ordered"]
-    assert order["breaks"] == [{"higher_bits": "q6_k", "lower_bits": "q5_k", "seeds": ["1"],
-                                "fallbacks": ["blk.0.ffn_down.weight Q6_K->Q8_0"]}]
-    assert kl_order([])["ordered"] is False
+    assert not order.ordered
+    assert order.to_dict()["breaks"] == [{"higher_bits": "q6_k", "lower_bits": "q5_k", "seeds": ["1"],
+                                          "fallbacks": ["blk.0.ffn_down.weight Q6_K->Q8_0"]}]
+    assert kl_order([]).ordered is False
 
 
 def test_accuracy_note_only_when_every_recipe_ties():
