@@ -8,6 +8,8 @@ OpenAI-style messages) is flattened with the marker in place of each image.
 
 from __future__ import annotations
 
+from imp_gguf.errors import BadInput
+
 MEDIA_MARKER = "<__media__>"
 SYSTEM = ("A chat between a curious user and an artificial intelligence assistant. "
           "The assistant gives helpful, detailed, and polite answers to the user's questions.")
@@ -82,8 +84,6 @@ FAMILY_TEMPLATES = {"imp_phi2": ("imp_phi2",), "imp_qwen2": ("imp_qwen2",), "imp
 def resolve_template(choice: str | None, default: str) -> tuple[str, str]:
     """(name, Jinja text) for --chat-template: None (the family's default), a template name, or a .jinja file."""
     from pathlib import Path
-
-    from imp_gguf.errors import BadInput
 
     if choice is None:
         return default, TEMPLATES[default]

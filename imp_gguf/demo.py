@@ -7,6 +7,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 from imp_gguf.tiny_imp.bundled import default_checkpoint, demo_items
+from imp_gguf.convert import convert
+from imp_gguf.quant.quantize import convert_and_quantize
+from imp_gguf.quant.recipes import resolve_recipe
+from imp_gguf.runtime.bindings import Session
+from imp_gguf.tiny_imp.evaluate import is_correct
 
 
 def demo_questions() -> list[dict[str, Any]]:
@@ -25,10 +30,6 @@ def run_demo(outdir: str | Path, *, quant: str | None = "q4_k", force: bool = Fa
              verbose: bool = False) -> dict[str, Any]:
     """`log` gets progress, `show` the results (the files, each answer, the score; default: `log`).
     quant is a recipe name (any spelling `convert --quant` takes), or None / "none" for F16."""
-    from imp_gguf.quant.recipes import resolve_recipe
-    from imp_gguf.runtime.bindings import Session
-    from imp_gguf.tiny_imp.evaluate import is_correct
-
     show = show or log
     recipe = resolve_recipe(quant)
 
@@ -37,12 +38,8 @@ def run_demo(outdir: str | Path, *, quant: str | None = "q4_k", force: bool = Fa
     ckpt, items = default_checkpoint(), demo_questions()
     log(f"checkpoint: {ckpt}  (the bundled tiny Imp: Imp's architecture and layout A at toy size)")
     if recipe is not None:
-        from imp_gguf.quant.quantize import convert_and_quantize
-
         result = convert_and_quantize(ckpt, outdir, recipe, force=force, verbose=verbose)
     else:
-        from imp_gguf.convert import convert
-
         result = convert(ckpt, outdir, outtype="f16", force=force)
     show(f"model:  {result['model']}")
     show(f"mmproj: {result['mmproj']}")
