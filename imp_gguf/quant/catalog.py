@@ -11,8 +11,10 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from imp_gguf.quant.recipes import DEFAULT_RECIPE, accepted_names, ftype_names, list_recipes
-from imp_gguf.quant.released import released_size
+from imp_gguf.quant.recipes import DEFAULT_RECIPE, accepted_names, ftype_names, list_recipes, load_recipe
+from imp_gguf.quant.released import released_size, released_fallbacks
+from imp_gguf.gguf_info import MMPROJ_ARCH, read_gguf_meta, tensor_table
+from imp_gguf.quant.rules import expected_types
 
 # What `recipes list` shows ships inside the package, so an installed wheel shows what a checkout shows.
 MEASURED = Path(__file__).resolve().parents[1] / "data" / "measured"
@@ -158,11 +160,6 @@ def recipe_card(name: str | Path, plan: str | Path | None = None) -> dict[str, A
     """One recipe's settings, its predicted shape fallbacks on the released models and (plan: an F16
     GGUF, model or mmproj) the type each of that file's tensors gets."""
     from gguf import Keys
-
-    from imp_gguf.gguf_info import MMPROJ_ARCH, read_gguf_meta, tensor_table
-    from imp_gguf.quant.recipes import load_recipe
-    from imp_gguf.quant.released import released_fallbacks
-    from imp_gguf.quant.rules import expected_types
 
     recipe = load_recipe(name)
     out = recipe.to_dict()
