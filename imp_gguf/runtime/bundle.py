@@ -23,7 +23,8 @@ from imp_gguf.images import mmproj_image_spec
 from imp_gguf.pair import check_pair
 from imp_gguf.pins import LLAMA_CPP_COMMIT, LLAMA_CPP_PYTHON_VERSION
 from imp_gguf.runtime.build import STAMP, where
-from imp_gguf.runtime.context import chat_context, image_tokens
+from imp_gguf.runtime.context import (CHAT_TURNS, GEN_BUDGET, TEXT_BUDGET, chat_context, image_tokens, job_context,
+                                      kv_cell_bytes)
 from imp_gguf.runtime.source import file_sha256
 
 RUN_SH = """\
@@ -263,8 +264,6 @@ def run_script(model_name: str, mmproj_name: str, target: str = "linux-arm64", *
                profile: dict | None = None) -> str:
     """The POSIX sh launcher; model file names are quoted, whatever characters they hold. Threads and CPU
     mask come from `profile` (a `bench --sweep` device profile), else from the SoC table at run time."""
-    from imp_gguf.runtime.context import GEN_BUDGET, TEXT_BUDGET, job_context
-
     enter, flags = _enter(profile)
     return RUN_SH.format(
         commit=LLAMA_CPP_COMMIT,
@@ -281,8 +280,6 @@ def run_script(model_name: str, mmproj_name: str, target: str = "linux-arm64", *
 def chat_script(model_name: str, mmproj_name: str, target: str = "linux-arm64", *, n_image: int = 729,
                 profile: dict | None = None) -> str:
     """chat.sh: llama-mtmd-cli's chat mode about one image, tuned as run.sh is."""
-    from imp_gguf.runtime.context import CHAT_TURNS, GEN_BUDGET, chat_context
-
     enter, flags = _enter(profile)
     return CHAT_SH.format(commit=LLAMA_CPP_COMMIT, target=target, model=shlex.quote(f"models/{model_name}"),
                           mmproj=shlex.quote(f"models/{mmproj_name}"), enter=enter, flags=flags,
@@ -293,8 +290,6 @@ def serve_script(model_name: str, mmproj_name: str, target: str = "linux-arm64",
                  profile: dict | None = None, mem_mb: int = 0) -> str:
     """serve.sh: the bundle's llama-server on loopback (elsewhere only with an API key), tuned as run.sh is,
     its data limited to mem_mb (memory_budget's total; 0: no limit)."""
-    from imp_gguf.runtime.context import CHAT_TURNS, chat_context
-
     enter, flags = _enter(profile)
     return SERVE_SH.format(commit=LLAMA_CPP_COMMIT, target=target, model=shlex.quote(f"models/{model_name}"),
                            mmproj=shlex.quote(f"models/{mmproj_name}"), enter=enter, flags=flags,
@@ -305,8 +300,6 @@ def serve_script(model_name: str, mmproj_name: str, target: str = "linux-arm64",
 def memory_budget(model: Path, mmproj: Path, n_ctx: int) -> dict[str, int]:
     """What serve.sh may hold, in MB: both files (read, not mapped), the F16 KV cache of n_ctx cells, and
     COMPUTE_RESERVE_MB for llama.cpp's and clip.cpp's compute buffers and the server's own."""
-    from imp_gguf.runtime.context import kv_cell_bytes
-
     kv = kv_cell_bytes(read_gguf_meta(model)) * n_ctx
     files = model.stat().st_size + mmproj.stat().st_size
     mb = 1_000_000

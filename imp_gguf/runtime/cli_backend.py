@@ -10,6 +10,8 @@ from imp_gguf.errors import InternalError
 from imp_gguf.gguf_info import read_gguf_meta
 from imp_gguf.images import load_image, mmproj_image_spec
 from imp_gguf.runtime.runner import LocalRunner, Runner
+from imp_gguf.runtime.context import run_context
+from imp_gguf.runtime.timings import from_mtmd_log
 
 
 def prepare_image(image: str | Path, mmproj: str | Path, dest_dir: Path) -> Path:
@@ -40,8 +42,6 @@ def run_mtmd_cli(binary: Path, model: Path, mmproj: Path, image: Path, prompt: s
     runner = runner or LocalRunner()
     with tempfile.TemporaryDirectory() as td:
         img = prepare_image(image, mmproj, Path(td))
-        from imp_gguf.runtime.context import run_context
-
         argv = mtmd_cli_argv(binary, model, mmproj, img, prompt, max_tokens=max_tokens, threads=threads,
                              ctx=run_context(mmproj, prompt, max_tokens))
         if timings is not None:
@@ -58,8 +58,6 @@ def run_mtmd_cli(binary: Path, model: Path, mmproj: Path, image: Path, prompt: s
         raise InternalError(f"llama-mtmd-cli exited {proc.returncode}: {tail[0]}")
     text = proc.stdout.strip()
     if timings is not None:
-        from imp_gguf.runtime.timings import from_mtmd_log
-
         timings.update(from_mtmd_log(proc.stdout, proc.stderr or ""))
     if on_text:
         on_text(text)
