@@ -12,6 +12,7 @@ from imp_gguf.speed.protocols import (DEFAULT_TARGET_TPS, PAPER_ROW, PROTOCOLS, 
 from imp_gguf.speed.roofline import COMPILERS, build_probe
 from imp_gguf.errors import BadInput
 from imp_gguf.runtime.devices import Device, open_device, soc_choice
+from imp_gguf.speed.sweep import run_sweep
 
 
 def bench(models: Sequence[str | Path], mmprojs: Sequence[str | Path], *, device: str = "local",
@@ -43,8 +44,6 @@ def bench(models: Sequence[str | Path], mmprojs: Sequence[str | Path], *, device
     session = BenchSession(dev, cfg, log)
     rows: list[dict[str, Any]] = []
     if sweep:
-        from imp_gguf.speed.sweep import run_sweep
-
         for f in facts:
             got, summary = run_sweep(session, f, sweep, soc, log or (lambda m: None))
             for r in got:
