@@ -25,6 +25,8 @@ from imp_gguf.synthetic_checkpoints.tiny import Dims, Variant, lm_config, vision
 from imp_gguf.synthetic_checkpoints.tokenizers import write_bpe
 from imp_gguf.reference.model import FAST_GELU_NEW, ImpModel
 from imp_gguf.tiny_imp import data as D
+from imp_gguf.images import pixel_values
+from imp_gguf.synthetic_checkpoints.corpus import corpus
 
 FAMILY = "phi2_msft"  # checkpoint layout A, as MILVLG/Imp-v1.5-3B-196
 NAME = "Tiny-Imp-v1.5-56px"
@@ -58,8 +60,6 @@ def prompt_parts(question: str) -> tuple[str, str]:
 
 
 def tokenizer_corpus() -> list[str]:
-    from imp_gguf.synthetic_checkpoints.corpus import corpus
-
     lines: list[str] = []
     for q in D.all_questions():
         for a in D.all_answers():
@@ -131,8 +131,6 @@ def save_checkpoint(model: ImpModel, spec: TinySpec, lm_cfg: Any, vcfg: Any, ids
 
 def pixels(images: list[Any], size: int) -> torch.Tensor:
     """PIL images (any size) -> [B, 3, size, size], exactly load_image's resize + pixel_values."""
-    from imp_gguf.images import pixel_values
-
     return torch.from_numpy(np.stack([pixel_values(D.to_model_size(im, size)) for im in images]))
 
 
