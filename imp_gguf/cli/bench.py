@@ -15,6 +15,8 @@ import typer
 from rich.console import Console
 
 from imp_gguf.cli._common import info as _log, print_json
+from imp_gguf.errors import BadInput, CheckFailed
+from imp_gguf.runtime.runner import safe_name
 
 
 def bench_cmd(
@@ -84,7 +86,6 @@ def bench_cmd(
     from imp_gguf.speed.report import print_table, write_json
 
     from imp_gguf.speed.sweep import apply_profile, load_profile, make_profile, parse_axes, table, write_profile
-    from imp_gguf.errors import BadInput
 
     opts = list(ssh_option)
     if ssh_key is not None:
@@ -131,8 +132,6 @@ def bench_cmd(
         else:
             _log("matplotlib is not installed: no chart (pip install 'imp-gguf[plot]')")
     if exit_code(rows):
-        from imp_gguf.errors import CheckFailed
-
         missed = [f"{r.get('model_filename') or r.get('model')}: {r.get('verdict')}" for r in rows if r.get("passed") is False]
         raise CheckFailed("below --target-tps: " + "; ".join(missed))
 
@@ -148,8 +147,6 @@ def _soc_of(row: dict):
 
 
 def _slug(text) -> str:
-    from imp_gguf.runtime.runner import safe_name
-
     return safe_name(str(text or "device").replace(" ", "-")).lower()
 
 

@@ -8,6 +8,7 @@ import typer
 
 from imp_gguf.cli._common import echo, info, print_json
 from imp_gguf.runtime.bundle import make_bundle
+from imp_gguf.errors import BadInput
 
 
 def bundle_cmd(
@@ -28,8 +29,6 @@ def bundle_cmd(
 
     MODEL and MMPROJ are checked first: a language model and its own mmproj (same width, same checkpoint).
     """
-    from imp_gguf.errors import BadInput
-
     if (out is None) == (outdir is None):
         raise BadInput("bundle: give the folder to write once, as OUT or as -o/--outdir")
     out = out or outdir

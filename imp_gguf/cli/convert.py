@@ -9,7 +9,10 @@ from typing import Optional
 import typer
 
 from imp_gguf.cli._common import STATE, echo, info, print_json, progress
+from imp_gguf.cli.card import write_and_show
 from imp_gguf.convert import dry_run_result, plan_conversion, run_conversion
+from imp_gguf.errors import BadInput, OutputExists
+from imp_gguf.hub import HUB_ID, split_spec
 
 HELP = """Convert an Imp checkpoint into two GGUF files that llama.cpp runs unchanged.
 
@@ -123,8 +126,6 @@ def _card(result: dict, outdir: Path, wanted: bool, json_out: bool, quiet: bool)
     """--card: the folder's card and Modelfile, once the GGUFs they describe exist (their paths printed,
     or under "card" in the JSON)."""
     if wanted:
-        from imp_gguf.cli.card import write_and_show
-
         result["card"] = write_and_show(outdir, json_out=json_out, quiet=quiet)
 
 
@@ -132,9 +133,6 @@ def _with_revision(ckpt: str, revision: str | None) -> str:
     """CKPT with --revision folded in as @REVISION (a folder cannot take one)."""
     if revision is None:
         return ckpt
-    from imp_gguf.errors import BadInput
-    from imp_gguf.hub import HUB_ID, split_spec
-
     if Path(ckpt).expanduser().exists() or not HUB_ID.match(ckpt):
         raise BadInput(f"--revision applies to a hub repo id, and {ckpt} is not one")
     repo, rev = split_spec(ckpt, revision)
@@ -171,8 +169,6 @@ def _show(result: dict, json_out: bool, quiet: bool) -> None:
 def _refuse_if_blocked(result: dict) -> None:
     """A dry run that found what would stop the real run exits 2 as the real run would, after its plan."""
     if result.get("blocked"):
-        from imp_gguf.errors import OutputExists
-
         raise OutputExists(f"{result['blocked'][0]} (dry run)")
 
 

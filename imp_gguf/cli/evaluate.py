@@ -11,6 +11,7 @@ from rich.table import Table
 
 from imp_gguf.cli._common import STATE, echo, err_console, info, print_json, show_bars
 from imp_gguf.errors import BadInput, OutputExists
+from imp_gguf.writer import atomic_outputs
 
 HELP = """Held-out accuracy of a tiny Imp (the bundled one by default) in PyTorch and, through llama.cpp,
 after conversion and each quant recipe: the same N questions about images it never trained on,
@@ -89,7 +90,6 @@ def eval_cmd(
                                  n_threads=threads, log=say, progress=factory, verbose=STATE["verbose"])
     if plot is not None:
         from imp_gguf.quant.plot import available, plot_accuracy_by_kind
-        from imp_gguf.writer import atomic_outputs
 
         if not available():
             raise BadInput("--plot needs matplotlib (pip install matplotlib)")

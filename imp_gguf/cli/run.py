@@ -12,6 +12,9 @@ import typer
 from imp_gguf.cli._common import info, print_json
 from imp_gguf.errors import BadInput
 from imp_gguf.spelling import unknown
+from imp_gguf.pair import check_pair
+from imp_gguf.runtime.build import where
+from imp_gguf.runtime.context import run_context
 
 QUIT = ("/quit", "/exit")
 
@@ -78,7 +81,6 @@ def run_cmd(
     """
     import os
 
-    from imp_gguf.pair import check_pair
     from imp_gguf.runtime.timings import normalize, text as timings_text
 
     if backend not in ("python", "cli"):
@@ -97,7 +99,6 @@ def run_cmd(
     turns = []
     if backend == "python":
         from imp_gguf.runtime.bindings import Conversation, Session
-        from imp_gguf.runtime.context import run_context
 
         with Session(model, mmproj, n_threads=n_threads, n_ctx=run_context(mmproj, questions, max_tokens)) as s:
             chat = Conversation(s, image)
@@ -110,7 +111,6 @@ def run_cmd(
                     _write("\n")
                     info(timings_text(turns[-1]["timings"]))
     else:
-        from imp_gguf.runtime.build import where
         from imp_gguf.runtime.cli_backend import run_mtmd_cli
 
         binary = where("host").binaries["llama-mtmd-cli"]
