@@ -15,6 +15,7 @@ but a package whose __init__ lists its own submodules is not a cycle. docs/archi
 from __future__ import annotations
 
 import ast
+from functools import cache
 from pathlib import Path
 
 import imp_gguf
@@ -48,6 +49,11 @@ CLI = "imp_gguf.cli.main"
 FUNCTION_LEVEL_ALLOWED: dict[tuple[str, str], str] = {}
 
 
+@cache
+def _parse(path: Path) -> ast.Module:
+    return ast.parse(path.read_text(encoding="utf-8"), str(path))
+
+
 def modules() -> dict[str, Path]:
     out = {}
     for path in ROOT.rglob("*.py"):
@@ -59,7 +65,7 @@ def modules() -> dict[str, Path]:
 def imports(mods: dict[str, Path]) -> dict[str, set[str]]:
     """module -> the imp_gguf modules it imports (a `from pkg import name` is the submodule when one exists)."""
 
-    return {mod: _imports_of(mods, mod, path, ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))))
+    return {mod: _imports_of(mods, mod, path, ast.walk(_parse(path)))
             - {mod} for mod, path in mods.items()}
 
 
@@ -97,7 +103,7 @@ def split_imports(mods: dict[str, Path]) -> tuple[dict[str, set[str]], dict[str,
     third_top: dict[str, set[str]] = {}
     own_fn: dict[str, set[str]] = {}
     for mod, path in mods.items():
-        tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+        tree = _parse(path)
         inner = _in_function(tree)
         top_nodes = [n for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom)) and n not in inner]
         third_top[mod] = {a.name.split(".")[0] for n in top_nodes if isinstance(n, ast.Import) for a in n.names}
