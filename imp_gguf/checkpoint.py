@@ -31,9 +31,12 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model",
 
 
 class TensorSource(Protocol):
-    name: str
-    dtype: str
-    shape: tuple[int, ...]
+    @property
+    def name(self) -> str: ...
+    @property
+    def dtype(self) -> str: ...
+    @property
+    def shape(self) -> tuple[int, ...]: ...
 
     def load(self) -> np.ndarray: ...
 
@@ -233,8 +236,10 @@ def open_checkpoint(spec: str | Path, *, allow_pickle: bool = False, metadata_on
     check_config(config)
     hub = cache_source(root)
     remote = metadata_only and not Path(str(spec)).expanduser().is_dir() and hub is not None
-    if remote and not _weights_at_hand(root):
-        tensors, files = remote_tensors(hub, _shard_names(root)), []
+    tensors: dict[str, TensorSource]
+    files: list[Path]
+    if remote and hub is not None and not _weights_at_hand(root):
+        tensors, files = dict(remote_tensors(hub, _shard_names(root))), []
     else:
         try:
             tensors, files = _index_weights(root, allow_pickle)
@@ -246,7 +251,9 @@ def open_checkpoint(spec: str | Path, *, allow_pickle: bool = False, metadata_on
 
 def _pickle_only(hub: HubSource | None, allow_pickle: bool, exc: BadInput) -> None:
     """A hub repo whose only weights are pickles was downloaded without them: say so, not "no weights"."""
-    pickles = [n for n in listed_files(hub) if n in PICKLE_NAMES] if hub and not allow_pickle else []
+    if hub is None or allow_pickle:
+        return
+    pickles = [n for n in listed_files(hub) if n in PICKLE_NAMES]
     if pickles:
         raise BadInput(f"{hub.repo} has pickle weights only ({', '.join(pickles)}), which are refused (they can "
                        "run code): pass --allow-pickle to download them and load them with "
@@ -292,8 +299,8 @@ def _index_weights(root: Path, allow_pickle: bool) -> tuple[dict[str, TensorSour
             for name, ref in read_header(p).items():
                 tensors[name] = ref
         for name, shard in weight_map.items():
-            ref = tensors.get(name)
-            if ref is None or getattr(ref, "path", None) != safe_child(root, shard):
+            stored = tensors.get(name)
+            if stored is None or getattr(stored, "path", None) != safe_child(root, shard):
                 raise BadInput(f"tensor {name!r} is listed in the index under {shard} but not stored there")
         return tensors, files
     single = sorted(p for p in root.glob("*.safetensors"))
