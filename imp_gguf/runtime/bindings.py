@@ -12,7 +12,7 @@ import ctypes
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 from gguf import Keys
@@ -73,11 +73,12 @@ class Session:
             raise BadInput(f"{Path(model).name} is an mmproj (arch {MMPROJ_ARCH}), not a language model")
         self.n_threads = n_threads or max(1, os.cpu_count() or 1)
         # Parity checks want an F32 KV cache: the default F16 cache rounds keys and values.
-        kv = {"type_k": 0, "type_v": 0} if f32_kv else {}
+        kv = 0 if f32_kv else None  # GGML_TYPE_F32; None: llama.cpp's default
         try:
             with _without_amx(llama_cpp):
                 self.llm = llama_cpp.Llama(model_path=str(model), n_ctx=n_ctx, n_batch=n_batch, n_ubatch=n_batch,
-                                           n_threads=self.n_threads, logits_all=True, verbose=verbose, **kv)
+                                           n_threads=self.n_threads, logits_all=True, verbose=verbose, type_k=kv,
+                                           type_v=kv)
         except ValueError as exc:
             raise BadInput(f"llama.cpp cannot load {Path(model).name}: {exc}") from exc
         self.chat_template = self.llm.metadata.get(Keys.Tokenizer.CHAT_TEMPLATE) or ""
@@ -193,7 +194,7 @@ class Session:
             mt.mtmd_input_chunks_free(chunks)
         raise BadInput("prompt produced no image chunk")
 
-    def eval_prompt(self, prompt: str, images: list[str | Path] = (), *, keep: bool = False) -> np.ndarray:
+    def eval_prompt(self, prompt: str, images: Sequence[str | Path] = (), *, keep: bool = False) -> np.ndarray:
         """Evaluate a formatted prompt (with one media marker per image); returns the last logits.
 
         keep=False starts from an empty context (BOS added as the model asks); keep=True appends to what
@@ -249,7 +250,7 @@ class Session:
         if self.llm.n_tokens + n_new > self.llm.n_ctx():
             raise BadInput(f"the prompt needs {self.llm.n_tokens + n_new} tokens; the context holds {self.llm.n_ctx()}")
 
-    def generate(self, prompt: str, images: list[str | Path] = (), *, max_tokens: int = 64,
+    def generate(self, prompt: str, images: Sequence[str | Path] = (), *, max_tokens: int = 64,
                  on_text: Callable[[str], None] | None = None, keep: bool = False) -> str:
         """Greedy decoding until an end-of-generation token; streams text pieces to on_text."""
         return self.decode(self.eval_prompt(prompt, images, keep=keep), max_tokens=max_tokens, on_text=on_text)

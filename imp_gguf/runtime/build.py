@@ -24,6 +24,7 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from imp_gguf.errors import BadInput, InternalError
 from imp_gguf.pins import LLAMA_CPP_COMMIT, LLAMA_CPP_PYTHON_VERSION
@@ -132,7 +133,7 @@ class BuildSpec:
     patches: tuple[Patch, ...] = ()  # applied to the source before configuring, in this order
 
     def flag_hash(self) -> str:
-        inputs = {
+        inputs: dict[str, Any] = {
             "target": self.target,
             "defines": dict(sorted(self.defines.items())),
             "tools": list(self.tools),
