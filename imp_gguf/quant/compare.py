@@ -227,7 +227,7 @@ def _row(result: dict[str, Any], scores: dict[str, Any]) -> dict[str, Any]:
     return {k: row[k] for k in (*REQUIRED_ROW_KEYS, *[k for k in row if k not in REQUIRED_ROW_KEYS])}
 
 
-def compare_recipes(source: str | Path, recipes: list[str | Path | Recipe] | None, outdir: str | Path, *,
+def compare_recipes(source: str | Path, recipes: Sequence[str | Path | Recipe] | None, outdir: str | Path, *,
                     runs: int = 3, force: bool = False, n_threads: int | None = None,
                     log: Log | None = None, keep_files: bool = True, evalset: EvalSet | None = None,
                     scorers: Sequence[Scorer | None] = (), verbose: bool = False) -> dict[str, Any]:
@@ -239,7 +239,7 @@ def compare_recipes(source: str | Path, recipes: list[str | Path | Recipe] | Non
     scorer), each skipped with a note where it fails; a scorer's summary() adds top-level report keys.
     """
     say = log or (lambda _msg: None)
-    scorers = [s for s in scorers if s is not None]
+    active = [s for s in scorers if s is not None]
     chosen = [load_recipe(r) for r in recipes] if recipes else list_recipes()
     names = [r.name for r in chosen]
     if len(set(names)) != len(names):
@@ -253,11 +253,12 @@ def compare_recipes(source: str | Path, recipes: list[str | Path | Recipe] | Non
 
     ev = evalset or build_evalset(out / "evalset")
     quality = FidelityAndSpeed(ev, runs, n_threads, say)
-    conv, results = run_recipes(source, out, chosen, scorers=[quality, *(optional(s, say) for s in scorers)],
+    conv, results = run_recipes(source, out, chosen, scorers=[quality, *(optional(s, say) for s in active)],
                                 log=say, verbose=verbose, keep_files=keep_files)
     f16_model, f16_mmproj = Path(conv["model"]), Path(conv["mmproj"])
     rows = [_row(*r) for r in results]
     ref, threads = quality.ref, quality.threads
+    assert ref is not None  # the F16 reference is measured before the first recipe is scored
 
     if not recipes:  # the default set reads best from the largest file to the smallest
         rows.sort(key=lambda r: -(r["lm_bytes"] + r["mmproj_bytes"]))
@@ -266,7 +267,7 @@ def compare_recipes(source: str | Path, recipes: list[str | Path | Recipe] | Non
         r["pareto"] = on_front
     report = {
         "recipes": rows,
-        **{k: v for s in scorers if hasattr(s, "summary") for k, v in s.summary().items()},
+        **{k: v for s in active if hasattr(s, "summary") for k, v in s.summary().items()},
         "checkpoint": str(source),
         "variant": conv.get("variant"),
         "reference": {"model": str(f16_model), "mmproj": str(f16_mmproj),

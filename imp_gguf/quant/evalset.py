@@ -98,7 +98,11 @@ def _write_png(path: Path, image) -> None:
 def scene_image(seed: int, index: int):
     """A random scene (background, one to three shapes) drawn from (seed, index) alone."""
     rng = np.random.default_rng([seed, index])
-    colour = lambda: tuple(int(c) for c in rng.integers(0, 256, 3))  # noqa: E731
+
+    def colour() -> tuple[int, int, int]:
+        r, g, b = (int(c) for c in rng.integers(0, 256, 3))
+        return r, g, b
+
     shapes = []
     for _ in range(int(rng.integers(1, 4))):
         x0, y0 = rng.uniform(0.0, 0.6, 2)

@@ -293,8 +293,9 @@ def plan_convert_and_quantize(conv_plan: Any, recipe: Recipe | str | Path, outdi
     lm_bytes, lm_n, lm_types = _estimate(lm_c, lm_t)
     mm_bytes, mm_n, mm_types = _estimate(mm_c, mm_t)
     lm_out, mm_out = out / ident.lm_filename(recipe.encoding), out / ident.mmproj_filename(recipe.mmproj_encoding)
-    outputs = [{"role": "model", "path": str(lm_out), "type": recipe.encoding, "bytes": lm_bytes},
-               {"role": "mmproj", "path": str(mm_out), "type": recipe.mmproj_encoding, "bytes": mm_bytes}]
+    outputs: list[dict[str, Any]] = [
+        {"role": "model", "path": str(lm_out), "type": recipe.encoding, "bytes": lm_bytes},
+        {"role": "mmproj", "path": str(mm_out), "type": recipe.mmproj_encoding, "bytes": mm_bytes}]
     copy = recipe.lm.is_copy and recipe.mmproj.is_copy
     if keep_intermediate and not copy:
         outputs += [{"role": f"intermediate {role}", "path": str(out / p.name), "type": "F16", "bytes": b}
