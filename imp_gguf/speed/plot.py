@@ -33,8 +33,8 @@ def plot_rows(rows: list[dict[str, Any]], path: str | Path, *, title: str = "") 
     ]
     for ax, (label, key, paper) in zip(axes, panels):
         vals = [(r.get(key) or 0) / (1000.0 if key == "vision_encode_ms" else 1.0) for r in rows]
-        lo = [(r.get(f"{key}_min") if r.get(f"{key}_min") is not None else r.get(key) or 0) for r in rows]
-        hi = [(r.get(f"{key}_max") if r.get(f"{key}_max") is not None else r.get(key) or 0) for r in rows]
+        lo = [(r[f"{key}_min"] if r.get(f"{key}_min") is not None else r.get(key) or 0) for r in rows]
+        hi = [(r[f"{key}_max"] if r.get(f"{key}_max") is not None else r.get(key) or 0) for r in rows]
         if key == "vision_encode_ms":
             lo, hi = [v / 1000 for v in lo], [v / 1000 for v in hi]
         err = [[max(0.0, v - a) for v, a in zip(vals, lo)], [max(0.0, b - v) for v, b in zip(vals, hi)]]

@@ -42,7 +42,7 @@ from imp_gguf.images import load_image, mmproj_image_spec
 from imp_gguf.pair import check_pair
 from imp_gguf.runtime.parse import parse_mtmd_chat
 
-PAPER_ROW = {
+PAPER_ROW: dict[str, Any] = {
     "source": "Imp paper Table 4 (arXiv 2405.12107): Imp-3B@196, 4-bit, Snapdragon 8 Gen 3, llama.cpp",
     "vision_encode_s": 2.10, "prompt_tps": 15.64, "decode_tps": 12.73, "total_s": 22.72,
     "n_text_tokens": 41, "n_image_tokens": 196, "n_gen": 64,
@@ -527,9 +527,10 @@ class BenchSession:
                                     f"{dev.label}: {tail}")
             if i >= cfg.warmup:
                 runs.append((turns, parse_time_v(proc.stderr)))
-        first = spread([t[0].total_ms / 1000 for t, _ in runs])
-        follow = spread([t[1].total_ms / 1000 for t, _ in runs])
-        ratio = spread([t[1].total_ms / t[0].total_ms for t, _ in runs])
+        totals = [(t[0].total_ms or 0.0, t[1].total_ms or 0.0) for t, _ in runs]  # never None: checked above
+        first = spread([a / 1000 for a, _ in totals])
+        follow = spread([b / 1000 for _, b in totals])
+        ratio = spread([b / a for a, b in totals])
         predicted = followup_prediction(facts.n_image_tokens, n_text, n_new, cfg.n_gen)
         r = _r(ratio["median"])
         met = r is not None and r <= FOLLOWUP_GOAL
