@@ -96,6 +96,12 @@ def _in_function(tree: ast.AST) -> set[ast.AST]:
             for n in ast.walk(f) if isinstance(n, (ast.Import, ast.ImportFrom))}
 
 
+def _type_checking_only(tree: ast.AST) -> set[ast.AST]:
+    """The import statements under `if TYPE_CHECKING:` (read by the type checker, never run)."""
+    return {n for f in ast.walk(tree) if isinstance(f, ast.If) and ast.unparse(f.test).endswith("TYPE_CHECKING")
+            for stmt in f.body for n in ast.walk(stmt) if isinstance(n, (ast.Import, ast.ImportFrom))}
+
+
 def split_imports(mods: dict[str, Path]) -> tuple[dict[str, set[str]], dict[str, set[str]], dict[str, set[str]]]:
     """(imp_gguf modules imported at module level, third-party top-level names imported at module level,
     imp_gguf modules imported only inside functions), each by module."""
@@ -105,7 +111,8 @@ def split_imports(mods: dict[str, Path]) -> tuple[dict[str, set[str]], dict[str,
     for mod, path in mods.items():
         tree = _parse(path)
         inner = _in_function(tree)
-        top_nodes = [n for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom)) and n not in inner]
+        unused = inner | _type_checking_only(tree)
+        top_nodes = [n for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom)) and n not in unused]
         third_top[mod] = {a.name.split(".")[0] for n in top_nodes if isinstance(n, ast.Import) for a in n.names}
         third_top[mod] |= {(n.module or "").split(".")[0] for n in top_nodes
                            if isinstance(n, ast.ImportFrom) and not n.level}
