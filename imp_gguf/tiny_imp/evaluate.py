@@ -94,6 +94,7 @@ def pytorch_predictions(ckpt_dir: str | Path, items: Sequence[HeldoutItem], tick
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     model = ImpModel.from_checkpoint(ckpt_dir, fast=True)
     size = model.vision.config.image_size
+    assert isinstance(size, int)  # SiglipVisionConfig allows (h, w) too; from_checkpoint sets one side
     return model_predictions(model, TextCodec(ckpt_dir), items, size, tick=tick)
 
 

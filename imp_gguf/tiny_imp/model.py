@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from imp_gguf.chat_templates import SYSTEM
+from imp_gguf.errors import BadInput
 from imp_gguf.synthetic_checkpoints.configs import imp_config
 from imp_gguf.synthetic_checkpoints.shards import write_torch_state
 from imp_gguf.synthetic_checkpoints.tiny import Dims, Variant, lm_config, vision_config
@@ -80,7 +81,10 @@ class TextCodec:
         from tokenizers import Tokenizer
 
         self.tok = Tokenizer.from_file(str(Path(ckpt_dir) / "tokenizer.json"))
-        self.stop_id = self.tok.token_to_id(STOP)
+        stop_id = self.tok.token_to_id(STOP)
+        if stop_id is None:
+            raise BadInput(f"{ckpt_dir}: its tokenizer has no {STOP} token (not a tiny Imp)")
+        self.stop_id: int = stop_id
         self.image_id = self.tok.token_to_id(IMAGE_TOKEN)
         self._cache: dict[str, list[int]] = {}
 
