@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -82,8 +83,8 @@ def full_size_cmd(
 
     t0 = time.monotonic()
     path = make_fullsize(variant, out, seed=seed, force=force, progress=progress)
-    summary = {"folder": str(path), "variant": variant, "n_params": n_params(FULL_VARIANTS[variant]),
-               "seconds": round(time.monotonic() - t0, 1)}
+    summary: dict[str, Any] = {"folder": str(path), "variant": variant, "n_params": n_params(FULL_VARIANTS[variant]),
+                               "seconds": round(time.monotonic() - t0, 1)}
     if json_out:
         print_json(summary)
     else:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 
@@ -96,7 +96,7 @@ def run_cmd(
     n_threads = threads or max(1, os.cpu_count() or 1)
     stream = None if json_out else _write
     several = questions is None or len(questions) > 1
-    turns = []
+    turns: list[dict[str, Any]] = []
     if backend == "python":
         from imp_gguf.runtime.bindings import Conversation, Session
 
@@ -113,6 +113,7 @@ def run_cmd(
     else:
         from imp_gguf.runtime.cli_backend import run_mtmd_cli
 
+        assert questions is not None  # --backend cli without exactly one question is refused above
         binary = where("host").binaries["llama-mtmd-cli"]
         timings: dict = {}
         answer = run_mtmd_cli(binary, model, mmproj, image, questions[0], max_tokens=max_tokens,
