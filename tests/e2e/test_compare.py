@@ -45,7 +45,7 @@ def test_kl_orders_recipes(variant: str, tiny_checkpoints, tmp_path: Path, monke
     # The accuracy column appears when the hook applies (here: a stand-in, so any checkpoint qualifies).
     from imp_gguf.tiny_imp.evaluate import accuracy_scorer
 
-    monkeypatch.setattr("imp_gguf.tiny_imp.bundled.is_tiny_imp", lambda source: True)
+    monkeypatch.setattr("imp_gguf.tiny_imp.evaluate.is_tiny_imp", lambda source: True)  # where it is read
     monkeypatch.setattr("imp_gguf.tiny_imp.evaluate.heldout_accuracy", lambda m, mm, n_threads=None: 0.5)
     monkeypatch.setattr("imp_gguf.tiny_imp.evaluate._pytorch_accuracy", lambda source: 0.625)
     # One thread: tiny models gain nothing from more, and a busy CI box makes thread barriers crawl.
