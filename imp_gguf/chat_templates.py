@@ -8,6 +8,8 @@ OpenAI-style messages) is flattened with the marker in place of each image.
 
 from __future__ import annotations
 
+from imp_gguf.errors import BadInput
+
 MEDIA_MARKER = "<__media__>"  # libmtmd's default marker: where the image goes in a prompt (the one copy)
 SYSTEM = ("A chat between a curious user and an artificial intelligence assistant. "
           "The assistant gives helpful, detailed, and polite answers to the user's questions.")
@@ -81,8 +83,6 @@ def resolve_template(choice: str | None, default: str, others: tuple[str, ...] =
     """(name, Jinja text) for --chat-template: None (the family's default), the name of the default or of
     one of the family's `others`, or a .jinja file."""
     from pathlib import Path
-
-    from imp_gguf.errors import BadInput
 
     if choice is None:
         return default, TEMPLATES[default]

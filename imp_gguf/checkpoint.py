@@ -20,8 +20,10 @@ from typing import Any, Protocol
 import numpy as np
 
 from imp_gguf.errors import BadInput, ToolMissing
-from imp_gguf.hub import HUB_ID, HubSource, cache_source, is_cache_link
+from imp_gguf.hub import (HUB_ID, HubSource, cache_source, is_cache_link, download, verify_weights, remote_tensors,
+                          listed_files)
 from imp_gguf.safetensors_io import read_header
+from imp_gguf.spelling import closest
 
 PICKLE_NAMES = ("pytorch_model.bin", "pytorch_model.bin.index.json", "model.pt", "model.bin")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "added_tokens.json",
@@ -29,9 +31,12 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model",
 
 
 class TensorSource(Protocol):
-    name: str
-    dtype: str
-    shape: tuple[int, ...]
+    @property
+    def name(self) -> str: ...
+    @property
+    def dtype(self) -> str: ...
+    @property
+    def shape(self) -> tuple[int, ...]: ...
 
     def load(self) -> np.ndarray: ...
 
@@ -195,8 +200,6 @@ def resolve_source(spec: str, *, metadata_only: bool = False, allow_pickle: bool
     missing = f"{spec}: no such checkpoint folder{_nearest(path)}"
     if not HUB_ID.match(spec) or spec.startswith((".", "/", "~")):
         raise BadInput(missing)
-    from imp_gguf.hub import download, verify_weights
-
     try:
         local = download(spec, HUB_FILES if metadata_only else HUB_FILES + HUB_WEIGHTS)
         if allow_pickle and not metadata_only and not any(local.glob("*.safetensors")):
@@ -213,8 +216,6 @@ def resolve_source(spec: str, *, metadata_only: bool = False, allow_pickle: bool
 
 def _nearest(path: Path) -> str:
     """ " (did you mean X?)" for a near miss among the folders next to `path`."""
-    from imp_gguf.spelling import closest
-
     parent = path.parent if str(path.parent) else Path(".")
     try:
         siblings = [p.name for p in parent.iterdir() if p.is_dir()]
@@ -235,10 +236,10 @@ def open_checkpoint(spec: str | Path, *, allow_pickle: bool = False, metadata_on
     check_config(config)
     hub = cache_source(root)
     remote = metadata_only and not Path(str(spec)).expanduser().is_dir() and hub is not None
-    if remote and not _weights_at_hand(root):
-        from imp_gguf.hub import remote_tensors
-
-        tensors, files = remote_tensors(hub, _shard_names(root)), []
+    tensors: dict[str, TensorSource]
+    files: list[Path]
+    if remote and hub is not None and not _weights_at_hand(root):
+        tensors, files = dict(remote_tensors(hub, _shard_names(root))), []
     else:
         try:
             tensors, files = _index_weights(root, allow_pickle)
@@ -250,9 +251,9 @@ def open_checkpoint(spec: str | Path, *, allow_pickle: bool = False, metadata_on
 
 def _pickle_only(hub: HubSource | None, allow_pickle: bool, exc: BadInput) -> None:
     """A hub repo whose only weights are pickles was downloaded without them: say so, not "no weights"."""
-    from imp_gguf.hub import listed_files
-
-    pickles = [n for n in listed_files(hub) if n in PICKLE_NAMES] if hub and not allow_pickle else []
+    if hub is None or allow_pickle:
+        return
+    pickles = [n for n in listed_files(hub) if n in PICKLE_NAMES]
     if pickles:
         raise BadInput(f"{hub.repo} has pickle weights only ({', '.join(pickles)}), which are refused (they can "
                        "run code): pass --allow-pickle to download them and load them with "
@@ -298,8 +299,8 @@ def _index_weights(root: Path, allow_pickle: bool) -> tuple[dict[str, TensorSour
             for name, ref in read_header(p).items():
                 tensors[name] = ref
         for name, shard in weight_map.items():
-            ref = tensors.get(name)
-            if ref is None or getattr(ref, "path", None) != safe_child(root, shard):
+            stored = tensors.get(name)
+            if stored is None or getattr(stored, "path", None) != safe_child(root, shard):
                 raise BadInput(f"tensor {name!r} is listed in the index under {shard} but not stored there")
         return tensors, files
     single = sorted(p for p in root.glob("*.safetensors"))

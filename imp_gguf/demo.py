@@ -9,6 +9,11 @@ from typing import Any, Callable
 
 from imp_gguf.convert import JsonDict
 from imp_gguf.tiny_imp.bundled import default_checkpoint, demo_items
+from imp_gguf.convert import convert
+from imp_gguf.quant.quantize import convert_and_quantize
+from imp_gguf.quant.recipes import resolve_recipe
+from imp_gguf.runtime.bindings import Session
+from imp_gguf.tiny_imp.evaluate import is_correct
 
 
 @dataclass(frozen=True)
@@ -60,10 +65,6 @@ def run_demo(outdir: str | Path, *, quant: str | None = "q4_k", force: bool = Fa
              verbose: bool = False) -> DemoResult:
     """`log` gets progress, `show` the results (the files, each answer, the score; default: `log`).
     quant is a recipe name (any spelling `convert --quant` takes), or None / "none" for F16."""
-    from imp_gguf.quant.recipes import resolve_recipe
-    from imp_gguf.runtime.bindings import Session
-    from imp_gguf.tiny_imp.evaluate import is_correct
-
     show = show or log
     recipe = resolve_recipe(quant)
 
@@ -72,13 +73,9 @@ def run_demo(outdir: str | Path, *, quant: str | None = "q4_k", force: bool = Fa
     ckpt, items = default_checkpoint(), demo_questions()
     log(f"checkpoint: {ckpt}  (the bundled tiny Imp: Imp's architecture and layout A at toy size)")
     if recipe is not None:
-        from imp_gguf.quant.quantize import convert_and_quantize
-
         done = convert_and_quantize(ckpt, outdir, recipe, force=force, verbose=verbose)
         model, mmproj = done.model, done.mmproj
     else:
-        from imp_gguf.convert import convert
-
         f16 = convert(ckpt, outdir, outtype="f16", force=force)
         model, mmproj = f16.model, f16.mmproj
     show(f"model:  {model}")

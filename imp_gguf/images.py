@@ -61,7 +61,7 @@ def load_image(path: str | Path, size: int, aspect: str = "square") -> Image.Ima
         rgb = expand_to_square(rgb)
     elif aspect != "square":
         raise ValueError(f"aspect must be one of {ASPECTS}, not {aspect!r}")
-    return rgb if rgb.size == (size, size) else rgb.resize((size, size), Image.BICUBIC)
+    return rgb if rgb.size == (size, size) else rgb.resize((size, size), Image.Resampling.BICUBIC)
 
 
 def open_rgb(path: str | Path) -> Image.Image:

@@ -13,7 +13,7 @@ import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -34,8 +34,9 @@ _DTYPES: dict[str, tuple[np.dtype, int]] = {
 }
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # the format's own limit
 # Float dtypes by their raw bits: (word, mask clearing the sign, smallest non-finite magnitude).
-_NONFINITE_BITS = {"F16": (np.dtype("<u2"), 0x7FFF, 0x7C00), "BF16": (np.dtype("<u2"), 0x7FFF, 0x7F80),
-                   "F32": (np.dtype("<u4"), 0x7FFFFFFF, 0x7F800000)}
+_NONFINITE_BITS: dict[str, tuple[np.dtype[Any], int, int]] = {
+    "F16": (np.dtype("<u2"), 0x7FFF, 0x7C00), "BF16": (np.dtype("<u2"), 0x7FFF, 0x7F80),
+    "F32": (np.dtype("<u4"), 0x7FFFFFFF, 0x7F800000)}
 SCAN_BYTES = 16 << 20  # the window mapped at a time when scanning raw bits
 
 

@@ -19,7 +19,7 @@ import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Iterator
 
 import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFWriter
@@ -41,7 +41,7 @@ class PlannedTensor:
     shape: tuple[int, ...]
     gtype: GGMLQuantizationType
     load: Callable[[], np.ndarray]
-    source: Optional[Any] = None  # a safetensors TensorRef: enables the verbatim copy and chunked reads
+    source: Any = None  # None, or a safetensors TensorRef: enables the verbatim copy and chunked reads
 
     @property
     def nbytes(self) -> int:
@@ -120,8 +120,8 @@ def _signals_held() -> Iterator[None]:
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler if handler is not None else signal.SIG_DFL)
-        for s in pending:
-            signal.raise_signal(s)
+        for signum in pending:
+            signal.raise_signal(signum)
 
 
 def nonfinite(name: str, bad: int) -> BadInput:

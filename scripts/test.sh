@@ -20,6 +20,13 @@ fi
 # torch==2.13.0 is a CPU wheel on this machine; llama-cpp-python compiles once (~10 min), then pip caches it.
 python -m pip install -q -e '.[test]'
 
+# The type checker ([tool.mypy] in pyproject.toml, pinned in the test extra): any error fails the run.
+python -m mypy
+
+# The fast lane on its own first: its guard (tests/unit/conftest.py) refuses torch only while torch is
+# not yet imported, which in the full run the e2e modules do before the unit tests run.
+python -m pytest -q tests/unit
+
 # The llama.cpp tools are built once per machine into ~/.cache/imp-gguf (host ~8 min, linux-arm64 ~11 min)
 # by the test fixtures themselves, and reused afterwards. llama.cpp's web UI (tests/e2e/test_webui.py) is built
 # once the same way with npm (~2 min, into ~/.cache/imp-gguf/ui); Node.js >= 20.19 and npm come with the

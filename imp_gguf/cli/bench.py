@@ -15,6 +15,8 @@ import typer
 from rich.console import Console
 
 from imp_gguf.cli._common import info as _log, print_json
+from imp_gguf.errors import BadInput, CheckFailed
+from imp_gguf.runtime.runner import safe_name
 
 if TYPE_CHECKING:
     from imp_gguf.speed.rows import PaperRow
@@ -88,7 +90,6 @@ def bench_cmd(
     from imp_gguf.speed.rows import PaperRow, rows_json
 
     from imp_gguf.speed.sweep import apply_profile, load_profile, make_profile, parse_axes, table, write_profile
-    from imp_gguf.errors import BadInput
 
     opts = list(ssh_option)
     if ssh_key is not None:
@@ -138,8 +139,6 @@ def bench_cmd(
         else:
             _log("matplotlib is not installed: no chart (pip install 'imp-gguf[plot]')")
     if exit_code(rows):
-        from imp_gguf.errors import CheckFailed
-
         missed = [f"{r.model_filename}: {r.verdict}" for r in rows if r.passed is False]
         raise CheckFailed("below --target-tps: " + "; ".join(missed))
 
@@ -149,8 +148,6 @@ def register(app: typer.Typer) -> None:
 
 
 def _slug(text: str | None) -> str:
-    from imp_gguf.runtime.runner import safe_name
-
     return safe_name(str(text or "device").replace(" ", "-")).lower()
 
 

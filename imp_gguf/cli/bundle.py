@@ -7,7 +7,9 @@ from pathlib import Path
 import typer
 
 from imp_gguf.cli._common import echo, info, print_json
+from imp_gguf.errors import BadInput
 from imp_gguf.runtime.bundle import make_bundle
+from imp_gguf.runtime.webui import ui_for_bundle
 
 
 def bundle_cmd(
@@ -32,8 +34,6 @@ def bundle_cmd(
     MODEL and MMPROJ are checked first: a language model and its own mmproj (same width, same checkpoint).
     Without npm (or when its build fails) the bundle is made without the web UI, with a warning.
     """
-    from imp_gguf.errors import BadInput
-
     if (out is None) == (outdir is None):
         raise BadInput("bundle: give the folder to write once, as OUT or as -o/--outdir")
     out = out or outdir
@@ -55,8 +55,6 @@ def bundle_cmd(
 
 def _web_ui():
     """llama.cpp's web UI for the bundle (built the first time, then reused), or why there is none."""
-    from imp_gguf.runtime.webui import ui_for_bundle
-
     def started(log: Path) -> None:
         info(f"building llama.cpp's web UI with npm (once per pinned llama.cpp, about 2-3 min; log: {log})")
 

@@ -9,8 +9,11 @@ from typing import TYPE_CHECKING, Optional, Union
 import typer
 
 from imp_gguf.cli._common import STATE, echo, info, print_json, progress
+from imp_gguf.cli.card import write_and_show
 from imp_gguf.convert import CheckpointFacts, ConversionResult, dry_run_result, plan_conversion, run_conversion
 from imp_gguf.converters.registry import FAMILIES
+from imp_gguf.errors import BadInput, OutputExists
+from imp_gguf.hub import HUB_ID, split_spec
 from imp_gguf.policy import OUTTYPES
 
 if TYPE_CHECKING:
@@ -127,8 +130,6 @@ def _card(outdir: Path, wanted: bool, json_out: bool, quiet: bool) -> dict[str, 
     or under "card" in the JSON)."""
     if not wanted:
         return None
-    from imp_gguf.cli.card import write_and_show
-
     return write_and_show(outdir, json_out=json_out, quiet=quiet).to_dict()
 
 
@@ -136,9 +137,6 @@ def _with_revision(ckpt: str, revision: str | None) -> str:
     """CKPT with --revision folded in as @REVISION (a folder cannot take one)."""
     if revision is None:
         return ckpt
-    from imp_gguf.errors import BadInput
-    from imp_gguf.hub import HUB_ID, split_spec
-
     if Path(ckpt).expanduser().exists() or not HUB_ID.match(ckpt):
         raise BadInput(f"--revision applies to a hub repo id, and {ckpt} is not one")
     repo, rev = split_spec(ckpt, revision)
@@ -177,8 +175,6 @@ def _show(result: Result, card: dict[str, object] | None, json_out: bool, quiet:
 def _refuse_if_blocked(result: Result) -> None:
     """A dry run that found what would stop the real run exits 2 as the real run would, after its plan."""
     if result.blocked:
-        from imp_gguf.errors import OutputExists
-
         raise OutputExists(f"{result.blocked[0]} (dry run)")
 
 

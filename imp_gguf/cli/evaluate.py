@@ -12,6 +12,7 @@ from rich.table import Table
 
 from imp_gguf.cli._common import STATE, echo, err_console, info, print_json, show_bars
 from imp_gguf.errors import BadInput, OutputExists
+from imp_gguf.writer import atomic_outputs
 
 if TYPE_CHECKING:
     from imp_gguf.tiny_imp.evaluate import AccuracyReport
@@ -93,7 +94,6 @@ def eval_cmd(
                                  n_threads=threads, log=say, progress=factory, verbose=STATE["verbose"])
     if plot is not None:
         from imp_gguf.quant.plot import available, plot_accuracy_by_kind
-        from imp_gguf.writer import atomic_outputs
 
         if not available():
             raise BadInput("--plot needs matplotlib (pip install matplotlib)")

@@ -15,6 +15,8 @@ from pathlib import Path
 import typer
 
 from imp_gguf.cli._common import echo, every_tenth, info as _info, print_json, typer_factory
+from imp_gguf.errors import BadInput, OutputExists
+from imp_gguf.spelling import unknown
 
 
 sub = typer_factory("Write checkpoints for tests (tiny) and for speed measurements (full-size, random weights).")
@@ -29,8 +31,6 @@ def tiny_cmd(
     force: bool = typer.Option(False, "--force", help="Replace an existing OUT."),
 ) -> None:
     """A tiny checkpoint with the real names, nesting, configs and tokenizer files of a variant."""
-    from imp_gguf.errors import OutputExists
-    from imp_gguf.spelling import unknown
     from imp_gguf.synthetic_checkpoints.tiny import VARIANTS, make_checkpoint
 
     if variant not in VARIANTS:
@@ -72,7 +72,6 @@ def full_size_cmd(
 ) -> None:
     """Random weights, real shapes: for speed figures of a variant without downloading it."""
     from imp_gguf.synthetic_checkpoints.fullsize import FULL_VARIANTS, make_fullsize, n_params
-    from imp_gguf.errors import BadInput
 
     if variant not in FULL_VARIANTS:
         raise BadInput(f"no full-size spec for {variant!r}: choose one of {', '.join(FULL_VARIANTS)}")

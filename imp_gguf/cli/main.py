@@ -16,6 +16,7 @@ import sys
 import threading
 import traceback
 import warnings
+from typing import Any
 
 import typer
 
@@ -27,7 +28,7 @@ from imp_gguf.errors import ImpGgufError, ToolMissing
 
 # typer >= 0.26 vendors its own click, older typer runs on click itself: either way the usage errors
 # are ClickException, reached through the BadParameter typer re-exports (click is not our dependency).
-USAGE_ERRORS = tuple(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+USAGE_ERRORS: tuple[type[Any], ...] = tuple(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
 EXITS = (typer.Exit,)  # click's own Exit and Abort in older typer, typer's in newer
 ABORTS = (typer.Abort,)
 

@@ -12,6 +12,9 @@ import typer
 from imp_gguf.cli._common import info, print_json
 from imp_gguf.errors import BadInput
 from imp_gguf.spelling import unknown
+from imp_gguf.pair import check_pair
+from imp_gguf.runtime.build import where
+from imp_gguf.runtime.context import run_context
 
 QUIT = ("/quit", "/exit")
 
@@ -34,8 +37,8 @@ def _questions(prompts: list[str]) -> list[str] | None:
     out = [sys.stdin.read().strip() if p == "-" else p for p in prompts]
     for i, q in enumerate(out):
         if not q.strip():
-            where = "standard input (-p -) holds no question" if prompts[i] == "-" else "-p/--prompt is empty"
-            raise BadInput(f"{where}: ask a question")
+            what = "standard input (-p -) holds no question" if prompts[i] == "-" else "-p/--prompt is empty"
+            raise BadInput(f"{what}: ask a question")
     return out
 
 
@@ -78,7 +81,6 @@ def run_cmd(
     """
     import os
 
-    from imp_gguf.pair import check_pair
     from imp_gguf.runtime.timings import RunResult, Turn
 
     if backend not in ("python", "cli"):
@@ -104,7 +106,6 @@ def run_cmd(
 
     if backend == "python":
         from imp_gguf.runtime.bindings import Conversation, Session
-        from imp_gguf.runtime.context import run_context
 
         with Session(model, mmproj, n_threads=n_threads, n_ctx=run_context(mmproj, questions, max_tokens)) as s:
             chat = Conversation(s, image)
@@ -113,7 +114,6 @@ def run_cmd(
                     info(f"> {q}")
                 done(chat.turn(q, max_tokens=max_tokens, on_text=stream))
     else:
-        from imp_gguf.runtime.build import where
         from imp_gguf.runtime.cli_backend import ask_mtmd_cli
 
         assert questions is not None  # checked above: the cli backend takes one -p

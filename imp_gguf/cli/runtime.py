@@ -9,6 +9,7 @@ import typer
 
 from imp_gguf.cli._common import STATE, echo, err_console, every_tenth, info, print_json, show_bars, typer_factory
 from imp_gguf.runtime import build as rt
+from imp_gguf.runtime import webui
 
 
 TARGET_HELP = "host | linux-arm64 (static, Snapdragon 8 Gen 3) | android-arm64 (needs ANDROID_NDK) | termux (prints steps)"
@@ -85,8 +86,6 @@ def build_ui_cmd(
     """Build llama.cpp's web UI from the pinned source's tools/ui with npm (npm ci, npm run build), once per
     pinned llama.cpp; `bundle` ships it and serve.sh serves it at /. Needs Node.js >= 20.19, npm and the npm
     registry (or npm's cache)."""
-    from imp_gguf.runtime import webui
-
     def started(log) -> None:
         info(f"building llama.cpp's web UI with npm (about 2-3 min on 2 cores; log: {log})")
 
@@ -114,10 +113,8 @@ def where_cmd(
     """Print the paths of the built tools, then one `patch<TAB>NAME` line per patch applied to the source,
     then `ui<TAB>FOLDER` when llama.cpp's web UI is built (exit 2 if that target is not built yet with the
     current patches)."""
-    from imp_gguf.runtime.webui import find_ui
-
     result = rt.where(target)
-    ui = find_ui()
+    ui = webui.find_ui()
     if json_out:
         print_json({**result.to_dict(), "ui": ui.to_dict() if ui is not None else None})
     else:

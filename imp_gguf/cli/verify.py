@@ -9,6 +9,7 @@ import typer
 
 from imp_gguf.cli._common import echo, print_json
 from imp_gguf.errors import CheckFailed, ToolMissing
+from imp_gguf.pair import check_pair
 
 
 def verify_cmd(
@@ -24,8 +25,6 @@ def verify_cmd(
 
     Needs the PyTorch side: pip install 'imp-gguf[reference]'.
     """
-    from imp_gguf.pair import check_pair
-
     check_pair(model, mmproj)
     try:
         from imp_gguf.reference.parity import verify

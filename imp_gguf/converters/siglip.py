@@ -20,8 +20,8 @@ from imp_gguf.images import ASPECT_KEY, PAD_COLOR
 
 # google/siglip-so400m-patch14-384's own vision config: what Imp loads when the checkpoint carries no
 # vision_tower_config (Imp-v1.5-2B-Qwen1.5), and what a config that omits a key means.
-SO400M = {"hidden_size": 1152, "intermediate_size": 4304, "num_attention_heads": 16,
-          "num_hidden_layers": 27, "patch_size": 14, "layer_norm_eps": 1e-6, "image_size": 384}
+SO400M: dict[str, Any] = {"hidden_size": 1152, "intermediate_size": 4304, "num_attention_heads": 16,
+                          "num_hidden_layers": 27, "patch_size": 14, "layer_norm_eps": 1e-6, "image_size": 384}
 VISION = "vision_tower.vision_tower.vision_model."
 IMAGE_MEAN = (0.5, 0.5, 0.5)
 IMAGE_STD = (0.5, 0.5, 0.5)

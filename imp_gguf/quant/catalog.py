@@ -12,9 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from imp_gguf.quant.recipes import DEFAULT_RECIPE, Recipe, accepted_names, ftype_names, list_recipes
-from imp_gguf.quant.released import released_size
-from imp_gguf.quant.rules import TypeChoice
+from imp_gguf.gguf_info import MMPROJ_ARCH, read_gguf_meta, tensor_table
+from imp_gguf.quant.recipes import DEFAULT_RECIPE, Recipe, accepted_names, ftype_names, list_recipes, load_recipe
+from imp_gguf.quant.released import released_fallbacks, released_size
+from imp_gguf.quant.rules import TypeChoice, expected_types
 
 # What `recipes list` shows ships inside the package, so an installed wheel shows what a checkout shows.
 MEASURED = Path(__file__).resolve().parents[1] / "data" / "measured"
@@ -266,11 +267,6 @@ def recipe_card(name: str | Path, plan: str | Path | None = None) -> RecipeCard:
     """One recipe's settings, its predicted shape fallbacks on the released models and (plan: an F16
     GGUF, model or mmproj) the type each of that file's tensors gets."""
     from gguf import Keys
-
-    from imp_gguf.gguf_info import MMPROJ_ARCH, read_gguf_meta, tensor_table
-    from imp_gguf.quant.recipes import load_recipe
-    from imp_gguf.quant.released import released_fallbacks
-    from imp_gguf.quant.rules import expected_types
 
     recipe = load_recipe(name)
     tensors = None

@@ -30,6 +30,8 @@ from imp_gguf.convert import ConversionResult, JsonDict
 from imp_gguf.quant.quantize import RecipeResult, Scorer, Scores, run_recipes
 from imp_gguf.quant.recipes import Recipe, list_recipes, load_recipe
 from imp_gguf.writer import atomic_outputs
+from imp_gguf.quant import plot
+from imp_gguf.runtime.bindings import Session
 
 REQUIRED_ROW_KEYS = ("recipe", "lm_bytes", "mmproj_bytes", "bpw", "kl_mean", "kl_p99", "top1", "image_cos_min",
                      "prefill_tps", "decode_tps", "encode_ms", "tensor_types")
@@ -197,8 +199,6 @@ class FidelityAndSpeed:
         self.threads: int | None = None
 
     def __call__(self, recipe: Recipe, result: RecipeResult, f16: ConversionResult) -> Scores:
-        from imp_gguf.runtime.bindings import Session
-
         if self.ref is None:
             self.say("scoring the F16 reference")
             with Session(f16.model, f16.mmproj, n_threads=self.n_threads) as s:
@@ -407,8 +407,6 @@ def render_markdown(report: dict[str, Any]) -> str:
 
 def write_report(report: dict[str, Any], outdir: str | Path, *, force: bool = True) -> dict[str, Path]:
     """report.json, report.md and (with matplotlib) report.png, each written atomically."""
-    from imp_gguf.quant import plot
-
     out = Path(outdir)
     paths = {"json": out / "report.json", "md": out / "report.md", "png": out / "report.png"}
     if plot.available():

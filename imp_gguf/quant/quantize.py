@@ -29,6 +29,7 @@ from imp_gguf.convert import CheckpointFacts, ConversionPlan, ConversionResult, 
 from imp_gguf.quant.recipes import QuantSpec, Recipe, ftype_id, ggml_type_id
 from imp_gguf.quant.rules import TypeChoice, estimated_bytes, expected_types, fallbacks
 from imp_gguf.writer import atomic_outputs
+from imp_gguf.convert import convert, plan_conversion, run_conversion, source_sha256_or_none
 
 RECIPE_KEY = "imp_gguf.recipe"  # written by the quantizer only: the converter's copy lacks it
 
@@ -295,8 +296,6 @@ def run_recipes(source: str | Path, workdir: str | Path, recipes: Sequence[Recip
     caller's). Returns the conversion result and, per recipe, apply_recipe's result and the scorers'
     fields. keep_files=False deletes a recipe's files once scored (the f16 recipe's are the
     conversion itself and stay)."""
-    from imp_gguf.convert import convert
-
     say = log or (lambda _msg: None)
     work = Path(workdir)
     say(f"converting {source} to F16")
@@ -433,8 +432,6 @@ def convert_and_quantize(source: str | Path, outdir: str | Path, recipe: Recipe,
     overwritten or reused). With dry_run, plan_convert_and_quantize's estimate, and nothing is written.
     `phase(what, total_bytes)` is called as each step starts (the conversion's bytes then go to `progress`).
     """
-    from imp_gguf.convert import plan_conversion, run_conversion, source_sha256_or_none
-
     t0 = time.perf_counter()
     out = Path(outdir)
     direct = keep_intermediate or recipe.lm.is_copy and recipe.mmproj.is_copy  # F16 files written in outdir

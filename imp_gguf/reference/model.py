@@ -14,8 +14,9 @@ import torch
 from torch import nn
 
 from imp_gguf.checkpoint import open_checkpoint
+from imp_gguf.converters.base import LMFamily, LMHparams
 from imp_gguf.converters.registry import detect_family
-from imp_gguf.converters.siglip import vision_hparams
+from imp_gguf.converters.siglip import VisionHparams, vision_hparams
 from imp_gguf.reference.layouts import lm_from_checkpoint, projector_prefix, to_checkpoint, vision_prefix
 from imp_gguf.reference.preprocess import imp_image_size, imp_pixel_values
 
@@ -32,13 +33,16 @@ class ImpModel(nn.Module):
                  if k not in ("transformers_version", "model_type", "dtype", "torch_dtype")}
         vdict.update(num_hidden_layers=run_blocks, vision_use_head=False)
         self.vision = SiglipVisionModel(SiglipVisionConfig(**vdict))
-        self.vision.post_layernorm = nn.Identity()  # Imp takes features before it; never saved
+        # Imp takes features before it; never saved. (transformers types the slot as LayerNorm only.)
+        self.vision.post_layernorm = nn.Identity()  # type: ignore[assignment]
         v, h = vcfg.hidden_size, lm_cfg.hidden_size
         self.projector = nn.Sequential(nn.Linear(v, h), nn.GELU(), nn.Linear(h, h))  # exact GELU
         self.lm = AutoModelForCausalLM.from_config(lm_cfg)
         # Once loaded from a checkpoint: its config.json (for its preprocessing), layout and sizes as the converters read them.
         self.config: dict[str, Any] = {}
-        self.family = self.hp = self.vh = None
+        self.family: type[LMFamily]  # these three: set by from_checkpoint
+        self.hp: LMHparams
+        self.vh: VisionHparams
 
     @classmethod
     def from_checkpoint(cls, ckpt_dir: str | Path, *, fast: bool = False) -> ImpModel:

@@ -10,6 +10,7 @@ import numpy as np
 
 from imp_gguf.chat_templates import MEDIA_MARKER, TEMPLATES, imp_prompt
 from imp_gguf.synthetic_images import photo_like
+from imp_gguf.runtime.bindings import Session
 
 DEFAULT_PROMPT = "There is a red circle on the left. How many shapes are there in the picture today?"
 TOKENIZER_PROBES = ["Hello world", "  two  spaces\tand\ttabs\n\n", "3.14159 and 2024", "你好 🙂 café",
@@ -56,7 +57,6 @@ def verify(ckpt: str | Path, model: str | Path, mmproj: str | Path, *, image: st
     import tempfile
 
     from imp_gguf.reference.model import ImpModel, hf_tokenizer
-    from imp_gguf.runtime.bindings import Session
 
     ref, tok = ImpModel.from_checkpoint(ckpt), hf_tokenizer(ckpt)
     family, vh = ref.family, ref.vh

@@ -59,4 +59,4 @@ def imp_pixel_values(image: str | Path, config: dict[str, Any]) -> np.ndarray:
     arr = resize(arr, (size, size), resample=PILImageResampling.BICUBIC, input_data_format=ChannelDimension.LAST)
     arr = rescale(arr, 1 / 255, input_data_format=ChannelDimension.LAST)
     arr = normalize(arr, IMAGE_MEAN, IMAGE_STD, input_data_format=ChannelDimension.LAST)
-    return to_channel_dimension_format(arr, ChannelDimension.FIRST, ChannelDimension.LAST).astype(np.float32)
+    return np.asarray(to_channel_dimension_format(arr, ChannelDimension.FIRST, ChannelDimension.LAST), dtype=np.float32)

@@ -74,11 +74,12 @@ class Session:
             raise BadInput(f"{Path(model).name} is an mmproj (arch {MMPROJ_ARCH}), not a language model")
         self.n_threads = n_threads or max(1, os.cpu_count() or 1)
         # Parity checks want an F32 KV cache: the default F16 cache rounds keys and values.
-        kv: dict[str, Any] = {"type_k": 0, "type_v": 0} if f32_kv else {}
+        kv = 0 if f32_kv else None  # GGML_TYPE_F32; None: llama.cpp's default
         try:
             with _without_amx(llama_cpp):
                 self.llm = llama_cpp.Llama(model_path=str(model), n_ctx=n_ctx, n_batch=n_batch, n_ubatch=n_batch,
-                                           n_threads=self.n_threads, logits_all=True, verbose=verbose, **kv)
+                                           n_threads=self.n_threads, logits_all=True, verbose=verbose, type_k=kv,
+                                           type_v=kv)
         except ValueError as exc:
             raise BadInput(f"llama.cpp cannot load {Path(model).name}: {exc}") from exc
         self.chat_template = self.llm.metadata.get(Keys.Tokenizer.CHAT_TEMPLATE) or ""

@@ -30,7 +30,8 @@ from imp_gguf.errors import BadInput, InternalError
 from imp_gguf.pins import LLAMA_CPP_COMMIT, LLAMA_CPP_PYTHON_VERSION
 from imp_gguf.runtime.patches import Patch, bundled_patches, patched_source
 from imp_gguf.runtime.runner import LocalRunner, QemuRunner, Runner, merged_env, require_program
-from imp_gguf.runtime.source import Source, cache_dir, ensure_source, file_lock
+from imp_gguf.runtime.source import Source, cache_dir, ensure_source, file_lock, sdist_path
+from imp_gguf.spelling import unknown
 
 TARGETS = ("host", "linux-arm64", "android-arm64", "termux")
 BUILT_TARGETS = ("host", "linux-arm64", "android-arm64")
@@ -234,8 +235,6 @@ class BuildFailed(InternalError):
 
 def _check_target(target: str) -> None:
     if target not in TARGETS:
-        from imp_gguf.spelling import unknown
-
         raise unknown("target", target, TARGETS)
     if target == "termux":
         raise BadInput("termux builds run on the phone: `imp-gguf runtime build --target termux` prints the steps")
@@ -536,8 +535,6 @@ cmake --build build -j 4 --target {tools}
 
 def termux_instructions(cache: Path | None = None) -> str:
     """Commands for an on-device build in Termux (GGML_NATIVE is right there: it targets the phone's own CPU)."""
-    from imp_gguf.runtime.source import sdist_path
-
     sdist = sdist_path(cache or cache_dir())
     return TERMUX_STEPS.format(
         version=LLAMA_CPP_PYTHON_VERSION,

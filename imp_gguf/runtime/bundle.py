@@ -25,7 +25,8 @@ from imp_gguf.images import mmproj_image_spec
 from imp_gguf.pair import check_pair
 from imp_gguf.pins import LLAMA_CPP_COMMIT, LLAMA_CPP_PYTHON_VERSION
 from imp_gguf.runtime.build import STAMP, AppliedPatch, where
-from imp_gguf.runtime.context import chat_context, image_tokens
+from imp_gguf.runtime.context import (CHAT_TURNS, GEN_BUDGET, TEXT_BUDGET, chat_context, image_tokens, job_context,
+                                      kv_cell_bytes)
 from imp_gguf.runtime.source import file_sha256
 from imp_gguf.runtime.webui import WebUI
 
@@ -346,8 +347,6 @@ def run_script(model_name: str, mmproj_name: str, target: str = "linux-arm64", *
                profile: dict | None = None) -> str:
     """The POSIX sh launcher; model file names are quoted, whatever characters they hold. Threads and CPU
     mask come from `profile` (a `bench --sweep` device profile), else from the SoC table at run time."""
-    from imp_gguf.runtime.context import GEN_BUDGET, TEXT_BUDGET, job_context
-
     enter, flags = _enter(profile)
     return RUN_SH.format(
         commit=LLAMA_CPP_COMMIT,
@@ -364,8 +363,6 @@ def run_script(model_name: str, mmproj_name: str, target: str = "linux-arm64", *
 def chat_script(model_name: str, mmproj_name: str, target: str = "linux-arm64", *, n_image: int = 729,
                 profile: dict | None = None) -> str:
     """chat.sh: llama-mtmd-cli's chat mode about one image, tuned as run.sh is."""
-    from imp_gguf.runtime.context import CHAT_TURNS, GEN_BUDGET, chat_context
-
     enter, flags = _enter(profile)
     return CHAT_SH.format(commit=LLAMA_CPP_COMMIT, target=target, model=shlex.quote(f"models/{model_name}"),
                           mmproj=shlex.quote(f"models/{mmproj_name}"), enter=enter, flags=flags,
@@ -399,8 +396,6 @@ def _one_line(text: str) -> str:
 def memory_budget(model: Path, mmproj: Path, n_ctx: int) -> dict[str, int]:
     """What serve.sh may hold, in MB: both files (read, not mapped), the F16 KV cache of n_ctx cells, and
     COMPUTE_RESERVE_MB for llama.cpp's and clip.cpp's compute buffers and the server's own."""
-    from imp_gguf.runtime.context import kv_cell_bytes
-
     kv = kv_cell_bytes(read_gguf_meta(model)) * n_ctx
     files = model.stat().st_size + mmproj.stat().st_size
     mb = 1_000_000

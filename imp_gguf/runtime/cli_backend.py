@@ -9,6 +9,7 @@ from typing import Callable
 from imp_gguf.errors import InternalError
 from imp_gguf.gguf_info import read_gguf_meta
 from imp_gguf.images import load_image, mmproj_image_spec
+from imp_gguf.runtime.context import run_context
 from imp_gguf.runtime.runner import LocalRunner, Runner
 from imp_gguf.runtime.timings import Timings, Turn, from_mtmd_log
 
@@ -54,8 +55,6 @@ def _mtmd_cli(binary: Path, model: Path, mmproj: Path, image: Path, prompt: str,
     runner = runner or LocalRunner()
     with tempfile.TemporaryDirectory() as td:
         img = prepare_image(image, mmproj, Path(td))
-        from imp_gguf.runtime.context import run_context
-
         argv = mtmd_cli_argv(binary, model, mmproj, img, prompt, max_tokens=max_tokens, threads=threads,
                              ctx=run_context(mmproj, prompt, max_tokens))
         if timed:

@@ -11,6 +11,8 @@ from pathlib import Path
 
 from gguf import Keys
 
+from imp_gguf.gguf_info import read_gguf_meta
+
 CTX_ROUND = 256
 TEXT_BUDGET = 256  # question + chat template tokens, where the question is not known in advance (run.sh)
 GEN_BUDGET = 256  # generated tokens, where no limit is given (run.sh)
@@ -62,8 +64,6 @@ def chat_context(n_image: int, n_gen: int = GEN_BUDGET, turns: int = CHAT_TURNS)
 def run_context(mmproj: str | Path, questions: str | list[str] | None, max_tokens: int) -> int:
     """The context `imp-gguf run` gives questions about one image, asked in turn (each answered in
     max_tokens); None: questions typed one by one (chat_context)."""
-    from imp_gguf.gguf_info import read_gguf_meta
-
     n_image = image_tokens(read_gguf_meta(mmproj))
     if questions is None:
         return chat_context(n_image, max_tokens)

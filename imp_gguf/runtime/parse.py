@@ -277,7 +277,8 @@ def parse_mtmd_chat(stdout: str, stderr: str = "") -> list[ChatTurn]:
     its answer is the plain output (level "none") after the prompt was evaluated (the "\n" eval_message
     prints last) and before the next prompt. The log's last entries may be lost at exit (the logger is
     asynchronous): the last turn then ends at the last piece the log kept. A `/image` line makes no turn."""
-    entries = sorted((e for e in _entries(stdout) + _entries(stderr) if e[0] is not None), key=lambda e: e[0] or 0)
+    timed = [(t, level, msg) for t, level, msg in _entries(stdout) + _entries(stderr) if t is not None]
+    entries = sorted(timed, key=lambda e: e[0])
     prompts = [i for i, (_, level, msg) in enumerate(entries) if level == "none" and msg.strip() == ">"]
     turns = []
     for a, b in zip(prompts, [*prompts[1:], len(entries)]):
@@ -285,7 +286,7 @@ def parse_mtmd_chat(stdout: str, stderr: str = "") -> list[ChatTurn]:
         evaluated = next((j for j, (_, level, msg) in enumerate(seg) if level == "none" and msg == "\n"), None)
         if evaluated is None:
             continue
-        turn = ChatTurn(start_us=entries[a][0])  # type: ignore[arg-type]
+        turn = ChatTurn(start_us=entries[a][0])
         for _, _, msg in seg[:evaluated]:
             for rx in RE_ENCODE:
                 if (m := rx.search(msg)):
@@ -294,7 +295,7 @@ def parse_mtmd_chat(stdout: str, stderr: str = "") -> list[ChatTurn]:
         while pieces and pieces[-1][1] in ("\n", "\n\n"):  # printed after the answer, not tokens
             pieces.pop()
         if pieces:
-            turn.first_token_us, turn.last_token_us = pieces[0][0], pieces[-1][0]  # type: ignore[assignment]
+            turn.first_token_us, turn.last_token_us = pieces[0][0], pieces[-1][0]
         turn.n_generated = len(pieces)
         turn.text = "".join(m for _, m in pieces)
         turns.append(turn)

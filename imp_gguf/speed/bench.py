@@ -11,6 +11,7 @@ from imp_gguf.runtime.devices import Device, open_device, soc_choice
 from imp_gguf.speed.protocols import BenchConfig, BenchSession, check_kv_type, model_facts
 from imp_gguf.speed.roofline import COMPILERS, build_probe
 from imp_gguf.speed.rows import BenchRow
+from imp_gguf.speed.sweep import run_sweep
 
 
 def bench(models: Sequence[str | Path], mmprojs: Sequence[str | Path], *, device: str = "local",
@@ -42,8 +43,6 @@ def bench(models: Sequence[str | Path], mmprojs: Sequence[str | Path], *, device
     session = BenchSession(dev, cfg, log)
     rows: list[BenchRow] = []
     if sweep:
-        from imp_gguf.speed.sweep import run_sweep
-
         for f in facts:
             got, summary = run_sweep(session, f, sweep, soc, log or (lambda m: None))
             for paper in got:

@@ -38,6 +38,11 @@ from imp_gguf.runtime.devices import Device, cpu_info, load_average, version_inf
 from imp_gguf.runtime.parse import (MtmdRun, ToolFields, cpu_features, parse_bandwidth, parse_llama_bench, parse_mtmd, parse_system_info,
                                     parse_time_v)
 from imp_gguf.synthetic_images import photo_like
+from imp_gguf.chat_templates import render
+from imp_gguf.gguf_info import file_type_name, read_gguf_meta
+from imp_gguf.images import load_image, mmproj_image_spec
+from imp_gguf.pair import check_pair
+from imp_gguf.runtime.parse import parse_mtmd_chat
 
 PAPER_ROW: PaperTable4 = {
     "source": "Imp paper Table 4 (arXiv 2405.12107): Imp-3B@196, 4-bit, Snapdragon 8 Gen 3, llama.cpp",
@@ -89,10 +94,6 @@ class ModelFacts:
 
 
 def model_facts(model: Path, mmproj: Path) -> ModelFacts:
-    from imp_gguf.gguf_info import file_type_name, read_gguf_meta
-    from imp_gguf.images import mmproj_image_spec
-    from imp_gguf.pair import check_pair
-
     pair = check_pair(model, mmproj)  # both exist: a language model and its own mmproj
     meta, mm = read_gguf_meta(model), read_gguf_meta(mmproj)
     arch = str(meta.get(Keys.General.ARCHITECTURE, "?"))
@@ -132,8 +133,6 @@ class TextCounter:
             self.llm = llama_cpp.Llama(str(facts.path), vocab_only=True, verbose=False)
 
     def render(self, question: str) -> str:
-        from imp_gguf.chat_templates import render
-
         content = MEDIA_MARKER + question  # mtmd-cli prepends the marker when the prompt has none
         if not self.facts.chat_template:
             return content
@@ -147,8 +146,6 @@ class TextCounter:
     def followup_count(self, question: str, followup: str, answer: str = "It is a photo.") -> int:
         """Text tokens llama-mtmd-cli's chat mode evaluates for `followup` after `question` was answered:
         the template's text after the conversation so far (common_chat_format_single's difference)."""
-        from imp_gguf.chat_templates import render
-
         if not self.facts.chat_template:
             return len(self.llm.tokenize(followup.encode(), add_bos=False, special=True))
         past = [{"role": "user", "content": MEDIA_MARKER + question}, {"role": "assistant", "content": answer}]
@@ -335,8 +332,6 @@ class BenchSession:
 
     # -- protocol: paper
     def _prepared_image(self, facts: ModelFacts) -> Path:
-        from imp_gguf.images import load_image
-
         src_img = self.cfg.image or photo_like(self.tmp / "default-image.png", 448, 336)
         prepared = self.tmp / f"image-{facts.image_size}.png"
         # as Imp prepares it (padded if the mmproj says so, squash-resized): clip.cpp copies it unchanged
@@ -504,8 +499,6 @@ class BenchSession:
     # -- protocol: followup
     def run_followup(self, facts: ModelFacts) -> FollowupRow:
         """The paper protocol's question, then FOLLOWUP_QUESTION, in one llama-mtmd-cli chat session."""
-        from imp_gguf.runtime.parse import parse_mtmd_chat
-
         cfg, dev = self.cfg, self.dev
         prepared = self._prepared_image(facts)
         counter = TextCounter(facts)

@@ -10,6 +10,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from imp_gguf.errors import InternalError
+
 DATA_DIR = Path(__file__).resolve().parent.parent / "data" / "tiny-imp"
 CHECKPOINT_NAME = "Tiny-Imp-v1.5-56px"
 
@@ -18,8 +20,6 @@ def default_checkpoint() -> Path:
     """The bundled tiny Imp checkpoint folder (layout A, like MILVLG/Imp-v1.5-3B-196)."""
     path = DATA_DIR / CHECKPOINT_NAME
     if not (path / "config.json").is_file():
-        from imp_gguf.errors import InternalError
-
         raise InternalError(f"the bundled tiny Imp checkpoint is missing from {path} (broken install?)")
     return path
 

@@ -117,7 +117,7 @@ def render(scene: Scene, size: int = RENDER) -> Image.Image:
 def to_model_size(img: Image.Image, size: int = IMAGE_SIZE) -> Image.Image:
     """Exactly what imp_gguf.images.load_image does to an in-memory image."""
     rgb = img.convert("RGB")
-    return rgb if rgb.size == (size, size) else rgb.resize((size, size), Image.BICUBIC)
+    return rgb if rgb.size == (size, size) else rgb.resize((size, size), Image.Resampling.BICUBIC)
 
 
 def ask(scene: Scene, rng: random.Random, kind: str) -> tuple[str, str, str]:

@@ -21,6 +21,12 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence, Union, cast
 from PIL import Image
 
 from imp_gguf.tiny_imp import data as D
+from imp_gguf.errors import BadInput
+from imp_gguf.images import load_image
+from imp_gguf.quant.quantize import run_recipes
+from imp_gguf.quant.recipes import load_recipe
+from imp_gguf.runtime.bindings import Session
+from imp_gguf.tiny_imp.bundled import default_checkpoint, is_tiny_imp
 
 if TYPE_CHECKING:
     from imp_gguf.convert import ConversionResult
@@ -50,8 +56,6 @@ def accuracy(preds: Sequence[str], items: Sequence[HeldoutItem]) -> float:
 def _model_image(image: ImageLike, size: int) -> Image.Image:
     if isinstance(image, Image.Image):
         return D.to_model_size(image, size)
-    from imp_gguf.images import load_image
-
     return load_image(image, size)
 
 
@@ -122,8 +126,6 @@ def llama_predictions(model_gguf: str | Path, mmproj_gguf: str | Path, items: Se
                       tick: Tick | None = None) -> list[str]:
     """Greedy answers through llama.cpp (imp_gguf.runtime.bindings.Session, which keeps libmtmd's
     per-image log quiet unless --verbose), images written as PNG."""
-    from imp_gguf.runtime.bindings import Session
-
     with tempfile.TemporaryDirectory(prefix="tiny-imp-eval-") as td:
         paths = _as_paths(items, Path(td))
         out = []
@@ -168,8 +170,6 @@ class HeldoutAccuracy:
 def accuracy_scorer(source: str | Path, n_threads: int | None = None) -> HeldoutAccuracy | None:
     """The held-out accuracy scorer when the checkpoint is the tiny Imp (bundled or trained by
     imp_gguf.tiny_imp.train): other checkpoints were never trained on its task."""
-    from imp_gguf.tiny_imp.bundled import is_tiny_imp
-
     return HeldoutAccuracy(source, n_threads) if is_tiny_imp(source) else None
 
 
@@ -179,9 +179,6 @@ def recipe_ggufs(ckpt_dir: str | Path, workdir: str | Path, recipes: Sequence[st
                  log: Callable[[str], None] | None = None, verbose: bool = False) -> dict[str, dict[str, Any]]:
     """{recipe: {"model", "mmproj", "lm_bytes"}}: one F16 conversion, then each recipe applied to it
     by imp_gguf.quant (llama.cpp's quantizer), as `imp-gguf convert --quant` would."""
-    from imp_gguf.quant.quantize import run_recipes
-    from imp_gguf.quant.recipes import load_recipe
-
     _, rows = run_recipes(ckpt_dir, workdir, [load_recipe(r) for r in recipes], log=log, verbose=verbose)
     return {r.recipe: {"model": str(r.model), "mmproj": str(r.mmproj), "lm_bytes": r.lm_bytes,
                        "mmproj_bytes": r.mmproj_bytes, "bpw": r.bpw} for r, _ in rows}
@@ -253,8 +250,6 @@ def accuracy_report(ckpt_dir: str | Path | None = None, recipes: Sequence[str] =
 
     files {recipe: {model, mmproj, lm_bytes, ...}} keeps paths only with workdir; details=True adds
     questions, golden and predictions. progress(runtime, n) returns the per-answer tick for a runtime."""
-    from imp_gguf.tiny_imp.bundled import default_checkpoint
-
     say = log or (lambda _m: None)
     ckpt = Path(ckpt_dir) if ckpt_dir is not None else default_checkpoint()
     check_tiny_imp(ckpt)
@@ -286,9 +281,6 @@ def accuracy_report(ckpt_dir: str | Path | None = None, recipes: Sequence[str] =
 
 def check_tiny_imp(ckpt: str | Path) -> None:
     """The held-out questions are the tiny Imp's task: refuse checkpoints never trained on it."""
-    from imp_gguf.errors import BadInput
-    from imp_gguf.tiny_imp.bundled import is_tiny_imp
-
     if not (Path(ckpt) / "config.json").is_file():
         raise BadInput(f"{ckpt}: not a checkpoint folder (no config.json)")
     if not is_tiny_imp(ckpt):

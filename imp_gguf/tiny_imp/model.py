@@ -19,12 +19,15 @@ import torch
 from torch import nn
 
 from imp_gguf.chat_templates import SYSTEM
+from imp_gguf.errors import BadInput
 from imp_gguf.synthetic_checkpoints.configs import imp_config
 from imp_gguf.synthetic_checkpoints.shards import write_torch_state
 from imp_gguf.synthetic_checkpoints.tiny import Dims, Variant, lm_config, vision_config
 from imp_gguf.synthetic_checkpoints.tokenizers import write_bpe
 from imp_gguf.reference.model import FAST_GELU_NEW, ImpModel
 from imp_gguf.tiny_imp import data as D
+from imp_gguf.images import pixel_values
+from imp_gguf.synthetic_checkpoints.corpus import corpus
 
 FAMILY = "phi2_msft"  # checkpoint layout A, as MILVLG/Imp-v1.5-3B-196
 NAME = "Tiny-Imp-v1.5-56px"
@@ -58,8 +61,6 @@ def prompt_parts(question: str) -> tuple[str, str]:
 
 
 def tokenizer_corpus() -> list[str]:
-    from imp_gguf.synthetic_checkpoints.corpus import corpus
-
     lines: list[str] = []
     for q in D.all_questions():
         for a in D.all_answers():
@@ -80,7 +81,10 @@ class TextCodec:
         from tokenizers import Tokenizer
 
         self.tok = Tokenizer.from_file(str(Path(ckpt_dir) / "tokenizer.json"))
-        self.stop_id = self.tok.token_to_id(STOP)
+        stop_id = self.tok.token_to_id(STOP)
+        if stop_id is None:
+            raise BadInput(f"{ckpt_dir}: its tokenizer has no {STOP} token (not a tiny Imp)")
+        self.stop_id: int = stop_id
         self.image_id = self.tok.token_to_id(IMAGE_TOKEN)
         self._cache: dict[str, list[int]] = {}
 
@@ -131,8 +135,6 @@ def save_checkpoint(model: ImpModel, spec: TinySpec, lm_cfg: Any, vcfg: Any, ids
 
 def pixels(images: list[Any], size: int) -> torch.Tensor:
     """PIL images (any size) -> [B, 3, size, size], exactly load_image's resize + pixel_values."""
-    from imp_gguf.images import pixel_values
-
     return torch.from_numpy(np.stack([pixel_values(D.to_model_size(im, size)) for im in images]))
 
 

@@ -22,6 +22,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from imp_gguf.tiny_imp.evaluate import heldout_set, model_accuracy, pytorch_accuracy
+
 # Idle OpenMP workers must sleep, not spin: on a shared 2-core machine spinning made each step
 # 30x slower. Only effective when torch's OpenMP runtime starts after this line.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -41,8 +43,8 @@ except ModuleNotFoundError as exc:  # torch/transformers: the reference extra, n
     raise SystemExit(2) from None
 
 # The committed checkpoint is these defaults with seed 0: about 13 min on one idle core.
-DEFAULTS = {"vision_steps": 800, "vision_lr": 3e-3, "vision_lr_scale": 0.1, "steps": 4000, "images_per_step": 10,
-            "lr": 1e-3, "warmup": 60, "weight_decay": 0.01}
+DEFAULTS: dict[str, Any] = {"vision_steps": 800, "vision_lr": 3e-3, "vision_lr_scale": 0.1, "steps": 4000,
+                             "images_per_step": 10, "lr": 1e-3, "warmup": 60, "weight_decay": 0.01}
 
 
 def _batch(codec: TextCodec, groups: list[list[D.Example]], size: int) -> tuple[torch.Tensor, ...]:
@@ -155,8 +157,6 @@ def train(out: str | Path | None, *, seed: int = 0, steps: int = DEFAULTS["steps
           threads: int = 1, spec: TinySpec = TinySpec(), log: Any = print) -> dict[str, Any]:
     """Train; if out is given, write the checkpoint folder there (replacing it). Returns a report
     with the per-step losses, timings and held-out accuracies (float32 and the saved bf16)."""
-    from imp_gguf.tiny_imp.evaluate import heldout_set, pytorch_accuracy, model_accuracy
-
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
     t0 = time.perf_counter()

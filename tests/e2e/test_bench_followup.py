@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from imp_gguf.speed.protocols import FOLLOWUP_QUESTION, PAPER_ROW, followup_prediction
+from imp_gguf.speed.protocols import FOLLOWUP_QUESTION, followup_prediction
 from imp_gguf.runtime.parse import parse_mtmd_chat
 
 
@@ -43,14 +43,6 @@ def test_chat_turns_from_the_log(final_prompt: bool) -> None:
     assert first.total_ms == pytest.approx((5_500_030 - 30) / 1000)
     assert first.ttft_ms == pytest.approx(3_500.0) and first.decode_tps == pytest.approx(1.0)
     assert follow.total_ms == pytest.approx((8_000_000 - 5_600_000) / 1000) and follow.n_generated == 3
-
-
-def test_paper_rates_prediction() -> None:
-    p = followup_prediction(196, 41, 15, 64)
-    first = PAPER_ROW["vision_encode_s"] + 237 / PAPER_ROW["prompt_tps"] + 64 / PAPER_ROW["decode_tps"]
-    follow = 15 / PAPER_ROW["prompt_tps"] + 64 / PAPER_ROW["decode_tps"]
-    assert p.first_s == pytest.approx(first, abs=0.01) and p.followup_s == pytest.approx(follow, abs=0.01)
-    assert p.ratio == pytest.approx(follow / first, abs=1e-3)
 
 
 @pytest.mark.slow
