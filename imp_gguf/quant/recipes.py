@@ -22,10 +22,15 @@ from __future__ import annotations
 
 import hashlib
 import re
-import tomllib
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10 (requires-python): the same parser, from PyPI
+    import tomli as tomllib
 
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, LlamaFileType
 

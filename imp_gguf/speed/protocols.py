@@ -282,6 +282,19 @@ class BenchConfig:
                       load_mode="mmap" if self.mmap else "read (-lm none)")
 
 
+@dataclass(frozen=True)
+class _ImageJob:
+    """One image question's set-up on the device (BenchSession._image_job)."""
+
+    counter: TextCounter
+    question: str
+    n_text: int
+    model: str  # paths on the device
+    mmproj: str
+    image: str
+    common: DeviceFacts
+
+
 class BenchSession:
     """One device, several models: probe bandwidth once, then run the protocol per model."""
 
@@ -338,13 +351,21 @@ class BenchSession:
         load_image(src_img, facts.image_size, facts.image_aspect).save(prepared)
         return prepared
 
+    def _image_job(self, facts: ModelFacts) -> _ImageJob:
+        """What the paper and follow-up protocols share: the question fitted to the paper's text length,
+        the model, mmproj and prepared image staged on the device, and the device's facts."""
+        counter = TextCounter(facts)
+        question, n_text = fit_question(counter, self.cfg.n_text)
+        dev = self.dev
+        model, mmproj = dev.stage(facts.path), dev.stage(facts.mmproj)
+        image = dev.stage(self._prepared_image(facts), "images", always=True)
+        return _ImageJob(counter, question, n_text, model, mmproj, image, self.common(facts, model))
+
     def run_paper(self, facts: ModelFacts) -> PaperRow:
         cfg, dev = self.cfg, self.dev
-        prepared = self._prepared_image(facts)
-        counter = TextCounter(facts)
-        question, n_text = fit_question(counter, cfg.n_text)
-        model_dev, mmproj_dev, image_dev = dev.stage(facts.path), dev.stage(facts.mmproj), dev.stage(prepared, "images", always=True)
-        common = self.common(facts, model_dev)
+        job = self._image_job(facts)
+        question, n_text, model_dev, mmproj_dev, image_dev, common = (job.question, job.n_text, job.model, job.mmproj,
+                                                                      job.image, job.common)
         n_ctx = job_context(n_text + facts.n_image_tokens, cfg.n_gen)
         argv = [dev.tools["llama-mtmd-cli"], "-m", model_dev, "--mmproj", mmproj_dev, "--image", image_dev,
                 "-p", question, "--jinja", "-n", str(cfg.n_gen), "--ignore-eos", "--temp", "0", "--top-k", "1", "--seed", "0",
@@ -500,12 +521,10 @@ class BenchSession:
     def run_followup(self, facts: ModelFacts) -> FollowupRow:
         """The paper protocol's question, then FOLLOWUP_QUESTION, in one llama-mtmd-cli chat session."""
         cfg, dev = self.cfg, self.dev
-        prepared = self._prepared_image(facts)
-        counter = TextCounter(facts)
-        question, n_text = fit_question(counter, cfg.n_text)
-        n_new = counter.followup_count(question, FOLLOWUP_QUESTION)
-        model_dev, mmproj_dev, image_dev = dev.stage(facts.path), dev.stage(facts.mmproj), dev.stage(prepared, "images", always=True)
-        common = self.common(facts, model_dev)
+        job = self._image_job(facts)
+        question, n_text, model_dev, mmproj_dev, image_dev, common = (job.question, job.n_text, job.model, job.mmproj,
+                                                                      job.image, job.common)
+        n_new = job.counter.followup_count(question, FOLLOWUP_QUESTION)
         n_ctx = job_context(n_text + facts.n_image_tokens + n_new, 2 * cfg.n_gen)
         # no -p and no --image: the chat mode; the image is loaded by the first input line
         argv = [dev.tools["llama-mtmd-cli"], "-m", model_dev, "--mmproj", mmproj_dev, "--jinja", "-n", str(cfg.n_gen),
