@@ -198,7 +198,7 @@ def test_resampling_a_12_megapixel_photo_matches_pil(tmp_path, host_probe) -> No
     figures = {}
     for variant in (SQUARE, PAD):
         ck = make_checkpoint(variant, tmp_path / f"ck-{variant}", image_size=384)
-        mmproj = Path(convert(ck, tmp_path / f"gguf-{variant}", outtype="f32")["mmproj"])
+        mmproj = convert(ck, tmp_path / f"gguf-{variant}", outtype="f32").mmproj
         imp = expand_to_square(photo) if variant == PAD else photo
         want = np.asarray(imp.resize((384, 384), Image.BICUBIC), dtype=np.int16)
         got = _clip_pixels(host_probe, mmproj, photo, tmp_path)

@@ -209,7 +209,7 @@ def test_qwen2_without_rope_theta_gets_qwen2configs_default(tiny_checkpoints, tm
     (ck / "config.json").write_text(json.dumps(cfg))
     plan = plan_conversion(ck, tmp_path / "out")
     assert plan.hp.rope_theta == 10000.0
-    assert plan.defaults["rope_theta"] == {"value": 10000.0, "from": "Imp's ImpQwen2Config (= Qwen2Config)"}
+    assert plan.defaults["rope_theta"].to_dict() == {"value": 10000.0, "from": "Imp's ImpQwen2Config (= Qwen2Config)"}
 
 
 def test_published_form_tiny_converts_like_its_full_config(tiny_checkpoints, tmp_path):

@@ -27,7 +27,7 @@ def tiny_pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     from imp_gguf.tiny_imp.bundled import default_checkpoint
 
     r = convert(default_checkpoint(), tmp_path_factory.mktemp("tiny-ui"), outtype="f16")
-    return Path(r["model"]), Path(r["mmproj"])
+    return r.model, r.mmproj
 
 
 def _cache_without_ui(tmp_path: Path) -> Path:
