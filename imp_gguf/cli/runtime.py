@@ -63,9 +63,7 @@ def build_cmd(
     except rt.BuildFailed as exc:
         if bar is not None:
             bar.stop()
-        info(f"last lines of {exc.log}:")
-        tail = exc.tail if STATE["verbose"] else exc.tail[-15:]
-        err_console.print("\n".join(tail), markup=False, highlight=False, soft_wrap=True)
+        _show_tail(exc)
         raise
     finally:
         if bar is not None:
@@ -76,6 +74,14 @@ def build_cmd(
         how = "reused" if result.reused else f"built in {result.seconds / 60:.1f} min"
         patches = ", ".join(p.name for p in result.patches) or "none"
         echo(f"{target}: {how}: {result.bin_dir} (patches: {patches})")
+
+
+def _show_tail(exc: rt.BuildFailed) -> None:
+    """The failed build's last log lines on stderr (all of them with --verbose) before its one-line error."""
+    if exc.tail:
+        info(f"last lines of {exc.log}:")
+        tail = exc.tail if STATE["verbose"] else exc.tail[-15:]
+        err_console.print("\n".join(tail), markup=False, highlight=False, soft_wrap=True)
 
 
 @sub.command("build-ui")
@@ -92,10 +98,7 @@ def build_ui_cmd(
     try:
         result = webui.build_ui(force=force, on_start=started, progress=lambda step: info(f"  {step}"))
     except webui.UiBuildFailed as exc:
-        if exc.tail:
-            info(f"last lines of {exc.log}:")
-            tail = exc.tail if STATE["verbose"] else exc.tail[-15:]
-            err_console.print("\n".join(tail), markup=False, highlight=False, soft_wrap=True)
+        _show_tail(exc)
         raise
     if json_out:
         print_json(result.to_dict())

@@ -373,8 +373,9 @@ def where(
 ProgressFn = Callable[[int, int, str], None]
 
 
-class _LogSink:
-    """Writes every line to the log, keeps a tail for errors, and reports ninja's `[n/N]` progress."""
+class LogSink:
+    """Writes every line to the log, keeps a tail for errors, and reports ninja's `[n/N]` progress (when given
+    `progress`; the web UI's npm build uses it without)."""
 
     def __init__(self, log: Path, progress: ProgressFn | None) -> None:
         self.fh = open(log, "a", encoding="utf-8", buffering=1)  # line-buffered: `tail -f` works mid-build
@@ -394,7 +395,7 @@ class _LogSink:
         self.fh.close()
 
 
-def _step(runner: Runner, argv: list[str], sink: _LogSink, env: Mapping[str, str] | None, what: str, log: Path) -> None:
+def _step(runner: Runner, argv: list[str], sink: LogSink, env: Mapping[str, str] | None, what: str, log: Path) -> None:
     sink(f"$ {' '.join(argv)}")
     rc = runner.stream(argv, on_line=sink, env=env)
     if rc != 0:
@@ -484,7 +485,7 @@ def build(
         if on_start is not None:
             on_start(bdir)
         start = time.monotonic()
-        sink = _LogSink(log, progress)
+        sink = LogSink(log, progress)
         runner = LocalRunner()
         try:
             sink(f"# imp-gguf build {target} {spec.flag_hash()} at {time.strftime('%Y-%m-%d %H:%M:%S')}")

@@ -26,15 +26,15 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from imp_gguf.errors import InternalError, ToolMissing
+from imp_gguf.runtime.build import BuildFailed, LogSink
 from imp_gguf.runtime.runner import LocalRunner, merged_env, require_program
-from imp_gguf.runtime.source import Source, cache_dir, ensure_source, file_lock
+from imp_gguf.runtime.source import Source, cache_dir, ensure_source, file_lock, find_source
 
 # Bump when the steps below change what comes out for the same source (it is part of the key).
 UI_RECIPE = "npm-ci+npm-run-build/1"
@@ -88,13 +88,8 @@ class WebUI:
                 "bytes": self.stamp.get("bytes"), "node": self.stamp.get("node"), "npm": self.stamp.get("npm")}
 
 
-class UiBuildFailed(InternalError):
+class UiBuildFailed(BuildFailed):
     """npm ci or npm run build failed, or left an incomplete dist; carries the log tail for the CLI."""
-
-    def __init__(self, message: str, log: Path, tail: list[str]) -> None:
-        super().__init__(message)
-        self.log = log
-        self.tail = tail
 
 
 def ui_source(source: Source) -> Path:
@@ -159,8 +154,6 @@ def _read_stamp(folder: Path, key: str) -> dict | None:
 def find_ui(cache: Path | None = None, env: Mapping[str, str] | None = None) -> WebUI | None:
     """The finished UI for the pinned source if it was built before (reads the source's stamp and the UI's;
     runs no npm), else None. Needs the source unpacked (any `runtime build` did that), else None."""
-    from imp_gguf.runtime.source import find_source
-
     cache = cache or cache_dir(merged_env(env))
     source = find_source(cache)
     if source is None:
@@ -192,21 +185,6 @@ def check_node(env: Mapping[str, str] | None = None) -> tuple[str, str]:
     return versions[0], versions[1]
 
 
-class _Log:
-    """npm's output to build.log, with a tail kept for errors."""
-
-    def __init__(self, path: Path) -> None:
-        self.fh = open(path, "a", encoding="utf-8", buffering=1)
-        self.tail: deque[str] = deque(maxlen=40)
-
-    def __call__(self, line: str) -> None:
-        self.fh.write(line + "\n")
-        self.tail.append(line)
-
-    def close(self) -> None:
-        self.fh.close()
-
-
 def _npm_error(tail: list[str]) -> str:
     """npm's own one-line reason (`npm error code ECONNREFUSED`), else the last line."""
     for line in tail:
@@ -216,7 +194,7 @@ def _npm_error(tail: list[str]) -> str:
     return lines[-1][:200] if lines else "no output"
 
 
-def _npm(argv: list[str], cwd: Path, env: dict[str, str], log: _Log, logpath: Path, timeout: float, what: str) -> None:
+def _npm(argv: list[str], cwd: Path, env: dict[str, str], log: LogSink, logpath: Path, timeout: float, what: str) -> None:
     log(f"$ {' '.join(argv)}")
     try:
         rc = LocalRunner().stream(argv, on_line=log, cwd=cwd, env=env, timeout=timeout)
@@ -263,7 +241,7 @@ def build_ui(
             start = time.monotonic()
             shutil.copytree(ui_source(source), work, ignore=shutil.ignore_patterns(*SKIP_DIRS))
             full_env = {**(env or {}), **npm_env(source.commit, dist)}
-            log = _Log(logpath)
+            log = LogSink(logpath, None)
             try:
                 log(f"# imp-gguf web UI {key} from {ui_source(source)} at {time.strftime('%Y-%m-%d %H:%M:%S')}; "
                     f"node {node}, npm {npm}")
